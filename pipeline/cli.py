@@ -1,0 +1,126 @@
+"""Command line: parse, load the config, run the job, report.
+
+``run_pipeline.py INPUT -o OUTPUT [...]`` upscales; ``run_pipeline.py sample PATH``
+writes a built-in synthetic test image. Errors print as one line and exit non-zero;
+``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.config import load_config
+from pipeline.errors import JobFailed, UserError
+from pipeline.models import MODELS
+
+log = logging.getLogger("pipeline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description="Upscale a gigapixel image with S3Diff or bicubic on Ray, tiled and "
+        "blended without seams, resumable. Subcommand: 'sample PATH' writes a test image.",
+    )
+    p.add_argument("input", help="image (PNG, JPEG, TIFF/BigTIFF/OME-TIFF) or Zarr array")
+    p.add_argument("-o", "--output", required=True,
+                   help="output path; format from the extension: .zarr .tif .png .jpg")
+    p.add_argument("--config", help="YAML preset (see configs/)")
+    p.add_argument("--model", choices=sorted(MODELS), help="upscaler (default: bicubic)")
+    p.add_argument("--scale", type=int, help="upscale factor (default 4)")
+    p.add_argument("--tile", type=int, help="tile size in input pixels (model default)")
+    p.add_argument("--overlap", type=int, help="tile overlap in input pixels (model default)")
+    p.add_argument("--batch-size", type=int, help="tiles per model call")
+    p.add_argument("--actors", type=int, help="region workers (default: one per GPU or CPU)")
+    p.add_argument("--gpus-per-actor", type=float, help="GPUs per worker when GPUs exist")
+    p.add_argument("--address", help="join a Ray cluster (e.g. auto or ray://head:10001)")
+    p.add_argument("--work-dir", help="where the job store lives (path or URL); "
+                   "default: next to the output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--restart", action="store_true",
+                   help="discard this job's store and start over instead of resuming")
+    p.add_argument("--keep-store", action="store_true",
+                   help="keep the job store after success (default: delete it)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override any config value, e.g. --set store.region_out_px=4096")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or stage messages")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return p
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "model.name": args.model, "model.scale": args.scale, "tiling.tile_px": args.tile,
+        "tiling.overlap_px": args.overlap, "model.batch_size": args.batch_size,
+        "run.actors": args.actors, "run.gpus_per_actor": args.gpus_per_actor,
+        "run.address": args.address, "store.work_dir": args.work_dir,
+        "store.keep": True if args.keep_store else None,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    if not debug:
+        for noisy in ("ray", "filelock", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _sample(argv: Sequence[str]) -> int:
+    from pipeline.sample import write_sample
+
+    p = argparse.ArgumentParser(prog="run_pipeline.py sample",
+                                description="write the built-in synthetic test image")
+    p.add_argument("path", help="where to write it (.png or .tif)")
+    p.add_argument("--size", default="640x480", help="WIDTHxHEIGHT (default 640x480)")
+    args = p.parse_args(argv)
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--size expects WIDTHxHEIGHT, got {args.size!r}") from None
+    write_sample(args.path, width, height)
+    print(f"wrote {args.path} ({width}x{height})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv and argv[0] == "sample":
+            return _sample(argv[1:])
+        args = build_parser().parse_args(argv)
+        _setup_logging(args.debug, args.quiet)
+        cfg = load_config(args.config, _overrides(args), args.set)
+        from pipeline.run import run_job
+
+        summary = run_job(
+            args.input, args.output, cfg, overwrite=args.overwrite, restart=args.restart,
+            progress=not args.quiet,
+        )
+        print(summary.line())
+        return 0
+    except (UserError, JobFailed) as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Ray runtime: start a private local Ray (or join a cluster) for the life of a job.
+
+Local Ray binds to 127.0.0.1 with the dashboard off and is shut down when the job
+ends. When the caller already initialised Ray (tests, notebooks), it is reused as is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        # Ship our two packages so workers on other machines can import them.
+        runtime_env = {
+            "py_modules": [str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "workers")]
+        }
+        log.info("joining Ray cluster at %s", address)
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def cluster_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1.0))

@@ -1,0 +1,216 @@
+"""Job configuration: frozen dataclasses per concern, YAML presets, ``--set`` overrides.
+
+The config is loaded and validated once, on the driver, before any work starts; every
+later stage takes these objects (never an argparse namespace). ``None`` in a tiling
+field means "the model's preferred default", resolved by :func:`resolve_model_defaults`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import UserError
+
+WINDOWS = ("gaussian", "cosine")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "bicubic"
+    scale: int = 4
+    batch_size: int = 4
+    weights: str | None = None
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    tile_px: int | None = None
+    overlap_px: int | None = None
+    window: str = "gaussian"
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    work_dir: str | None = None
+    region_out_px: int = 2048
+    chunk_out_px: int = 512
+    keep: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    address: str | None = None
+    actors: int = 0
+    gpus_per_actor: float = 1.0
+    region_retries: int = 2
+    in_flight_per_actor: int = 2
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    max_in_memory_mb: int = 2048
+    max_input_decode_mb: int = 2048
+    pyramid_min_px: int = 256
+    tile_px: int = 512
+    jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _section_types() -> dict[str, type]:
+    return {f.name: f.default_factory().__class__ for f in fields(JobConfig)}  # type: ignore[misc]
+
+
+def _coerce(section: str, key: str, value: Any, current: Any, annotation: str) -> Any:
+    where = f"{section}.{key}"
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise UserError(f"config {where} cannot be empty")
+    if "bool" in annotation:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"config {where} must be true or false, got {value!r}")
+    if annotation.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config {where} must be an integer, got {value!r}")
+        return value
+    if annotation.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config {where} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(value, (dict, list)):
+        raise UserError(f"config {where} must be a single value, got {value!r}")
+    return str(value)
+
+
+def _apply(cfg: JobConfig, section: str, key: str, value: Any) -> JobConfig:
+    sections = _section_types()
+    if section not in sections:
+        raise UserError(
+            f"unknown config section {section!r}; known sections: {', '.join(sections)}"
+        )
+    sub = getattr(cfg, section)
+    known = {f.name: f for f in fields(sub)}
+    if key not in known:
+        raise UserError(
+            f"unknown config key {section}.{key}; known keys in {section}: {', '.join(known)}"
+        )
+    annotation = str(known[key].type)
+    new_value = _coerce(section, key, value, getattr(sub, key), annotation)
+    return replace(cfg, **{section: replace(sub, **{key: new_value})})
+
+
+def load_config(
+    preset: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    set_items: list[str] | tuple[str, ...] = (),
+) -> JobConfig:
+    """Build and validate a config: defaults <- YAML preset <- CLI flags <- ``--set`` items.
+
+    ``overrides`` maps "section.key" to values from dedicated CLI flags; ``set_items``
+    are "section.key=value" strings whose values are parsed as YAML scalars.
+    """
+    cfg = JobConfig()
+    if preset is not None:
+        path = Path(preset)
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist; see configs/ for presets")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0]
+            raise UserError(f"config file {path} is not valid YAML: {first}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path} must be a mapping of sections")
+        for section, values in data.items():
+            if not isinstance(values, dict):
+                raise UserError(f"config file {path}: section {section!r} must be a mapping")
+            for key, value in values.items():
+                cfg = _apply(cfg, str(section), str(key), value)
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        cfg = _apply(cfg, section, key, value)
+    for item in set_items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise UserError(f"--set expects section.key=value, got {item!r}")
+        dotted, raw = item.split("=", 1)
+        section, key = dotted.strip().split(".", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        cfg = _apply(cfg, section, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: JobConfig) -> None:
+    """Checks that need no model or input; model-specific checks live in resolve_model_defaults."""
+    m, t, s, r, o = cfg.model, cfg.tiling, cfg.store, cfg.run, cfg.output
+    if m.scale < 1 or m.scale > 16:
+        raise UserError(f"model.scale must be between 1 and 16, got {m.scale}")
+    if m.batch_size < 1:
+        raise UserError(f"model.batch_size must be at least 1, got {m.batch_size}")
+    if t.window not in WINDOWS:
+        raise UserError(f"tiling.window must be one of {', '.join(WINDOWS)}, got {t.window!r}")
+    if t.tile_px is not None and t.tile_px < 8:
+        raise UserError(f"--tile must be at least 8 input pixels, got {t.tile_px}")
+    if t.overlap_px is not None and t.overlap_px < 0:
+        raise UserError(f"--overlap cannot be negative, got {t.overlap_px}")
+    if s.region_out_px % m.scale or s.region_out_px < 64:
+        raise UserError(
+            f"store.region_out_px must be a multiple of the scale ({m.scale}) and at least 64, "
+            f"got {s.region_out_px}"
+        )
+    if s.chunk_out_px < 16 or s.region_out_px % s.chunk_out_px:
+        raise UserError(
+            f"store.chunk_out_px must divide store.region_out_px ({s.region_out_px}), "
+            f"got {s.chunk_out_px}"
+        )
+    if r.actors < 0:
+        raise UserError(f"--actors must be 0 (automatic) or more, got {r.actors}")
+    if r.gpus_per_actor < 0:
+        raise UserError(f"--gpus-per-actor cannot be negative, got {r.gpus_per_actor}")
+    if r.region_retries < 0 or r.in_flight_per_actor < 1:
+        raise UserError("run.region_retries must be >= 0 and run.in_flight_per_actor >= 1")
+    if o.tile_px % 16 or o.tile_px < 16:
+        raise UserError(f"output.tile_px must be a multiple of 16, got {o.tile_px}")
+
+
+def resolve_model_defaults(
+    cfg: JobConfig, default_tile_px: int, default_overlap_px: int, size_multiple: int,
+    min_overlap_px: int,
+) -> JobConfig:
+    """Fill tile/overlap from the model's preferences and check them against its needs."""
+    tile = cfg.tiling.tile_px if cfg.tiling.tile_px is not None else default_tile_px
+    overlap = cfg.tiling.overlap_px if cfg.tiling.overlap_px is not None else default_overlap_px
+    name = cfg.model.name
+    if tile % size_multiple:
+        raise UserError(
+            f"--tile {tile} is not a multiple of {size_multiple}, which model {name!r} needs"
+        )
+    if overlap >= tile:
+        raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
+    if overlap < min_overlap_px:
+        raise UserError(
+            f"--overlap {overlap} is too small for model {name!r}: tiles need at least "
+            f"{min_overlap_px} px of overlap to blend without seams"
+        )
+    return replace(cfg, tiling=replace(cfg.tiling, tile_px=tile, overlap_px=overlap))

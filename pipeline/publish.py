@@ -1,0 +1,307 @@
+"""Publish: turn the store's ``output`` into the file the user asked for.
+
+Formats by extension: ``.zarr`` (OME-Zarr 0.5 with a multiscale pyramid), ``.tif`` /
+``.tiff`` (tiled BigTIFF with a pyramid in SubIFDs, GeoTIFF tags carried over and
+rescaled), ``.png`` / ``.jpg`` (only when the image fits ``output.max_in_memory_mb``).
+The pyramid is built level by level in Ray tasks that each own whole chunks. Output is
+written under a temporary name and renamed only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import OutputConfig
+from pipeline.errors import UserError
+from pipeline.store import JobStore
+
+FORMATS = {
+    ".zarr": "zarr", ".ome.zarr": "zarr", ".tif": "tiff", ".tiff": "tiff",
+    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+}
+
+
+def output_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise UserError(
+            f"cannot tell the output format from {Path(path).name!r}; use an extension among "
+            f"{', '.join(sorted(set(FORMATS)))}"
+        )
+    return FORMATS[suffix]
+
+
+def check_output(
+    path: Path, fmt: str, out_hw: tuple[int, int], channels: int, dtype: str, cfg: OutputConfig
+) -> None:
+    """Refuse, before any work, an output the chosen format cannot hold."""
+    h, w = out_hw
+    if fmt in ("png", "jpeg"):
+        mb = h * w * channels * np.dtype(dtype).itemsize / 2**20
+        if mb > cfg.max_in_memory_mb:
+            raise UserError(
+                f"a {w}x{h} output needs {mb:.0f} MiB in memory as {fmt.upper()}, over the "
+                f"{cfg.max_in_memory_mb} MiB limit (output.max_in_memory_mb); write .zarr or "
+                ".tif instead, which are streamed"
+            )
+    if fmt == "jpeg":
+        if dtype != "uint8":
+            raise UserError("JPEG holds 8-bit samples only; write .png or .tif to keep 16 bits")
+        if channels in (2, 4):
+            raise UserError("JPEG has no alpha channel; write .png or .tif to keep the alpha")
+        if max(h, w) > 65500:
+            raise UserError(f"JPEG is limited to 65500 px a side ({w}x{h}); write .tif or .zarr")
+
+
+# ------------------------------------------------------------------------ pyramid
+def pyramid_shapes(height: int, width: int, min_px: int) -> list[tuple[int, int]]:
+    """(h, w) of every level, level 0 first; each level is half the previous (rounded up)."""
+    shapes = [(height, width)]
+    while max(shapes[-1]) > min_px:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def level_array(store: JobStore, level: int):
+    """Level 0 is the (T, H, W, C) output's first frame; others live under pyramid/."""
+    return store.array("output") if level == 0 else store.group[f"pyramid/{level}"]
+
+
+def read_level(store: JobStore, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    arr = level_array(store, level)
+    if level == 0:
+        return np.asarray(arr[0, y0:y1, x0:x1, :])
+    return np.asarray(arr[y0:y1, x0:x1, :])
+
+
+def downsample2(block: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """2x2 mean of (h, w, C), replicating the last row/column of odd sizes."""
+    need_h, need_w = out_h * 2, out_w * 2
+    if block.shape[0] < need_h or block.shape[1] < need_w:
+        block = np.pad(
+            block, ((0, need_h - block.shape[0]), (0, need_w - block.shape[1]), (0, 0)),
+            mode="edge",
+        )
+    f = block.astype(np.float32)
+    mean = (f[0::2, 0::2] + f[1::2, 0::2] + f[0::2, 1::2] + f[1::2, 1::2]) * 0.25
+    return np.rint(mean).astype(block.dtype)
+
+
+def downsample_task(store_url: str, level: int, y0: int, y1: int, x0: int, x1: int) -> int:
+    """Write block [y0:y1, x0:x1] of pyramid level ``level`` from level - 1."""
+    store = JobStore.open(store_url)
+    src = read_level(store, level - 1, 2 * y0, 2 * y1, 2 * x0, 2 * x1)
+    store.group[f"pyramid/{level}"][y0:y1, x0:x1, :] = downsample2(src, y1 - y0, x1 - x0)
+    return (y1 - y0) * (x1 - x0)
+
+
+def blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int]]:
+    return [
+        (y, min(y + block, height), x, min(x + block, width))
+        for y in range(0, height, block)
+        for x in range(0, width, block)
+    ]
+
+
+def create_pyramid_arrays(store: JobStore, shapes: list[tuple[int, int]], tile: int) -> None:
+    lay = store.layout
+    group = store.group.require_group("pyramid")
+    for level, (h, w) in enumerate(shapes[1:], start=1):
+        if str(level) not in group:
+            group.create_array(
+                str(level), shape=(h, w, lay.channels), dtype=lay.dtype,
+                chunks=(min(h, tile), min(w, tile), lay.channels), fill_value=0,
+            )
+
+
+# ------------------------------------------------------------------------- writers
+def temp_name(final: Path) -> Path:
+    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+
+
+def replace_output(tmp: Path, final: Path) -> None:
+    """Atomically move a finished output into place (directories via a side rename)."""
+    if tmp.is_dir() and final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, final)
+
+
+def ome_multiscales(name: str, shapes: list[tuple[int, int]], channels: int) -> dict[str, Any]:
+    h0, w0 = shapes[0]
+    datasets = [
+        {
+            "path": str(level),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, h0 / h, w0 / w]}
+            ],
+        }
+        for level, (h, w) in enumerate(shapes)
+    ]
+    return {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space"},
+                    {"name": "x", "type": "space"},
+                ],
+                "datasets": datasets,
+            }
+        ],
+    }
+
+
+def create_ome_zarr(path: Path, name: str, shapes: list[tuple[int, int]], channels: int,
+                    dtype: str, shard_px: int, chunk_px: int) -> None:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    for level, (h, w) in enumerate(shapes):
+        group.create_array(
+            str(level), shape=(channels, h, w), dtype=dtype,
+            shards=(channels, shard_px, shard_px), chunks=(1, chunk_px, chunk_px),
+            dimension_names=("c", "y", "x"), fill_value=0,
+        )
+    group.attrs["ome"] = ome_multiscales(name, shapes, channels)
+
+
+def copy_to_ome_task(store_url: str, target: str, level: int, y0: int, y1: int, x0: int,
+                     x1: int) -> int:
+    """Copy one shard-aligned block of a level into the OME-Zarr, as (C, y, x)."""
+    import zarr
+
+    store = JobStore.open(store_url)
+    block = read_level(store, level, y0, y1, x0, x1)
+    zarr.open_array(f"{target}/{level}", mode="r+")[:, y0:y1, x0:x1] = np.moveaxis(block, -1, 0)
+    return (y1 - y0) * (x1 - x0)
+
+
+def _photometric(channels: int) -> tuple[str, list[str] | None]:
+    if channels == 1:
+        return "minisblack", None
+    if channels == 2:
+        return "minisblack", ["unassalpha"]
+    if channels == 3:
+        return "rgb", None
+    return "rgb", ["unassalpha"]
+
+
+def scaled_geo_tags(geo: dict[int, Any], scale: int) -> list[tuple]:
+    """GeoTIFF tags for the upscaled raster: same CRS, pixel size divided by ``scale``."""
+    if not geo:
+        return []
+    keys = list(geo.get(34735, ()))
+    point = False  # GTRasterTypeGeoKey (1025) == 2 means PixelIsPoint
+    for i in range(4, len(keys) - 3, 4):
+        if keys[i] == 1025 and keys[i + 1] == 0 and keys[i + 3] == 2:
+            point = True
+    shift = 0.5 / scale - 0.5  # LR pixel coordinate of output pixel 0's centre
+    tags = []
+    for code, value in geo.items():
+        if code == 33550:  # ModelPixelScale
+            sx, sy, sz = value
+            tags.append((code, "d", 3, (sx / scale, sy / scale, sz), True))
+        elif code == 33922:  # ModelTiepoint: (I, J, K, X, Y, Z) * n
+            v = list(value)
+            for i in range(0, len(v), 6):
+                for j in (i, i + 1):  # LR raster (I, J) -> output raster coordinates
+                    v[j] = scale * (v[j] + 0.5) - 0.5 if point else v[j] * scale
+            tags.append((code, "d", len(v), tuple(v), True))
+        elif code == 34264:  # ModelTransformation, 4x4 row-major
+            m = np.asarray(value, dtype=np.float64).reshape(4, 4).copy()
+            if point:
+                m[:3, 3] += m[:3, 0] * shift + m[:3, 1] * shift
+            m[:, :2] /= scale
+            tags.append((code, "d", 16, tuple(m.ravel()), True))
+        elif code == 34735:
+            tags.append((code, "H", len(keys), tuple(keys), True))
+        elif code == 34736:
+            tags.append((code, "d", len(value), tuple(value), True))
+        elif code in (34737, 42112, 42113):
+            tags.append((code, "s", 0, str(value), True))
+    return tags
+
+
+def write_tiff_task(store_url: str, target: str, shapes: list[tuple[int, int]], tile: int,
+                    geo: dict[int, Any]) -> int:
+    """Stream every level into a tiled BigTIFF: level 0 with the others as SubIFDs."""
+    import tifffile
+
+    store = JobStore.open(store_url)
+    lay = store.layout
+    photometric, extrasamples = _photometric(lay.channels)
+
+    def tiles(level: int):
+        h, w = shapes[level]
+        for y in range(0, h, tile):
+            block_rows = read_level(store, level, y, min(y + tile, h), 0, w)
+            for x in range(0, w, tile):
+                t = block_rows[:, x:x + tile]
+                if t.shape[:2] != (tile, tile):
+                    t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0)))
+                yield t
+
+    with tifffile.TiffWriter(target, bigtiff=True) as tif:
+        for level, (h, w) in enumerate(shapes):
+            kwargs: dict[str, Any] = {}
+            if level == 0:
+                kwargs["subifds"] = len(shapes) - 1
+                kwargs["extratags"] = scaled_geo_tags(geo, lay.scale)
+            else:
+                kwargs["subfiletype"] = 1
+            tif.write(
+                tiles(level), shape=(h, w, lay.channels), dtype=lay.dtype, tile=(tile, tile),
+                photometric=photometric, extrasamples=extrasamples, compression="zlib",
+                planarconfig="contig", metadata=None, **kwargs,
+            )
+    return len(shapes)
+
+
+def write_png16(path: Path, image: np.ndarray) -> None:
+    """Minimal PNG writer for 16-bit RGB(A)/gray+alpha, which Pillow cannot write."""
+    h, w, c = image.shape
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    raw = np.empty((h, 1 + w * c * 2), np.uint8)
+    raw[:, 0] = 0  # filter type None
+    raw[:, 1:] = image.astype(">u2").reshape(h, -1).view(np.uint8)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
+        )
+
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)))
+        fh.write(chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
+        fh.write(chunk(b"IEND", b""))
+
+
+def write_small_task(store_url: str, target: str, fmt: str, jpeg_quality: int) -> int:
+    """PNG/JPEG: the whole image in memory (check_output bounded its size)."""
+    from PIL import Image
+
+    store = JobStore.open(store_url)
+    image = np.asarray(store.array("output")[0])
+    c = image.shape[-1]
+    if image.dtype == np.uint16 and c > 1:
+        write_png16(Path(target), image)
+        return image.size
+    pil = Image.fromarray(image[:, :, 0] if c == 1 else image)
+    options = {"quality": jpeg_quality} if fmt == "jpeg" else {"compress_level": 6}
+    pil.save(target, format="JPEG" if fmt == "jpeg" else "PNG", **options)
+    return image.size

@@ -1,0 +1,241 @@
+"""The job store: one Zarr v3 group per job holding all of its state.
+
+Layout (DESIGN.md section 3): ``input`` (T, H, W, C), ``output`` (T, sH, sW, C) whose
+shards are exactly one region each, ``done`` (T, rows, cols) flags written only by the
+driver after a region's shard is written, and attributes with the job spec. Resume is
+"open the same store again": the spec must match, and regions without a flag are
+redone. A lock file keeps two drivers off one local store.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline.errors import UserError
+from pipeline.tiling import region_counts
+
+FORMAT_VERSION = 1
+
+
+def job_id(input_path: str | Path, output_path: str | Path) -> str:
+    key = f"{Path(input_path).resolve()}\n{Path(output_path).resolve()}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def default_store_url(input_path: str, output_path: str, work_dir: str | None) -> str:
+    """Next to the output by default; under --work-dir (a path or URL) when given."""
+    out = Path(output_path)
+    if work_dir is None:
+        return str(out.parent.resolve() / f"{out.name}.job.zarr")
+    name = f"{out.name}-{job_id(input_path, output_path)}.job.zarr"
+    if "://" in work_dir:
+        return work_dir.rstrip("/") + "/" + name
+    return str(Path(work_dir).resolve() / name)
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def local_path(url: str) -> Path:
+    return Path(url[len("file://"):] if url.startswith("file://") else url)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shapes of the store's arrays, derived from the input and the config."""
+
+    frames: int
+    height: int
+    width: int
+    channels: int
+    dtype: str
+    scale: int
+    region_out_px: int
+    chunk_out_px: int
+
+    @property
+    def region_lr_px(self) -> int:
+        return self.region_out_px // self.scale
+
+    @property
+    def regions(self) -> tuple[int, int]:
+        return region_counts(self.height, self.width, self.region_lr_px)
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        s = self.scale
+        return (self.frames, self.height * s, self.width * s, self.channels)
+
+
+class JobStore:
+    """Opened job store; arrays are opened lazily so tasks can build one cheaply."""
+
+    def __init__(self, url: str, group: zarr.Group) -> None:
+        self.url = url
+        self.group = group
+        self._lock_fh = None
+
+    # ----------------------------------------------------------------- open/create
+    @classmethod
+    def open(cls, url: str, mode: str = "r+") -> JobStore:
+        return cls(url, zarr.open_group(url, mode=mode))
+
+    @classmethod
+    def exists(cls, url: str) -> bool:
+        if is_local(url):
+            return (local_path(url) / "zarr.json").exists()
+        try:
+            zarr.open_group(url, mode="r")
+            return True
+        except Exception:  # missing group: zarr raises FileNotFoundError or its own type
+            return False
+
+    @classmethod
+    def create(cls, url: str, spec: dict[str, Any], layout: Layout) -> JobStore:
+        group = zarr.open_group(url, mode="w")
+        t, h, w, c = layout.frames, layout.height, layout.width, layout.channels
+        chunk_lr = max(16, layout.chunk_out_px // layout.scale)
+        group.create_array(
+            "input", shape=(t, h, w, c), dtype=layout.dtype,
+            chunks=(1, min(h, chunk_lr * 4), min(w, chunk_lr * 4), c),
+            fill_value=0,
+        )
+        _, sh, sw, _ = layout.out_shape
+        r, ch = layout.region_out_px, layout.chunk_out_px
+        group.create_array(
+            "output", shape=layout.out_shape, dtype=layout.dtype,
+            shards=(1, r, r, c), chunks=(1, ch, ch, c), fill_value=0,
+        )
+        rows, cols = layout.regions
+        group.create_array(
+            "done", shape=(t, rows, cols), dtype="uint8", chunks=(1, rows, cols), fill_value=0
+        )
+        group.attrs.update(
+            {
+                "format_version": FORMAT_VERSION,
+                "spec": spec,
+                "layout": layout.__dict__,
+                "state": {"ingested": False},
+            }
+        )
+        return cls(url, group)
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.group.attrs["spec"])
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(**self.group.attrs["layout"])
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return dict(self.group.attrs.get("state", {}))
+
+    def set_state(self, **values: Any) -> None:
+        state = self.state
+        state.update(values)
+        self.group.attrs["state"] = state
+
+    def array(self, name: str) -> zarr.Array:
+        return self.group[name]
+
+    # --------------------------------------------------------------------- flags
+    def done_mask(self) -> np.ndarray:
+        return np.asarray(self.group["done"][...], dtype=bool)
+
+    def mark_done(self, frame: int, row: int, col: int) -> None:
+        """Driver only, after the region's shard write returned."""
+        self.group["done"][frame, row, col] = 1
+
+    # ---------------------------------------------------------------------- lock
+    def lock(self) -> None:
+        """Refuse a second driver on the same local store (released when the process dies)."""
+        if not is_local(self.url):
+            return
+        path = local_path(self.url) / "driver.lock"
+        fh = open(path, "a+")  # noqa: SIM115 - held for the life of the job
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise UserError(
+                f"job store {self.url} is in use by {holder}; wait for it to finish "
+                "(two runs on one store at once would corrupt it)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
+        fh.flush()
+        self._lock_fh = fh
+
+    def unlock(self) -> None:
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+
+def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two spec dicts."""
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs.extend(spec_differences(a, b, name + "."))
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(
+            b, sort_keys=True, default=str
+        ):
+            diffs.append(name)
+    return diffs
+
+
+def open_for_job(url: str, spec: dict[str, Any], layout: Layout, restart: bool) -> JobStore:
+    """Create the store, or reopen it for resume after checking it belongs to this job."""
+    normalised = json.loads(json.dumps(spec, default=str))
+    if JobStore.exists(url) and not restart:
+        store = JobStore.open(url)
+        if store.group.attrs.get("format_version") != FORMAT_VERSION:
+            raise UserError(
+                f"job store {url} has another format version; rerun with --restart to discard it"
+            )
+        diffs = spec_differences(store.spec, normalised)
+        if diffs:
+            raise UserError(
+                f"job store {url} was made for a different job (differs in: "
+                f"{', '.join(diffs[:6])}); rerun with --restart to discard it and start over"
+            )
+        store.lock()
+        return store
+    if JobStore.exists(url):
+        old = JobStore.open(url)
+        old.lock()  # never delete a store another driver is using
+        remove_store(url)
+        old.unlock()
+    store = JobStore.create(url, normalised, layout)
+    store.lock()
+    return store
+
+
+def remove_store(url: str) -> None:
+    if is_local(url):
+        shutil.rmtree(local_path(url), ignore_errors=True)
+    else:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        fs.rm(path, recursive=True)

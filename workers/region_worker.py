@@ -1,0 +1,190 @@
+"""The region worker: a Ray actor that upscales one output region at a time.
+
+It loads its upscaler once, and for each region reads the LR region plus the halo that
+the global tiles touching it need, runs those tiles in batches, blends them with their
+windows in float32, and writes the region's output shard in one piece. It returns a
+small status dict; pixels never travel through Ray. Torch is imported in the actor,
+never on the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import JobConfig
+from pipeline.store import JobStore
+from pipeline.tiling import (
+    Grid,
+    Region,
+    pad_to_multiple,
+    plan_grid,
+    tile_window,
+    tiles_for_region,
+)
+
+
+@dataclass(frozen=True)
+class RegionTask:
+    """The address of one unit of work: a region of one frame, in the store's layout."""
+
+    frame: int
+    row: int
+    col: int
+
+
+class RegionWorker:
+    """Wrap with ``ray.remote(...)`` on the driver; usable directly in tests and debugging."""
+
+    def __init__(self, store_url: str, config: JobConfig, size_multiple: int, context_px: int):
+        import torch
+
+        from workers.upscaler import build_upscaler
+
+        threads = int(os.environ.get("SR_TORCH_THREADS", "0")) or _cpu_share()
+        torch.set_num_threads(max(1, threads))
+        self.config = config
+        self.store = JobStore.open(store_url)
+        self.layout = self.store.layout
+        self.input = self.store.array("input")
+        self.output = self.store.array("output")
+        self.size_multiple = size_multiple
+        self.context_px = context_px
+        self.upscaler = build_upscaler(config.model)
+        self.grid: Grid = plan_grid(
+            self.layout.height, self.layout.width, config.tiling.tile_px,
+            config.tiling.overlap_px,
+        )
+        self._windows: dict[tuple[int, int], np.ndarray] = {}
+
+    def ping(self) -> str:
+        return str(self.upscaler.device)
+
+    def region(self, task: RegionTask) -> Region:
+        lay = self.layout
+        r = lay.region_lr_px
+        y0, x0 = task.row * r, task.col * r
+        return Region(
+            task.frame, task.row, task.col, y0, min(y0 + r, lay.height), x0,
+            min(x0 + r, lay.width),
+        )
+
+    def _window(self, y: int, x: int) -> np.ndarray:
+        g = self.grid
+        # Only whether the tile touches each image edge matters, so cache on that.
+        key = (
+            (y > 0) + 2 * (y + g.tile_h < g.height),
+            (x > 0) + 2 * (x + g.tile_w < g.width),
+        )
+        if key not in self._windows:
+            t = self.config.tiling
+            self._windows[key] = tile_window(
+                g, y, x, self.layout.scale, t.overlap_px, t.window, self.context_px
+            )
+        return self._windows[key]
+
+    def process(self, task: RegionTask) -> dict[str, Any]:
+        """Upscale one region and write its shard; returns counts and timings."""
+        try:
+            return self._process(task)
+        except Exception as exc:
+            raise RuntimeError(
+                f"frame {task.frame} region (row {task.row}, col {task.col}) failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _process(self, task: RegionTask) -> dict[str, Any]:
+        import torch
+
+        from workers.upscaler import bicubic_upscale
+
+        t_start = time.perf_counter()
+        lay, g, s = self.layout, self.grid, self.layout.scale
+        region = self.region(task)
+        tiles = tiles_for_region(g, region)
+        by0 = min(y for y, _ in tiles)
+        bx0 = min(x for _, x in tiles)
+        by1 = max(y for y, _ in tiles) + g.tile_h
+        bx1 = max(x for _, x in tiles) + g.tile_w
+        maxval = float(np.iinfo(lay.dtype).max)
+        halo = np.asarray(self.input[task.frame, by0:by1, bx0:bx1, :])
+        halo_t = torch.from_numpy(halo.astype(np.float32) / maxval).permute(2, 0, 1)
+
+        oy0, ox0 = region.y0 * s, region.x0 * s
+        oh, ow = (region.y1 - region.y0) * s, (region.x1 - region.x0) * s
+        acc = np.zeros((lay.channels, oh, ow), np.float32)
+        wsum = np.zeros((oh, ow), np.float32)
+        n_color = 3 if lay.channels >= 3 else 1
+        has_alpha = lay.channels in (2, 4)
+        ph = pad_to_multiple(g.tile_h, self.size_multiple)
+        pw = pad_to_multiple(g.tile_w, self.size_multiple)
+        batch = self.config.model.batch_size
+        model_s = 0.0
+        for b0 in range(0, len(tiles), batch):
+            coords = tiles[b0:b0 + batch]
+            lr = torch.stack(
+                [halo_t[:, y - by0:y - by0 + g.tile_h, x - bx0:x - bx0 + g.tile_w]
+                 for y, x in coords]
+            )
+            color = lr[:, :n_color]
+            if n_color == 1:
+                color = color.expand(-1, 3, -1, -1)
+            if (ph, pw) != (g.tile_h, g.tile_w):
+                color = _pad(color, ph, pw)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                sr = self.upscaler.upscale(color.contiguous())
+            model_s += time.perf_counter() - t0
+            sr = sr[:, :, : g.tile_h * s, : g.tile_w * s].float().cpu()
+            if n_color == 1:
+                sr = sr.mean(dim=1, keepdim=True)
+            if has_alpha:
+                sr = torch.cat([sr, bicubic_upscale(lr[:, -1:], s)], dim=1)
+            sr_np = sr.numpy()
+            for (y, x), tile in zip(coords, sr_np, strict=True):
+                w = self._window(y, x)
+                ty0, tx0 = y * s, x * s
+                # Intersection of the tile's output footprint with the region.
+                iy0, iy1 = max(ty0, oy0), min(ty0 + g.tile_h * s, oy0 + oh)
+                ix0, ix1 = max(tx0, ox0), min(tx0 + g.tile_w * s, ox0 + ow)
+                wt = w[iy0 - ty0:iy1 - ty0, ix0 - tx0:ix1 - tx0]
+                acc[:, iy0 - oy0:iy1 - oy0, ix0 - ox0:ix1 - ox0] += (
+                    tile[:, iy0 - ty0:iy1 - ty0, ix0 - tx0:ix1 - tx0] * wt
+                )
+                wsum[iy0 - oy0:iy1 - oy0, ix0 - ox0:ix1 - ox0] += wt
+        out = acc / wsum
+        quantised = np.rint(np.clip(out, 0.0, 1.0) * maxval).astype(lay.dtype)
+        self.output[task.frame, oy0:oy0 + oh, ox0:ox0 + ow, :] = np.moveaxis(quantised, 0, -1)
+        return {
+            "frame": task.frame,
+            "row": task.row,
+            "col": task.col,
+            "tiles": len(tiles),
+            "out_px": oh * ow,
+            "model_s": model_s,
+            "total_s": time.perf_counter() - t_start,
+        }
+
+
+def _pad(x, height: int, width: int):
+    """Reflect-pad right/bottom to (height, width); replicate where reflect cannot reach."""
+    import torch.nn.functional as F
+
+    dh, dw = height - x.shape[-2], width - x.shape[-1]
+    mode = "reflect" if dh < x.shape[-2] and dw < x.shape[-1] else "replicate"
+    return F.pad(x, (0, dw, 0, dh), mode=mode)
+
+
+def _cpu_share() -> int:
+    """Threads for this actor: its Ray CPU allocation, else 1."""
+    try:
+        import ray
+
+        ids = ray.get_runtime_context().get_assigned_resources()
+        return max(1, int(ids.get("CPU", 1)))
+    except Exception:  # not inside Ray
+        return 1
