@@ -46,12 +46,16 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
 
 
 def cluster_gpus() -> float:
+    """GPUs Ray can schedule (0 when Ray is not running: the local runner uses none)."""
     import ray
 
-    return float(ray.cluster_resources().get("GPU", 0.0))
+    return float(ray.cluster_resources().get("GPU", 0.0)) if ray.is_initialized() else 0.0
 
 
 def cluster_cpus() -> float:
+    """CPUs Ray can schedule (this machine's cores when Ray is not running)."""
     import ray
 
+    if not ray.is_initialized():
+        return float(os.cpu_count() or 1)
     return float(ray.cluster_resources().get("CPU", 1.0))

@@ -17,6 +17,7 @@ import yaml
 from pipeline.errors import UserError
 
 WINDOWS = ("gaussian", "cosine")
+RUNNERS = ("ray", "local")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class TilingConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     work_dir: str | None = None
+    # Targets: a region is region_out_px // scale input pixels; its output shard is
+    # that times the scale, cut into chunks of about chunk_out_px (tiling.shard_geometry).
     region_out_px: int = 2048
     chunk_out_px: int = 512
     keep: bool = False
@@ -45,6 +48,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
+    runner: str = "ray"  # ray | local (in-process, sequential: tests and debugging)
     address: str | None = None
     actors: int = 0
     gpus_per_actor: float = 1.0
@@ -174,16 +178,15 @@ def validate(cfg: JobConfig) -> None:
         raise UserError(f"--tile must be at least 8 input pixels, got {t.tile_px}")
     if t.overlap_px is not None and t.overlap_px < 0:
         raise UserError(f"--overlap cannot be negative, got {t.overlap_px}")
-    if s.region_out_px % m.scale or s.region_out_px < 64:
+    if s.region_out_px < 64 or s.region_out_px < m.scale:
+        raise UserError(f"store.region_out_px must be at least 64, got {s.region_out_px}")
+    if s.chunk_out_px < 16 or s.chunk_out_px > s.region_out_px:
         raise UserError(
-            f"store.region_out_px must be a multiple of the scale ({m.scale}) and at least 64, "
-            f"got {s.region_out_px}"
+            f"store.chunk_out_px must be between 16 and store.region_out_px "
+            f"({s.region_out_px}), got {s.chunk_out_px}"
         )
-    if s.chunk_out_px < 16 or s.region_out_px % s.chunk_out_px:
-        raise UserError(
-            f"store.chunk_out_px must divide store.region_out_px ({s.region_out_px}), "
-            f"got {s.chunk_out_px}"
-        )
+    if r.runner not in RUNNERS:
+        raise UserError(f"run.runner must be one of {', '.join(RUNNERS)}, got {r.runner!r}")
     if r.actors < 0:
         raise UserError(f"--actors must be 0 (automatic) or more, got {r.actors}")
     if r.gpus_per_actor < 0:

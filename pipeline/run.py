@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from pipeline.publish import (
     write_tiff_task,
 )
 from pipeline.store import JobStore, Layout, default_store_url, open_for_job, remove_store
-from pipeline.tiling import plan_regions
+from pipeline.tiling import plan_regions, shard_geometry
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,10 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
     scale = cfg.model.scale
     check_output(out, fmt, (info.height * scale, info.width * scale), info.channels,
                  info.dtype, cfg.output)
+    shard, chunk = shard_geometry(scale, cfg.store.region_out_px, cfg.store.chunk_out_px)
     layout = Layout(
         frames=1, height=info.height, width=info.width, channels=info.channels,
-        dtype=info.dtype, scale=scale, region_out_px=cfg.store.region_out_px,
-        chunk_out_px=cfg.store.chunk_out_px,
+        dtype=info.dtype, scale=scale, region_out_px=shard, chunk_out_px=chunk,
     )
     # What must match for a store to be resumed: the input and everything that
     # changes pixels. Actor counts, addresses and batch sizes may change freely.
@@ -144,7 +145,8 @@ def run_job(
         info.kind, info.width, info.height, info.channels, info.dtype,
         info.width * plan.layout.scale, info.height * plan.layout.scale, plan.fmt,
     )
-    with ray_runtime(plan.config.run.address):
+    local = plan.config.run.runner == "local"
+    with nullcontext() if local else ray_runtime(plan.config.run.address):
         store = open_for_job(plan.store_url, plan.spec, plan.layout, restart)
         try:
             if not store.state.get("ingested"):
@@ -169,8 +171,12 @@ def run_job(
 
 
 # --------------------------------------------------------------------------- stages
-def _run_tasks(fn, calls: list[tuple], num_cpus: float = 1) -> list[Any]:
+def _run_tasks(plan: Plan, fn, calls: list[tuple], num_cpus: float = 1) -> list[Any]:
+    """Run ``fn(*call)`` for every call as Ray tasks (in this process for the local runner)."""
     import ray
+
+    if plan.config.run.runner == "local":
+        return [fn(*args) for args in calls]
 
     remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
     refs = [remote.remote(*args) for args in calls]
@@ -181,7 +187,7 @@ def ingest(plan: Plan, store: JobStore) -> None:
     chunk_rows = store.array("input").chunks[1]
     bands = plan_bands(plan.info, chunk_rows, int(cluster_cpus()) * 2)
     log.info("ingest: %d band(s) into %s", len(bands), plan.store_url)
-    _run_tasks(ingest_rows_task, [(plan.info, plan.store_url, y0, y1) for y0, y1 in bands])
+    _run_tasks(plan, ingest_rows_task, [(plan.info, plan.store_url, y0, y1) for y0, y1 in bands])
 
 
 def _actor_count(cfg: JobConfig, use_gpu: bool, pending: int) -> int:
@@ -214,7 +220,6 @@ def make_actors(plan: Plan, count: int, use_gpu: bool) -> list[Any]:
 
 def upscale(plan: Plan, store: JobStore, progress: bool) -> int:
     """Schedule every region without a done flag; returns how many were run."""
-    import ray
 
     from workers.region_worker import RegionTask
 
@@ -231,21 +236,67 @@ def upscale(plan: Plan, store: JobStore, progress: bool) -> int:
         log.info("upscale: all %d regions already done", total)
         return 0
     cfg = plan.config
+    bar = tqdm(
+        total=total, initial=total - len(regions), unit="region", disable=not progress,
+        dynamic_ncols=True, desc="upscale",
+    )
+    try:
+        if cfg.run.runner == "local":
+            _upscale_local(plan, store, regions, bar)
+        else:
+            _upscale_ray(plan, store, regions, bar)
+    finally:
+        bar.close()
+    return len(regions)
+
+
+def _failed(plan: Plan, task: Any, attempts: int, exc: Exception) -> JobFailed:
+    return JobFailed(
+        f"frame {task.frame} region (row {task.row}, col {task.col}) failed {attempts} "
+        f"time(s): {_cause(exc)}; the job store {plan.store_url} is kept, so a fixed rerun "
+        "resumes"
+    )
+
+
+def _upscale_local(plan: Plan, store: JobStore, regions: list[Any], bar: tqdm) -> None:
+    """Sequential, in-process: the same worker code without Ray (tests, debugging)."""
+    from workers.region_worker import RegionWorker
+
+    worker = RegionWorker(
+        plan.store_url, plan.config, plan.model.size_multiple, plan.model.context_px,
+        threads=int(cluster_cpus()),
+    )
+    retries = plan.config.run.region_retries
+    for task in regions:
+        for attempt in range(retries + 1):
+            try:
+                worker.process(task)
+                break
+            except Exception as exc:
+                if attempt == retries:
+                    raise _failed(plan, task, attempt + 1, exc) from exc
+                log.warning("retrying frame %d region %d,%d: %s", task.frame, task.row,
+                            task.col, _cause(exc))
+        store.mark_done(task.frame, task.row, task.col)
+        bar.update(1)
+
+
+def _upscale_ray(plan: Plan, store: JobStore, regions: list[Any], bar: tqdm) -> None:
+    """Actor pool with a bounded number of regions in flight per actor."""
+    import ray
+
+    cfg = plan.config
     use_gpu = cluster_gpus() > 0 and cfg.run.gpus_per_actor > 0
     actors = make_actors(plan, _actor_count(cfg, use_gpu, len(regions)), use_gpu)
     log.info(
-        "upscale: %d region(s) of %d on %d actor(s) (%s), tile %d px, overlap %d px",
-        len(regions), total, len(actors), "GPU" if use_gpu else "CPU",
+        "upscale: %d region(s) on %d actor(s) (%s), tile %d px, overlap %d px",
+        len(regions), len(actors), "GPU" if use_gpu else "CPU",
         cfg.tiling.tile_px, cfg.tiling.overlap_px,
     )
     pending = deque((task, 0) for task in regions)
     in_flight: dict[Any, tuple[int, Any, int]] = {}
     load = [0] * len(actors)
     limit = cfg.run.in_flight_per_actor
-    bar = tqdm(
-        total=total, initial=total - len(regions), unit="region", disable=not progress,
-        dynamic_ncols=True, desc="upscale",
-    )
     try:
         while pending or in_flight:
             while pending and min(load) < limit:
@@ -261,11 +312,7 @@ def upscale(plan: Plan, store: JobStore, progress: bool) -> int:
                     ray.get(ref)
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                     if attempt >= cfg.run.region_retries:
-                        raise JobFailed(
-                            f"frame {task.frame} region (row {task.row}, col {task.col}) failed "
-                            f"{attempt + 1} time(s): {_cause(exc)}; the job store "
-                            f"{plan.store_url} is kept, so a fixed rerun resumes"
-                        ) from exc
+                        raise _failed(plan, task, attempt + 1, exc) from exc
                     log.warning("retrying frame %d region %d,%d: %s", task.frame, task.row,
                                 task.col, _cause(exc))
                     pending.append((task, attempt + 1))
@@ -273,10 +320,8 @@ def upscale(plan: Plan, store: JobStore, progress: bool) -> int:
                 store.mark_done(task.frame, task.row, task.col)
                 bar.update(1)
     finally:
-        bar.close()
         for actor in actors:
             ray.kill(actor)
-    return len(regions)
 
 
 def _cause(exc: Exception) -> str:
@@ -298,15 +343,15 @@ def publish(plan: Plan, store: JobStore) -> None:
         for level in range(1, len(shapes)):
             h, w = shapes[level]
             calls = [(plan.store_url, level, *b) for b in blocks(h, w, block)]
-            _run_tasks(downsample_task, calls)
+            _run_tasks(plan, downsample_task, calls)
     try:
         if plan.fmt in ("png", "jpeg"):
             log.info("publish: %s", plan.fmt)
             calls = [(plan.store_url, str(tmp), plan.fmt, cfg.jpeg_quality)]
-            _run_tasks(write_small_task, calls)
+            _run_tasks(plan, write_small_task, calls)
         elif plan.fmt == "tiff":
             _run_tasks(
-                write_tiff_task, [(plan.store_url, str(tmp), shapes, cfg.tile_px,
+                plan, write_tiff_task, [(plan.store_url, str(tmp), shapes, cfg.tile_px,
                                    plan.info.geo_tags)]
             )
         else:
@@ -318,7 +363,7 @@ def publish(plan: Plan, store: JobStore) -> None:
                 for level, (h, w) in enumerate(shapes)
                 for b in blocks(h, w, shard)
             ]
-            _run_tasks(copy_to_ome_task, calls)
+            _run_tasks(plan, copy_to_ome_task, calls)
         replace_output(tmp, final)
     except BaseException:
         if tmp.is_dir():

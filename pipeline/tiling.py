@@ -72,6 +72,16 @@ class Region:
         return (self.frame, self.row, self.col)
 
 
+def shard_geometry(scale: int, region_out_target: int, chunk_out_target: int) -> tuple[int, int]:
+    """(output shard side, output chunk side) near the targets: the shard is a whole number
+    of LR pixels times the scale, and the chunk divides the shard exactly."""
+    shard = max(1, region_out_target // scale) * scale
+    n = -(-shard // chunk_out_target)
+    while shard % n:
+        n += 1
+    return shard, shard // n
+
+
 def region_counts(height: int, width: int, region_lr_px: int) -> tuple[int, int]:
     return math.ceil(height / region_lr_px), math.ceil(width / region_lr_px)
 

@@ -9,7 +9,6 @@ never on the driver.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -40,12 +39,14 @@ class RegionTask:
 class RegionWorker:
     """Wrap with ``ray.remote(...)`` on the driver; usable directly in tests and debugging."""
 
-    def __init__(self, store_url: str, config: JobConfig, size_multiple: int, context_px: int):
+    def __init__(
+        self, store_url: str, config: JobConfig, size_multiple: int, context_px: int,
+        threads: int = 1,
+    ) -> None:
         import torch
 
         from workers.upscaler import build_upscaler
 
-        threads = int(os.environ.get("SR_TORCH_THREADS", "0")) or _cpu_share()
         torch.set_num_threads(max(1, threads))
         self.config = config
         self.store = JobStore.open(store_url)
@@ -177,14 +178,3 @@ def _pad(x, height: int, width: int):
     dh, dw = height - x.shape[-2], width - x.shape[-1]
     mode = "reflect" if dh < x.shape[-2] and dw < x.shape[-1] else "replicate"
     return F.pad(x, (0, dw, 0, dh), mode=mode)
-
-
-def _cpu_share() -> int:
-    """Threads for this actor: its Ray CPU allocation, else 1."""
-    try:
-        import ray
-
-        ids = ray.get_runtime_context().get_assigned_resources()
-        return max(1, int(ids.get("CPU", 1)))
-    except Exception:  # not inside Ray
-        return 1

@@ -1,0 +1,40 @@
+"""Helpers shared by the tests: synthetic images, the bicubic reference, configs."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def synth_image(height: int, width: int, channels: int = 3, dtype=np.uint8, seed: int = 0):
+    """Smooth structure plus noise: exercises both blending and the bicubic kernel."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = 0.5 + 0.25 * np.sin(x / 7.0)[..., None] * np.cos(y / 11.0)[..., None]
+    img = base + rng.normal(0, 0.15, (height, width, channels))
+    maxval = np.iinfo(dtype).max
+    return np.rint(np.clip(img, 0, 1) * maxval).astype(dtype)
+
+
+def bicubic_reference(image_hwc: np.ndarray, scale: int) -> np.ndarray:
+    """Whole-image torch bicubic, clamped and quantised like the pipeline's output."""
+    import torch
+    import torch.nn.functional as F
+
+    maxval = float(np.iinfo(image_hwc.dtype).max)
+    t = torch.from_numpy(image_hwc.astype(np.float32) / maxval).permute(2, 0, 1)[None]
+    up = F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+    return np.rint(up[0].permute(1, 2, 0).numpy() * maxval).astype(image_hwc.dtype)
+
+
+def make_config(scale=2, tile=64, overlap=16, region_out_px=2048, chunk_out_px=None,
+                actors=0, keep=False, batch_size=4, window="gaussian", **extra):
+    from pipeline.config import load_config
+
+    chunk = chunk_out_px or min(512, region_out_px)
+    items = [
+        f"model.scale={scale}", f"tiling.tile_px={tile}", f"tiling.overlap_px={overlap}",
+        f"store.region_out_px={region_out_px}", f"store.chunk_out_px={chunk}",
+        f"run.actors={actors}", f"store.keep={str(keep).lower()}",
+        f"model.batch_size={batch_size}", f"tiling.window={window}",
+    ] + [f"{k.replace('__', '.')}={v}" for k, v in extra.items()]
+    return load_config(set_items=items)
