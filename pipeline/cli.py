@@ -27,8 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
         "blended without seams, resumable. Subcommand: 'sample PATH' writes a test image.",
     )
     p.add_argument("input", help="image (PNG, JPEG, TIFF/BigTIFF/OME-TIFF) or Zarr array")
-    p.add_argument("-o", "--output", required=True,
-                   help="output path; format from the extension: .zarr .tif .png .jpg")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output path; format from the extension: .zarr .tif .png .jpg",
+    )
     p.add_argument("--config", help="YAML preset (see configs/)")
     p.add_argument("--model", choices=sorted(MODELS), help="upscaler (default: bicubic)")
     p.add_argument("--scale", type=int, help="upscale factor (default 4)")
@@ -38,15 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, help="region workers (default: one per GPU or CPU)")
     p.add_argument("--gpus-per-actor", type=float, help="GPUs per worker when GPUs exist")
     p.add_argument("--address", help="join a Ray cluster (e.g. auto or ray://head:10001)")
-    p.add_argument("--work-dir", help="where the job store lives (path or URL); "
-                   "default: next to the output")
+    p.add_argument(
+        "--work-dir", help="where the job store lives (path or URL); default: next to the output"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--restart", action="store_true",
-                   help="discard this job's store and start over instead of resuming")
-    p.add_argument("--keep-store", action="store_true",
-                   help="keep the job store after success (default: delete it)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config value, e.g. --set store.region_out_px=4096")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard this job's store and start over instead of resuming",
+    )
+    p.add_argument(
+        "--keep-store",
+        action="store_true",
+        help="keep the job store after success (default: delete it)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override any config value, e.g. --set store.region_out_px=4096",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar or stage messages")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return p
@@ -54,10 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {
-        "model.name": args.model, "model.scale": args.scale, "tiling.tile_px": args.tile,
-        "tiling.overlap_px": args.overlap, "model.batch_size": args.batch_size,
-        "run.actors": args.actors, "run.gpus_per_actor": args.gpus_per_actor,
-        "run.address": args.address, "store.work_dir": args.work_dir,
+        "model.name": args.model,
+        "model.scale": args.scale,
+        "tiling.tile_px": args.tile,
+        "tiling.overlap_px": args.overlap,
+        "model.batch_size": args.batch_size,
+        "run.actors": args.actors,
+        "run.gpus_per_actor": args.gpus_per_actor,
+        "run.address": args.address,
+        "store.work_dir": args.work_dir,
         "store.keep": True if args.keep_store else None,
     }
     return {k: v for k, v in pairs.items() if v is not None}
@@ -74,8 +95,9 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 def _sample(argv: Sequence[str]) -> int:
     from pipeline.sample import write_sample
 
-    p = argparse.ArgumentParser(prog="run_pipeline.py sample",
-                                description="write the built-in synthetic test image")
+    p = argparse.ArgumentParser(
+        prog="run_pipeline.py sample", description="write the built-in synthetic test image"
+    )
     p.add_argument("path", help="where to write it (.png or .tif)")
     p.add_argument("--size", default="640x480", help="WIDTHxHEIGHT (default 640x480)")
     args = p.parse_args(argv)
@@ -100,7 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.run import run_job
 
         summary = run_job(
-            args.input, args.output, cfg, overwrite=args.overwrite, restart=args.restart,
+            args.input,
+            args.output,
+            cfg,
+            overwrite=args.overwrite,
+            restart=args.restart,
             progress=not args.quiet,
         )
         print(summary.line())
@@ -117,8 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"error: {type(exc).__name__}: {first} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(
+            f"error: {type(exc).__name__}: {first} (rerun with --debug for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

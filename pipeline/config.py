@@ -180,11 +180,8 @@ def validate(cfg: JobConfig) -> None:
         raise UserError(f"--overlap cannot be negative, got {t.overlap_px}")
     if s.region_out_px < 64 or s.region_out_px < m.scale:
         raise UserError(f"store.region_out_px must be at least 64, got {s.region_out_px}")
-    if s.chunk_out_px < 16 or s.chunk_out_px > s.region_out_px:
-        raise UserError(
-            f"store.chunk_out_px must be between 16 and store.region_out_px "
-            f"({s.region_out_px}), got {s.chunk_out_px}"
-        )
+    if s.chunk_out_px < 16:
+        raise UserError(f"store.chunk_out_px must be at least 16, got {s.chunk_out_px}")
     if r.runner not in RUNNERS:
         raise UserError(f"run.runner must be one of {', '.join(RUNNERS)}, got {r.runner!r}")
     if r.actors < 0:
@@ -198,7 +195,10 @@ def validate(cfg: JobConfig) -> None:
 
 
 def resolve_model_defaults(
-    cfg: JobConfig, default_tile_px: int, default_overlap_px: int, size_multiple: int,
+    cfg: JobConfig,
+    default_tile_px: int,
+    default_overlap_px: int,
+    size_multiple: int,
     min_overlap_px: int,
 ) -> JobConfig:
     """Fill tile/overlap from the model's preferences and check them against its needs."""

@@ -49,6 +49,7 @@ def decode_pillow(info: ImageInfo) -> np.ndarray:
     """Whole PNG/JPEG as (H, W, C) uint8/uint16 with the channel count probe reported."""
     from PIL import Image
 
+    Image.MAX_IMAGE_PIXELS = None  # probe already bounded the decoded size
     with Image.open(info.path) as im:
         mode = im.mode
         if mode == "P":

@@ -42,9 +42,11 @@ class ImageInfo:
 def sniff(path: Path) -> str:
     """Kind of input from its first bytes (or Zarr metadata for a directory)."""
     if path.is_dir():
-        if (path / "zarr.json").exists() or (path / ".zarray").exists() or (
-            path / ".zgroup"
-        ).exists():
+        if (
+            (path / "zarr.json").exists()
+            or (path / ".zarray").exists()
+            or (path / ".zgroup").exists()
+        ):
             return "zarr"
         raise UserError(f"{path} is a directory but not a Zarr array or group")
     with open(path, "rb") as fh:
@@ -105,6 +107,18 @@ def _png_header(path: Path) -> tuple[int, int, int, int]:
     return width, height, depth, color
 
 
+def _check_decode_size(
+    path: Path, kind: str, width: int, height: int, channels: int, itemsize: int, max_decode_mb: int
+) -> None:
+    decoded_mb = width * height * channels * itemsize / 2**20
+    if decoded_mb > max_decode_mb:
+        raise UserError(
+            f"{path} is {width}x{height}: decoding this {kind.upper()} needs "
+            f"{decoded_mb:.0f} MiB, over the {max_decode_mb} MiB limit; convert it to a tiled "
+            "TIFF (read lazily) or raise output.max_input_decode_mb"
+        )
+
+
 def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
     from PIL import Image
 
@@ -115,29 +129,34 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
                 f"{path} is a 16-bit RGB PNG, which cannot be read without losing precision; "
                 "convert it to a 16-bit TIFF"
             )
+        # Before Pillow touches the data: a header may claim any size (decompression bomb).
+        _check_decode_size(
+            path,
+            kind,
+            width,
+            height,
+            4 if color in (4, 6) else 3,
+            2 if depth == 16 else 1,
+            max_decode_mb,
+        )
+    # Our own decoded-size limit below replaces Pillow's pixel-count bomb check, which
+    # would otherwise refuse legitimate large scans with a less useful message.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with Image.open(path) as im:
             width, height = im.size
             mode = im.mode
-    except Image.DecompressionBombError:
-        mode, width, height = "?", 0, 0
     except OSError as exc:
         raise UserError(f"{path} could not be read as {kind.upper()}: {exc}") from None
-    if mode == "?" and kind == "png":
-        width, height, _, _ = _png_header(path)
     channels = {"L": 1, "1": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "RGBA": 4, "PA": 4}
     chans = channels.get(mode, 4 if mode == "P" else 3)
     if mode == "P":
         with Image.open(path) as im:
             chans = 4 if "transparency" in im.info else 3
     dtype = "uint16" if mode.startswith("I") else "uint8"
-    decoded_mb = width * height * chans * (2 if dtype == "uint16" else 1) / 2**20
-    if decoded_mb > max_decode_mb:
-        raise UserError(
-            f"{path} is {width}x{height}: decoding this {kind.upper()} needs "
-            f"{decoded_mb:.0f} MiB, over the {max_decode_mb} MiB limit; convert it to a tiled "
-            "TIFF (read lazily) or raise output.max_input_decode_mb"
-        )
+    _check_decode_size(
+        path, kind, width, height, chans, 2 if dtype == "uint16" else 1, max_decode_mb
+    )
     _check_size(path, height, width, chans)
     return ImageInfo(str(path), kind, height, width, chans, dtype)
 
@@ -185,17 +204,22 @@ def _probe_tiff(path: Path) -> ImageInfo:
             series = tif.series[0]
             shape, dtype, axes = tuple(series.shape), str(series.dtype), series.axes
             page = tif.pages[0]
-            geo = {
-                tag.code: tag.value for tag in page.tags.values() if tag.code in GEO_TAGS
-            }
+            geo = {tag.code: tag.value for tag in page.tags.values() if tag.code in GEO_TAGS}
     except (tifffile.TiffFileError, ValueError, IndexError, struct.error, OSError) as exc:
         raise UserError(f"{path} is not a readable TIFF ({exc}); the file may be damaged") from None
     lead, shape, axes = _squeeze_lead(path, shape, axes)
     height, width, channels, layout = _classify_array(path, shape, axes)
     _check_size(path, height, width, channels)
     return ImageInfo(
-        str(path), "tiff", height, width, channels, _check_dtype(path, dtype), layout,
-        lead=lead, geo_tags=geo,
+        str(path),
+        "tiff",
+        height,
+        width,
+        channels,
+        _check_dtype(path, dtype),
+        layout,
+        lead=lead,
+        geo_tags=geo,
     )
 
 
@@ -222,8 +246,15 @@ def _probe_zarr(path: Path) -> ImageInfo:
     height, width, channels, layout = _classify_array(path, shape, axes)
     _check_size(path, height, width, channels)
     return ImageInfo(
-        str(path), "zarr", height, width, channels, _check_dtype(path, str(node.dtype)), layout,
-        lead=lead, zarr_path=inner,
+        str(path),
+        "zarr",
+        height,
+        width,
+        channels,
+        _check_dtype(path, str(node.dtype)),
+        layout,
+        lead=lead,
+        zarr_path=inner,
     )
 
 

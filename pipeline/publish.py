@@ -23,8 +23,13 @@ from pipeline.errors import UserError
 from pipeline.store import JobStore
 
 FORMATS = {
-    ".zarr": "zarr", ".ome.zarr": "zarr", ".tif": "tiff", ".tiff": "tiff",
-    ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg",
+    ".zarr": "zarr",
+    ".ome.zarr": "zarr",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
 }
 
 
@@ -87,7 +92,8 @@ def downsample2(block: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     need_h, need_w = out_h * 2, out_w * 2
     if block.shape[0] < need_h or block.shape[1] < need_w:
         block = np.pad(
-            block, ((0, need_h - block.shape[0]), (0, need_w - block.shape[1]), (0, 0)),
+            block,
+            ((0, need_h - block.shape[0]), (0, need_w - block.shape[1]), (0, 0)),
             mode="edge",
         )
     f = block.astype(np.float32)
@@ -117,8 +123,11 @@ def create_pyramid_arrays(store: JobStore, shapes: list[tuple[int, int]], tile: 
     for level, (h, w) in enumerate(shapes[1:], start=1):
         if str(level) not in group:
             group.create_array(
-                str(level), shape=(h, w, lay.channels), dtype=lay.dtype,
-                chunks=(min(h, tile), min(w, tile), lay.channels), fill_value=0,
+                str(level),
+                shape=(h, w, lay.channels),
+                dtype=lay.dtype,
+                chunks=(min(h, tile), min(w, tile), lay.channels),
+                fill_value=0,
             )
 
 
@@ -143,9 +152,7 @@ def ome_multiscales(name: str, shapes: list[tuple[int, int]], channels: int) -> 
     datasets = [
         {
             "path": str(level),
-            "coordinateTransformations": [
-                {"type": "scale", "scale": [1.0, h0 / h, w0 / w]}
-            ],
+            "coordinateTransformations": [{"type": "scale", "scale": [1.0, h0 / h, w0 / w]}],
         }
         for level, (h, w) in enumerate(shapes)
     ]
@@ -165,22 +172,34 @@ def ome_multiscales(name: str, shapes: list[tuple[int, int]], channels: int) -> 
     }
 
 
-def create_ome_zarr(path: Path, name: str, shapes: list[tuple[int, int]], channels: int,
-                    dtype: str, shard_px: int, chunk_px: int) -> None:
+def create_ome_zarr(
+    path: Path,
+    name: str,
+    shapes: list[tuple[int, int]],
+    channels: int,
+    dtype: str,
+    shard_px: int,
+    chunk_px: int,
+) -> None:
     import zarr
 
     group = zarr.open_group(str(path), mode="w")
     for level, (h, w) in enumerate(shapes):
         group.create_array(
-            str(level), shape=(channels, h, w), dtype=dtype,
-            shards=(channels, shard_px, shard_px), chunks=(1, chunk_px, chunk_px),
-            dimension_names=("c", "y", "x"), fill_value=0,
+            str(level),
+            shape=(channels, h, w),
+            dtype=dtype,
+            shards=(channels, shard_px, shard_px),
+            chunks=(1, chunk_px, chunk_px),
+            dimension_names=("c", "y", "x"),
+            fill_value=0,
         )
     group.attrs["ome"] = ome_multiscales(name, shapes, channels)
 
 
-def copy_to_ome_task(store_url: str, target: str, level: int, y0: int, y1: int, x0: int,
-                     x1: int) -> int:
+def copy_to_ome_task(
+    store_url: str, target: str, level: int, y0: int, y1: int, x0: int, x1: int
+) -> int:
     """Copy one shard-aligned block of a level into the OME-Zarr, as (C, y, x)."""
     import zarr
 
@@ -236,24 +255,26 @@ def scaled_geo_tags(geo: dict[int, Any], scale: int) -> list[tuple]:
     return tags
 
 
-def write_tiff_task(store_url: str, target: str, shapes: list[tuple[int, int]], tile: int,
-                    geo: dict[int, Any]) -> int:
+def write_tiff_task(
+    store_url: str, target: str, shapes: list[tuple[int, int]], tile: int, geo: dict[int, Any]
+) -> int:
     """Stream every level into a tiled BigTIFF: level 0 with the others as SubIFDs."""
     import tifffile
 
     store = JobStore.open(store_url)
     lay = store.layout
     photometric, extrasamples = _photometric(lay.channels)
+    gray = lay.channels == 1  # a plain (H, W) page, no samples axis
 
     def tiles(level: int):
         h, w = shapes[level]
         for y in range(0, h, tile):
             block_rows = read_level(store, level, y, min(y + tile, h), 0, w)
             for x in range(0, w, tile):
-                t = block_rows[:, x:x + tile]
+                t = block_rows[:, x : x + tile]
                 if t.shape[:2] != (tile, tile):
                     t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0)))
-                yield t
+                yield t[:, :, 0] if gray else t
 
     with tifffile.TiffWriter(target, bigtiff=True) as tif:
         for level, (h, w) in enumerate(shapes):
@@ -264,9 +285,16 @@ def write_tiff_task(store_url: str, target: str, shapes: list[tuple[int, int]], 
             else:
                 kwargs["subfiletype"] = 1
             tif.write(
-                tiles(level), shape=(h, w, lay.channels), dtype=lay.dtype, tile=(tile, tile),
-                photometric=photometric, extrasamples=extrasamples, compression="zlib",
-                planarconfig="contig", metadata=None, **kwargs,
+                tiles(level),
+                shape=(h, w) if gray else (h, w, lay.channels),
+                dtype=lay.dtype,
+                tile=(tile, tile),
+                photometric=photometric,
+                extrasamples=extrasamples,
+                compression="zlib",
+                planarconfig=None if gray else "contig",
+                metadata=None,
+                **kwargs,
             )
     return len(shapes)
 
@@ -280,8 +308,11 @@ def write_png16(path: Path, image: np.ndarray) -> None:
     raw[:, 1:] = image.astype(">u2").reshape(h, -1).view(np.uint8)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
     with open(path, "wb") as fh:

@@ -100,17 +100,27 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             f"model {model.name!r} supports scales {model.scales}, not {cfg.model.scale}"
         )
     cfg = resolve_model_defaults(
-        cfg, model.default_tile_px, model.default_overlap_px, model.size_multiple,
+        cfg,
+        model.default_tile_px,
+        model.default_overlap_px,
+        model.size_multiple,
         model.min_overlap_px,
     )
     info = probe(src, cfg.output.max_input_decode_mb)
     scale = cfg.model.scale
-    check_output(out, fmt, (info.height * scale, info.width * scale), info.channels,
-                 info.dtype, cfg.output)
+    check_output(
+        out, fmt, (info.height * scale, info.width * scale), info.channels, info.dtype, cfg.output
+    )
     shard, chunk = shard_geometry(scale, cfg.store.region_out_px, cfg.store.chunk_out_px)
     layout = Layout(
-        frames=1, height=info.height, width=info.width, channels=info.channels,
-        dtype=info.dtype, scale=scale, region_out_px=shard, chunk_out_px=chunk,
+        frames=1,
+        height=info.height,
+        width=info.width,
+        channels=info.channels,
+        dtype=info.dtype,
+        scale=scale,
+        region_out_px=shard,
+        chunk_out_px=chunk,
     )
     # What must match for a store to be resumed: the input and everything that
     # changes pixels. Actor counts, addresses and batch sizes may change freely.
@@ -118,7 +128,8 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         "input": identity(src),
         "model": {"name": cfg.model.name, "scale": scale, "weights": cfg.model.weights},
         "tiling": {
-            "tile_px": cfg.tiling.tile_px, "overlap_px": cfg.tiling.overlap_px,
+            "tile_px": cfg.tiling.tile_px,
+            "overlap_px": cfg.tiling.overlap_px,
             "window": cfg.tiling.window,
         },
         "layout": layout.__dict__,
@@ -142,8 +153,14 @@ def run_job(
     info = plan.info
     log.info(
         "probe: %s %dx%d, %d channel(s), %s -> %dx%d %s",
-        info.kind, info.width, info.height, info.channels, info.dtype,
-        info.width * plan.layout.scale, info.height * plan.layout.scale, plan.fmt,
+        info.kind,
+        info.width,
+        info.height,
+        info.channels,
+        info.dtype,
+        info.width * plan.layout.scale,
+        info.height * plan.layout.scale,
+        plan.fmt,
     )
     local = plan.config.run.runner == "local"
     with nullcontext() if local else ray_runtime(plan.config.run.address):
@@ -237,8 +254,12 @@ def upscale(plan: Plan, store: JobStore, progress: bool) -> int:
         return 0
     cfg = plan.config
     bar = tqdm(
-        total=total, initial=total - len(regions), unit="region", disable=not progress,
-        dynamic_ncols=True, desc="upscale",
+        total=total,
+        initial=total - len(regions),
+        unit="region",
+        disable=not progress,
+        dynamic_ncols=True,
+        desc="upscale",
     )
     try:
         if cfg.run.runner == "local":
@@ -263,7 +284,10 @@ def _upscale_local(plan: Plan, store: JobStore, regions: list[Any], bar: tqdm) -
     from workers.region_worker import RegionWorker
 
     worker = RegionWorker(
-        plan.store_url, plan.config, plan.model.size_multiple, plan.model.context_px,
+        plan.store_url,
+        plan.config,
+        plan.model.size_multiple,
+        plan.model.context_px,
         threads=int(cluster_cpus()),
     )
     retries = plan.config.run.region_retries
@@ -275,8 +299,13 @@ def _upscale_local(plan: Plan, store: JobStore, regions: list[Any], bar: tqdm) -
             except Exception as exc:
                 if attempt == retries:
                     raise _failed(plan, task, attempt + 1, exc) from exc
-                log.warning("retrying frame %d region %d,%d: %s", task.frame, task.row,
-                            task.col, _cause(exc))
+                log.warning(
+                    "retrying frame %d region %d,%d: %s",
+                    task.frame,
+                    task.row,
+                    task.col,
+                    _cause(exc),
+                )
         store.mark_done(task.frame, task.row, task.col)
         bar.update(1)
 
@@ -290,8 +319,11 @@ def _upscale_ray(plan: Plan, store: JobStore, regions: list[Any], bar: tqdm) -> 
     actors = make_actors(plan, _actor_count(cfg, use_gpu, len(regions)), use_gpu)
     log.info(
         "upscale: %d region(s) on %d actor(s) (%s), tile %d px, overlap %d px",
-        len(regions), len(actors), "GPU" if use_gpu else "CPU",
-        cfg.tiling.tile_px, cfg.tiling.overlap_px,
+        len(regions),
+        len(actors),
+        "GPU" if use_gpu else "CPU",
+        cfg.tiling.tile_px,
+        cfg.tiling.overlap_px,
     )
     pending = deque((task, 0) for task in regions)
     in_flight: dict[Any, tuple[int, Any, int]] = {}
@@ -313,8 +345,13 @@ def _upscale_ray(plan: Plan, store: JobStore, regions: list[Any], bar: tqdm) -> 
                 except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
                     if attempt >= cfg.run.region_retries:
                         raise _failed(plan, task, attempt + 1, exc) from exc
-                    log.warning("retrying frame %d region %d,%d: %s", task.frame, task.row,
-                                task.col, _cause(exc))
+                    log.warning(
+                        "retrying frame %d region %d,%d: %s",
+                        task.frame,
+                        task.row,
+                        task.col,
+                        _cause(exc),
+                    )
                     pending.append((task, attempt + 1))
                     continue
                 store.mark_done(task.frame, task.row, task.col)
@@ -351,13 +388,15 @@ def publish(plan: Plan, store: JobStore) -> None:
             _run_tasks(plan, write_small_task, calls)
         elif plan.fmt == "tiff":
             _run_tasks(
-                plan, write_tiff_task, [(plan.store_url, str(tmp), shapes, cfg.tile_px,
-                                   plan.info.geo_tags)]
+                plan,
+                write_tiff_task,
+                [(plan.store_url, str(tmp), shapes, cfg.tile_px, plan.info.geo_tags)],
             )
         else:
             shard = lay.region_out_px
-            create_ome_zarr(tmp, final.name, shapes, lay.channels, lay.dtype, shard,
-                            min(cfg.tile_px, shard))
+            create_ome_zarr(
+                tmp, final.name, shapes, lay.channels, lay.dtype, shard, min(cfg.tile_px, shard)
+            )
             calls = [
                 (plan.store_url, str(tmp), level, *b)
                 for level, (h, w) in enumerate(shapes)

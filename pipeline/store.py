@@ -48,7 +48,7 @@ def is_local(url: str) -> bool:
 
 
 def local_path(url: str) -> Path:
-    return Path(url[len("file://"):] if url.startswith("file://") else url)
+    return Path(url[len("file://") :] if url.startswith("file://") else url)
 
 
 @dataclass(frozen=True)
@@ -107,15 +107,21 @@ class JobStore:
         t, h, w, c = layout.frames, layout.height, layout.width, layout.channels
         chunk_lr = max(16, layout.chunk_out_px // layout.scale)
         group.create_array(
-            "input", shape=(t, h, w, c), dtype=layout.dtype,
+            "input",
+            shape=(t, h, w, c),
+            dtype=layout.dtype,
             chunks=(1, min(h, chunk_lr * 4), min(w, chunk_lr * 4), c),
             fill_value=0,
         )
         _, sh, sw, _ = layout.out_shape
         r, ch = layout.region_out_px, layout.chunk_out_px
         group.create_array(
-            "output", shape=layout.out_shape, dtype=layout.dtype,
-            shards=(1, r, r, c), chunks=(1, ch, ch, c), fill_value=0,
+            "output",
+            shape=layout.out_shape,
+            dtype=layout.dtype,
+            shards=(1, r, r, c),
+            chunks=(1, ch, ch, c),
+            fill_value=0,
         )
         rows, cols = layout.regions
         group.create_array(

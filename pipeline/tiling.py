@@ -95,7 +95,12 @@ def plan_regions(frame: int, height: int, width: int, region_lr_px: int) -> list
             y0, x0 = r * region_lr_px, c * region_lr_px
             out.append(
                 Region(
-                    frame, r, c, y0, min(y0 + region_lr_px, height), x0,
+                    frame,
+                    r,
+                    c,
+                    y0,
+                    min(y0 + region_lr_px, height),
+                    x0,
                     min(x0 + region_lr_px, width),
                 )
             )
@@ -155,12 +160,22 @@ def tile_window(
 ) -> np.ndarray:
     """Separable (tile_h*scale, tile_w*scale) float32 weights for the tile at (y, x)."""
     wy = window_1d(
-        grid.tile_h * scale, scale, overlap, kind, context,
-        taper_start=y > 0, taper_end=y + grid.tile_h < grid.height,
+        grid.tile_h * scale,
+        scale,
+        overlap,
+        kind,
+        context,
+        taper_start=y > 0,
+        taper_end=y + grid.tile_h < grid.height,
     )
     wx = window_1d(
-        grid.tile_w * scale, scale, overlap, kind, context,
-        taper_start=x > 0, taper_end=x + grid.tile_w < grid.width,
+        grid.tile_w * scale,
+        scale,
+        overlap,
+        kind,
+        context,
+        taper_start=x > 0,
+        taper_end=x + grid.tile_w < grid.width,
     )
     return np.outer(wy, wx)
 

@@ -19,8 +19,12 @@ def ray_local():
     import ray
 
     ray.init(
-        num_cpus=2, num_gpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-        logging_level="ERROR", log_to_driver=False,
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="ERROR",
+        log_to_driver=False,
     )
     yield ray
     ray.shutdown()

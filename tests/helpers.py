@@ -26,15 +26,30 @@ def bicubic_reference(image_hwc: np.ndarray, scale: int) -> np.ndarray:
     return np.rint(up[0].permute(1, 2, 0).numpy() * maxval).astype(image_hwc.dtype)
 
 
-def make_config(scale=2, tile=64, overlap=16, region_out_px=2048, chunk_out_px=None,
-                actors=0, keep=False, batch_size=4, window="gaussian", **extra):
+def make_config(
+    scale=2,
+    tile=64,
+    overlap=16,
+    region_out_px=2048,
+    chunk_out_px=None,
+    actors=0,
+    keep=False,
+    batch_size=4,
+    window="gaussian",
+    **extra,
+):
     from pipeline.config import load_config
 
     chunk = chunk_out_px or min(512, region_out_px)
     items = [
-        f"model.scale={scale}", f"tiling.tile_px={tile}", f"tiling.overlap_px={overlap}",
-        f"store.region_out_px={region_out_px}", f"store.chunk_out_px={chunk}",
-        f"run.actors={actors}", f"store.keep={str(keep).lower()}",
-        f"model.batch_size={batch_size}", f"tiling.window={window}",
+        f"model.scale={scale}",
+        f"tiling.tile_px={tile}",
+        f"tiling.overlap_px={overlap}",
+        f"store.region_out_px={region_out_px}",
+        f"store.chunk_out_px={chunk}",
+        f"run.actors={actors}",
+        f"store.keep={str(keep).lower()}",
+        f"model.batch_size={batch_size}",
+        f"tiling.window={window}",
     ] + [f"{k.replace('__', '.')}={v}" for k, v in extra.items()]
     return load_config(set_items=items)

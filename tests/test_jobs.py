@@ -27,8 +27,9 @@ def test_region_partition_invariance(tmp_path: Path, tif_input: Path, ray_local)
     outputs = []
     for region, actors in [(128, 1), (256, 2), (2048, 2), (192, 2)]:
         out = tmp_path / f"out_{region}_{actors}.tif"
-        cfg = make_config(scale=2, tile=64, overlap=16, region_out_px=region,
-                          chunk_out_px=64, actors=actors)
+        cfg = make_config(
+            scale=2, tile=64, overlap=16, region_out_px=region, chunk_out_px=64, actors=actors
+        )
         summary = run_job(str(tif_input), str(out), cfg, progress=False)
         assert summary.regions_total == len(range(0, 460, region)) * len(range(0, 602, region))
         outputs.append(tifffile.imread(out))
@@ -37,8 +38,7 @@ def test_region_partition_invariance(tmp_path: Path, tif_input: Path, ray_local)
 
 
 def test_resume_completes_only_missing_regions(tmp_path: Path, tif_input: Path, ray_local):
-    cfg = make_config(scale=2, tile=64, overlap=16, region_out_px=128, chunk_out_px=64,
-                      keep=True)
+    cfg = make_config(scale=2, tile=64, overlap=16, region_out_px=128, chunk_out_px=64, keep=True)
     clean = tmp_path / "clean.tif"
     run_job(str(tif_input), str(clean), cfg, progress=False)
     expected = tifffile.imread(clean)
@@ -54,7 +54,7 @@ def test_resume_completes_only_missing_regions(tmp_path: Path, tif_input: Path, 
     output, done = store.array("output"), store.array("done")
     for row, col in [(0, 0), (1, 3), (3, 4)]:
         done[0, row, col] = 0
-        output[0, row * 128:(row + 1) * 128, col * 128:(col + 1) * 128, :] = 7
+        output[0, row * 128 : (row + 1) * 128, col * 128 : (col + 1) * 128, :] = 7
     output[0, 256:384, 0:128, :] = 9  # region (2, 0), still flagged done
     second = run_job(str(tif_input), str(out), cfg, progress=False)
     assert second.regions_run == 3
@@ -66,16 +66,17 @@ def test_resume_completes_only_missing_regions(tmp_path: Path, tif_input: Path, 
 
 def test_store_of_another_job_is_refused_then_restart(tmp_path: Path, tif_input: Path):
     out = tmp_path / "out.png"
-    run_job(str(tif_input), str(out), make_config(keep=True, run__runner="local"),
-            progress=False)
+    run_job(str(tif_input), str(out), make_config(keep=True, run__runner="local"), progress=False)
     out.unlink()
     other = make_config(scale=3, keep=True, run__runner="local")
     with pytest.raises(UserError, match=r"different job \(differs in: .*model.scale"):
         run_job(str(tif_input), str(out), other, progress=False)
     summary = run_job(str(tif_input), str(out), other, restart=True, progress=False)
     assert summary.regions_run == summary.regions_total
-    assert tifffile.imread(tif_input).shape[0] * 3 == np.asarray(
-        __import__("PIL.Image", fromlist=["Image"]).open(out)).shape[0]
+    assert (
+        tifffile.imread(tif_input).shape[0] * 3
+        == np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(out)).shape[0]
+    )
 
 
 def test_second_driver_on_same_store_is_refused(tmp_path: Path, tif_input: Path):
@@ -89,8 +90,7 @@ def test_second_driver_on_same_store_is_refused(tmp_path: Path, tif_input: Path)
         with pytest.raises(UserError, match="in use by pid"):
             run_job(str(tif_input), str(tmp_path / "o.tif"), cfg, progress=False)
         with pytest.raises(UserError, match="in use by pid"):
-            run_job(str(tif_input), str(tmp_path / "o.tif"), cfg, restart=True,
-                    progress=False)
+            run_job(str(tif_input), str(tmp_path / "o.tif"), cfg, restart=True, progress=False)
     finally:
         first.unlock()
     run_job(str(tif_input), str(tmp_path / "o.tif"), cfg, progress=False)

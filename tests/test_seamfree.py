@@ -28,14 +28,21 @@ CASES = [
 
 
 @pytest.mark.parametrize("h,w,scale,tile,overlap,region,window", CASES)
-def test_tiled_bicubic_equals_whole_image(tmp_path: Path, h, w, scale, tile, overlap, region,
-                                          window):
+def test_tiled_bicubic_equals_whole_image(
+    tmp_path: Path, h, w, scale, tile, overlap, region, window
+):
     image = synth_image(h, w, seed=h + w)
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, image, photometric="rgb")
-    cfg = make_config(scale=scale, tile=tile, overlap=overlap, region_out_px=region,
-                      chunk_out_px=region // 2 if region % 32 == 0 else region,
-                      window=window, run__runner="local")
+    cfg = make_config(
+        scale=scale,
+        tile=tile,
+        overlap=overlap,
+        region_out_px=region,
+        chunk_out_px=region // 2 if region % 32 == 0 else region,
+        window=window,
+        run__runner="local",
+    )
     run_job(str(src), str(tmp_path / "out.tif"), cfg, progress=False)
     out = tifffile.imread(tmp_path / "out.tif")
     ref = bicubic_reference(image, scale)

@@ -16,10 +16,19 @@ from pipeline.tiling import (
 pytestmark = pytest.mark.unit
 
 
-@pytest.mark.parametrize("length,tile,overlap", [
-    (1001, 128, 32), (677, 128, 32), (512, 512, 16), (513, 512, 16), (100, 512, 16),
-    (129, 64, 8), (64, 64, 0), (1000, 100, 99),
-])
+@pytest.mark.parametrize(
+    "length,tile,overlap",
+    [
+        (1001, 128, 32),
+        (677, 128, 32),
+        (512, 512, 16),
+        (513, 512, 16),
+        (100, 512, 16),
+        (129, 64, 8),
+        (64, 64, 0),
+        (1000, 100, 99),
+    ],
+)
 def test_tile_starts_cover_axis_with_full_tiles(length, tile, overlap):
     starts, size = tile_starts(length, tile, overlap)
     assert size == min(tile, length)
@@ -30,7 +39,7 @@ def test_tile_starts_cover_axis_with_full_tiles(length, tile, overlap):
         assert a + size - b >= overlap  # every neighbour pair overlaps by at least overlap
     covered = np.zeros(length, bool)
     for s in starts:
-        covered[s:s + size] = True
+        covered[s : s + size] = True
     assert covered.all()
 
 
@@ -39,7 +48,9 @@ def test_tiles_for_region_are_exactly_the_intersecting_ones():
     for region in plan_regions(0, 300, 500, 100):
         got = set(tiles_for_region(grid, region))
         want = {
-            (y, x) for y in grid.ys for x in grid.xs
+            (y, x)
+            for y in grid.ys
+            for x in grid.xs
             if y < region.y1 and y + 64 > region.y0 and x < region.x1 and x + 64 > region.x0
         }
         assert got == want and got
@@ -48,7 +59,7 @@ def test_tiles_for_region_are_exactly_the_intersecting_ones():
 def test_regions_partition_the_frame():
     mask = np.zeros((301, 499), int)
     for r in plan_regions(0, 301, 499, 128):
-        mask[r.y0:r.y1, r.x0:r.x1] += 1
+        mask[r.y0 : r.y1, r.x0 : r.x1] += 1
     assert (mask == 1).all()
 
 
@@ -73,7 +84,7 @@ def test_normalised_weights_sum_to_one_and_blend_constant_exactly(kind):
     for y in grid.ys:
         for x in grid.xs:
             wt = tile_window(grid, y, x, scale, overlap, kind, 2)
-            sl = np.s_[y * scale:(y + tile) * scale, x * scale:(x + tile) * scale]
+            sl = np.s_[y * scale : (y + tile) * scale, x * scale : (x + tile) * scale]
             parts.append((sl, wt))
             wsum[sl] += wt
             acc[sl] += wt * 0.37
@@ -85,8 +96,10 @@ def test_normalised_weights_sum_to_one_and_blend_constant_exactly(kind):
     np.testing.assert_allclose(acc / wsum, 0.37, atol=1e-6)
 
 
-@pytest.mark.parametrize("scale,region,chunk", [(2, 2048, 512), (3, 2048, 512), (4, 100, 64),
-                                                (7, 1000, 100), (16, 64, 16)])
+@pytest.mark.parametrize(
+    "scale,region,chunk",
+    [(2, 2048, 512), (3, 2048, 512), (4, 100, 64), (7, 1000, 100), (16, 64, 16)],
+)
 def test_shard_geometry_whole_lr_pixels_and_dividing_chunks(scale, region, chunk):
     from pipeline.tiling import shard_geometry
 

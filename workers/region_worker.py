@@ -40,7 +40,11 @@ class RegionWorker:
     """Wrap with ``ray.remote(...)`` on the driver; usable directly in tests and debugging."""
 
     def __init__(
-        self, store_url: str, config: JobConfig, size_multiple: int, context_px: int,
+        self,
+        store_url: str,
+        config: JobConfig,
+        size_multiple: int,
+        context_px: int,
         threads: int = 1,
     ) -> None:
         import torch
@@ -57,7 +61,9 @@ class RegionWorker:
         self.context_px = context_px
         self.upscaler = build_upscaler(config.model)
         self.grid: Grid = plan_grid(
-            self.layout.height, self.layout.width, config.tiling.tile_px,
+            self.layout.height,
+            self.layout.width,
+            config.tiling.tile_px,
             config.tiling.overlap_px,
         )
         self._windows: dict[tuple[int, int], np.ndarray] = {}
@@ -70,7 +76,12 @@ class RegionWorker:
         r = lay.region_lr_px
         y0, x0 = task.row * r, task.col * r
         return Region(
-            task.frame, task.row, task.col, y0, min(y0 + r, lay.height), x0,
+            task.frame,
+            task.row,
+            task.col,
+            y0,
+            min(y0 + r, lay.height),
+            x0,
             min(x0 + r, lay.width),
         )
 
@@ -126,10 +137,12 @@ class RegionWorker:
         batch = self.config.model.batch_size
         model_s = 0.0
         for b0 in range(0, len(tiles), batch):
-            coords = tiles[b0:b0 + batch]
+            coords = tiles[b0 : b0 + batch]
             lr = torch.stack(
-                [halo_t[:, y - by0:y - by0 + g.tile_h, x - bx0:x - bx0 + g.tile_w]
-                 for y, x in coords]
+                [
+                    halo_t[:, y - by0 : y - by0 + g.tile_h, x - bx0 : x - bx0 + g.tile_w]
+                    for y, x in coords
+                ]
             )
             color = lr[:, :n_color]
             if n_color == 1:
@@ -152,14 +165,14 @@ class RegionWorker:
                 # Intersection of the tile's output footprint with the region.
                 iy0, iy1 = max(ty0, oy0), min(ty0 + g.tile_h * s, oy0 + oh)
                 ix0, ix1 = max(tx0, ox0), min(tx0 + g.tile_w * s, ox0 + ow)
-                wt = w[iy0 - ty0:iy1 - ty0, ix0 - tx0:ix1 - tx0]
-                acc[:, iy0 - oy0:iy1 - oy0, ix0 - ox0:ix1 - ox0] += (
-                    tile[:, iy0 - ty0:iy1 - ty0, ix0 - tx0:ix1 - tx0] * wt
+                wt = w[iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0]
+                acc[:, iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += (
+                    tile[:, iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0] * wt
                 )
-                wsum[iy0 - oy0:iy1 - oy0, ix0 - ox0:ix1 - ox0] += wt
+                wsum[iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += wt
         out = acc / wsum
         quantised = np.rint(np.clip(out, 0.0, 1.0) * maxval).astype(lay.dtype)
-        self.output[task.frame, oy0:oy0 + oh, ox0:ox0 + ow, :] = np.moveaxis(quantised, 0, -1)
+        self.output[task.frame, oy0 : oy0 + oh, ox0 : ox0 + ow, :] = np.moveaxis(quantised, 0, -1)
         return {
             "frame": task.frame,
             "row": task.row,

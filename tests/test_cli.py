@@ -1,0 +1,134 @@
+"""The command line as a user runs it: real subprocess, real local Ray started by the CLI."""
+
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        timeout=300,
+    )
+
+
+@pytest.mark.integration
+def test_sample_then_upscale_end_to_end(tmp_path):
+    sample = tmp_path / "sample.png"
+    made = cli("sample", sample, "--size", "300x200")
+    assert made.returncode == 0, made.stderr
+    out = tmp_path / "out.tif"
+    run = cli(
+        sample,
+        "-o",
+        out,
+        "--scale",
+        "2",
+        "--tile",
+        "128",
+        "--overlap",
+        "16",
+        "--set",
+        "store.region_out_px=256",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "done in" in run.stdout and str(out) in run.stdout
+    assert "upscale" in run.stderr and "region" in run.stderr  # progress bar and stages
+    assert tifffile.imread(out).shape == (400, 600, 3)
+    assert not (tmp_path / "out.tif.job.zarr").exists()  # store removed after success
+    assert not list(tmp_path.glob(".out.tif.partial*"))
+
+
+def _one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error: ") and text in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.unit
+def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
+    png = tmp_path / "in.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(png)
+    existing = tmp_path / "existing.tif"
+    existing.write_bytes(b"precious")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text_mp4 = tmp_path / "movie.mp4"
+    text_mp4.write_text("hello")
+    _one_line_error(cli(tmp_path / "nope.png", "-o", tmp_path / "o.tif"), 2, "does not exist")
+    _one_line_error(cli(png, "-o", existing), 2, "already exists; pass --overwrite")
+    assert existing.read_bytes() == b"precious"
+    _one_line_error(cli(empty, "-o", tmp_path / "o.tif"), 2, "is empty (0 bytes)")
+    _one_line_error(cli(text_mp4, "-o", tmp_path / "o.tif"), 2, "not a supported input")
+    _one_line_error(cli(png, "-o", png, "--overwrite"), 2, "the output path is the input path")
+    _one_line_error(cli(png, "-o", tmp_path / "missing" / "o.tif"), 2, "output directory")
+    _one_line_error(
+        cli(png, "-o", tmp_path / "o.tif", "--set", "tiling.bogus=1"),
+        2,
+        "unknown config key tiling.bogus",
+    )
+    _one_line_error(
+        cli(png, "-o", tmp_path / "o.tif", "--tile", "64", "--overlap", "64"),
+        2,
+        "must be smaller than --tile",
+    )
+    _one_line_error(
+        cli(png, "-o", tmp_path / "o.tif", "--config", tmp_path / "x.yaml"), 2, "does not exist"
+    )
+    bomb = tmp_path / "bomb.png"  # header claims 100000x100000; no pixel data
+    header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + header
+        + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    )
+    _one_line_error(cli(bomb, "-o", tmp_path / "o.tif"), 2, "over the 2048 MiB limit")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "bomb.png",
+        "empty.png",
+        "existing.tif",
+        "in.png",
+        "movie.mp4",
+    ]
+    debug = cli(png, "-o", existing, "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.unit
+def test_presets_load():
+    from pipeline.config import load_config
+
+    for preset in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(preset)
+
+
+@pytest.mark.unit
+def test_driver_package_does_not_import_torch():
+    modules = sorted(
+        f"pipeline.{p.stem}" for p in (ROOT / "pipeline").glob("*.py") if p.stem != "__init__"
+    ) + ["workers.region_worker"]
+    code = (
+        "import sys\n"
+        f"for m in {modules!r}: __import__(m)\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'peft') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
