@@ -18,6 +18,21 @@ from pipeline.errors import UserError
 
 WINDOWS = ("gaussian", "cosine")
 RUNNERS = ("ray", "local")
+COLOR_FIXES = ("wavelet", "adain", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def parse_degradation(text: str) -> tuple[float, float]:
+    """'0.3,0.5' -> (0.3, 0.5): S3Diff's two degradation scores, each in [0, 1]."""
+    try:
+        a, b = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise UserError(
+            f"--degradation expects two numbers in [0,1] like 0.3,0.5, got {text!r}"
+        ) from None
+    if not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0):
+        raise UserError(f"--degradation scores must lie in [0,1], got {text!r}")
+    return a, b
 
 
 @dataclass(frozen=True)
@@ -25,8 +40,14 @@ class ModelConfig:
     name: str = "bicubic"
     scale: int = 4
     batch_size: int = 4
-    weights: str | None = None
-    device: str = "auto"
+    weights: str | None = None  # S3Diff weights directory (see workers/s3diff/weights.py)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # S3Diff only; ignored by models that do not use them.
+    color_fix: str = "wavelet"  # wavelet | adain | none
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    fold_lora: bool = True  # fold the modulated LoRA into the base weights per conditioning
+    compile: bool = False  # torch.compile the UNet/VAE (GPU)
+    degradation: str | None = None  # fixed scores "B,N" in [0,1] instead of estimating them
 
 
 @dataclass(frozen=True)
@@ -170,6 +191,16 @@ def validate(cfg: JobConfig) -> None:
     m, t, s, r, o = cfg.model, cfg.tiling, cfg.store, cfg.run, cfg.output
     if m.scale < 1 or m.scale > 16:
         raise UserError(f"model.scale must be between 1 and 16, got {m.scale}")
+    if m.color_fix not in COLOR_FIXES:
+        raise UserError(
+            f"model.color_fix must be one of {', '.join(COLOR_FIXES)}, got {m.color_fix!r}"
+        )
+    if m.precision not in PRECISIONS:
+        raise UserError(
+            f"model.precision must be one of {', '.join(PRECISIONS)}, got {m.precision!r}"
+        )
+    if m.degradation is not None:
+        parse_degradation(m.degradation)
     if m.batch_size < 1:
         raise UserError(f"model.batch_size must be at least 1, got {m.batch_size}")
     if t.window not in WINDOWS:
