@@ -31,7 +31,11 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
         }
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        reaper = None
     else:
+        from pipeline.reaper import start_reaper
+
+        reaper = start_reaper()  # kills this local Ray if the driver is killed
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
@@ -43,6 +47,9 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
         yield
     finally:
         ray.shutdown()
+        if reaper is not None:
+            reaper.kill()
+            reaper.wait()
 
 
 def cluster_gpus() -> float:

@@ -132,3 +132,50 @@ def test_driver_package_does_not_import_torch():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.integration
+def test_killed_driver_leaves_no_ray_processes(tmp_path):
+    """Invariant 8: SIGKILL of the CLI takes its local Ray (agents included) with it."""
+    import os
+    import signal
+    import time
+
+    import psutil
+
+    src = tmp_path / "big.tif"
+    tifffile.imwrite(src, np.zeros((3000, 3000, 3), np.uint8), tile=(256, 256), photometric="rgb")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "run_pipeline.py"),
+            str(src),
+            "-o",
+            str(tmp_path / "o.tif"),
+            "--scale",
+            "4",
+            "--tile",
+            "64",
+            "--overlap",
+            "8",
+            "--set",
+            "run.region_retries=0",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stderr:  # wait until actors are working
+        if line.startswith("upscale:"):
+            break
+    time.sleep(1.0)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    ray_procs = [p for p in family if "reaper" not in " ".join(p.cmdline())]
+    assert any("raylet" in " ".join(p.cmdline()) for p in ray_procs), "no local Ray found"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(ray_procs, timeout=30)
+    assert not alive, [" ".join(p.cmdline())[:80] for p in alive]
+    assert (tmp_path / "o.tif.job.zarr").exists()  # the store stays for a resume
+    assert not (tmp_path / "o.tif").exists()  # no output that looks finished
