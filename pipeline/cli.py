@@ -23,8 +23,8 @@ log = logging.getLogger("pipeline")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_pipeline.py",
-        description="Upscale a gigapixel image with S3Diff or bicubic on Ray, tiled and "
-        "blended without seams, resumable. Subcommand: 'sample PATH' writes a test image.",
+        description="Upscale a video or a gigapixel image on Ray, tiled and blended without "
+        "seams, resumable. Subcommand: 'sample PATH' writes a test image.",
     )
     p.add_argument("input", help="image (PNG, JPEG, TIFF/BigTIFF/OME-TIFF) or Zarr array")
     p.add_argument(
@@ -44,6 +44,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join a Ray cluster (e.g. auto or ray://head:10001)")
     p.add_argument(
         "--work-dir", help="where the job store lives (path or URL); default: next to the output"
+    )
+    v = p.add_argument_group("video")
+    v.add_argument("--codec", help="video encoder (libx264, libx265, libsvtav1, prores_ks, ffv1)")
+    v.add_argument("--crf", type=int, help="encoder quality (x264/x265/svt-av1 CRF)")
+    v.add_argument("--preset", help="encoder preset")
+    v.add_argument("--pix-fmt", help="encoder pixel format (default: follow the source)")
+    v.add_argument("--frames", help="process frames A:B only (indices, B exclusive)")
+    v.add_argument("--start", type=float, help="process from this time (seconds)")
+    v.add_argument("--end", type=float, help="process up to this time (seconds)")
+    v.add_argument(
+        "--drop-unsupported",
+        action="store_true",
+        help="leave out streams the output container cannot hold",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument(
@@ -80,6 +93,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "run.address": args.address,
         "store.work_dir": args.work_dir,
         "store.keep": True if args.keep_store else None,
+        "video.codec": args.codec,
+        "video.crf": args.crf,
+        "video.preset": args.preset,
+        "video.pix_fmt": args.pix_fmt,
+        "video.frames": args.frames,
+        "video.start_s": args.start,
+        "video.end_s": args.end,
+        "video.drop_unsupported": True if args.drop_unsupported else None,
     }
     return {k: v for k, v in pairs.items() if v is not None}
 

@@ -40,7 +40,7 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
-            logging_level=logging.WARNING,
+            logging_level=logging.ERROR,
             log_to_driver=True,
         )
     try:

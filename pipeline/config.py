@@ -87,12 +87,40 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    codec: str = "libx264"  # libx264 | libx265 | libsvtav1 | prores_ks | ffv1 | ...
+    crf: int | None = 18
+    preset: str | None = "medium"
+    pix_fmt: str | None = None  # None: follow the source (10-bit stays 10-bit)
+    options: str | None = None  # extra encoder options "key=value,key=value"
+    drop_unsupported: bool = False  # leave out streams the output container cannot hold
+    frames: str | None = None  # "A:B" frame indices to process
+    start_s: float | None = None
+    end_s: float | None = None
+    segment_frames: int = 48  # decode segments: keyframe-aligned, at least this long
+    max_region_out_px: int = 4096  # a frame whose output is larger is cut into regions
+    drop_encoded: bool = False  # free input frames once encoded (bounds disk use)
+
+    def options_dict(self) -> dict[str, str]:
+        if not self.options:
+            return {}
+        out = {}
+        for item in self.options.split(","):
+            if "=" not in item:
+                raise UserError(f"video.options expects key=value pairs, got {item!r}")
+            k, v = item.split("=", 1)
+            out[k.strip()] = v.strip()
+        return out
+
+
+@dataclass(frozen=True)
 class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     run: RunConfig = field(default_factory=RunConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -221,6 +249,14 @@ def validate(cfg: JobConfig) -> None:
         raise UserError(f"--gpus-per-actor cannot be negative, got {r.gpus_per_actor}")
     if r.region_retries < 0 or r.in_flight_per_actor < 1:
         raise UserError("run.region_retries must be >= 0 and run.in_flight_per_actor >= 1")
+    v = cfg.video
+    v.options_dict()
+    if v.crf is not None and not 0 <= v.crf <= 63:
+        raise UserError(f"--crf must be between 0 and 63, got {v.crf}")
+    if v.segment_frames < 1 or v.max_region_out_px < 64:
+        raise UserError("video.segment_frames must be >= 1 and video.max_region_out_px >= 64")
+    if v.frames is not None and (v.start_s is not None or v.end_s is not None):
+        raise UserError("give either --frames or --start/--end, not both")
     if o.tile_px % 16 or o.tile_px < 16:
         raise UserError(f"output.tile_px must be a multiple of 16, got {o.tile_px}")
 

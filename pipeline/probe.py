@@ -16,6 +16,7 @@ from typing import Any
 from pipeline.errors import UserError
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
+IMAGE_KINDS = ("png", "jpeg", "tiff", "zarr")
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
 
 

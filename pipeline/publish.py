@@ -133,7 +133,8 @@ def create_pyramid_arrays(store: JobStore, shapes: list[tuple[int, int]], tile: 
 
 # ------------------------------------------------------------------------- writers
 def temp_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.partial-{os.getpid()}")
+    """A hidden sibling that keeps the extension (libraries pick formats from it)."""
+    return final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
 
 
 def replace_output(tmp: Path, final: Path) -> None:

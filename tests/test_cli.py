@@ -48,7 +48,7 @@ def test_sample_then_upscale_end_to_end(tmp_path):
     assert "upscale" in run.stderr and "region" in run.stderr  # progress bar and stages
     assert tifffile.imread(out).shape == (400, 600, 3)
     assert not (tmp_path / "out.tif.job.zarr").exists()  # store removed after success
-    assert not list(tmp_path.glob(".out.tif.partial*"))
+    assert not list(tmp_path.glob(".out.partial*"))
 
 
 def _one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:

@@ -1,0 +1,268 @@
+"""Encode and publish video: frames from the store, in order, while upscaling goes on.
+
+``VideoEncoder`` runs as one Ray actor (or in-process for the local runner). It keeps
+the output container open, encodes frames as the driver reports them done, keeps each
+frame's source pts (VFR stays VFR), copies colour tags and rotation, and remuxes the
+audio, subtitle and data streams packet for packet, interleaved by time. It writes to
+a temporary name; the driver renames the file only after ``finish`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import VideoConfig
+from pipeline.errors import UserError
+from pipeline.video import VideoInfo, sws_colorspace
+
+log = logging.getLogger(__name__)
+
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov"}
+
+
+def container_format(path: str | Path) -> str:
+    return CONTAINERS[Path(path).suffix.lower()]
+
+
+def _depth_and_chroma(pix_fmt: str) -> tuple[int, str]:
+    import av
+
+    fmt = av.VideoFormat(pix_fmt)
+    depth = max(c.bits for c in fmt.components)
+    chroma = "444"
+    comps = fmt.components
+    if len(comps) >= 3 and not fmt.is_rgb:
+        w, h = comps[1].width, comps[1].height
+        full_w, full_h = comps[0].width, comps[0].height
+        chroma = "420" if (w < full_w and h < full_h) else "422" if w < full_w else "444"
+    return depth, chroma
+
+
+def choose_pix_fmt(codec: str, source_pix_fmt: str, requested: str | None) -> str:
+    """The encoder pixel format: the user's, else the source's, else the codec's closest
+    match with the same bit depth (10-bit in gives 10-bit out or a clear refusal)."""
+    import av
+
+    try:
+        supported = [f.name for f in (av.Codec(codec, "w").video_formats or [])]
+    except av.error.FFmpegError:
+        raise UserError(f"video codec {codec!r} is not available in this PyAV build") from None
+    except ValueError:
+        raise UserError(f"unknown video codec {codec!r}") from None
+    if requested:
+        if supported and requested not in supported:
+            raise UserError(
+                f"codec {codec} cannot encode pixel format {requested}; it supports "
+                f"{', '.join(supported)}"
+            )
+        return requested
+    if not supported or source_pix_fmt in supported:
+        return source_pix_fmt
+    depth, chroma = _depth_and_chroma(source_pix_fmt)
+    same_depth = [f for f in supported if _depth_and_chroma(f)[0] == depth]
+    for f in same_depth:
+        if _depth_and_chroma(f)[1] == chroma:
+            return f
+    if same_depth:
+        return same_depth[0]
+    raise UserError(
+        f"codec {codec} cannot encode {depth}-bit video (source {source_pix_fmt}); choose "
+        f"a codec that can (libx265, libx264, ffv1, prores_ks) or set --pix-fmt to convert"
+    )
+
+
+def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> list[int]:
+    """Indices of the non-video streams to copy; refuses (or drops, when asked) the ones
+    the output container cannot hold. Tried on a throwaway in-memory container."""
+    import io
+
+    import av
+
+    keep = []
+    fmt = container_format(out_path)
+    with av.open(info.path) as src:
+        for stream in src.streams:
+            if stream.index == info.video_index or stream.type not in ("audio", "subtitle", "data"):
+                continue
+            probe = av.open(io.BytesIO(), mode="w", format=fmt)
+            try:
+                probe.add_stream_from_template(stream)
+                probe.start_encoding()
+                ok = True
+            except (av.error.FFmpegError, ValueError, TypeError):
+                ok = False
+            finally:
+                try:
+                    probe.close()
+                except Exception:  # closing a container whose header failed
+                    pass
+            if ok:
+                keep.append(stream.index)
+            elif drop_unsupported:
+                log.warning(
+                    "dropping stream #%d (%s %s): %s cannot hold it",
+                    stream.index,
+                    stream.type,
+                    stream.codec_context.name,
+                    fmt,
+                )
+            else:
+                raise UserError(
+                    f"stream #{stream.index} ({stream.type}, "
+                    f"{stream.codec_context.name}) cannot be stored in {Path(out_path).suffix}; "
+                    "use .mkv, or pass --drop-unsupported to leave it out"
+                )
+    return keep
+
+
+class VideoEncoder:
+    """Ordered encoder; ``encode_upto(n)`` encodes frames [next, n) from the store."""
+
+    def __init__(
+        self,
+        store_url: str,
+        info: VideoInfo,
+        cfg: VideoConfig,
+        target: str,
+        remux: list[int],
+        pix_fmt: str,
+        threads: int = 0,
+    ) -> None:
+        import av
+
+        from pipeline.store import JobStore
+
+        self.store = JobStore.open(store_url)
+        self.output_arr = self.store.array("output")
+        self.input_arr = self.store.array("input")
+        self.info, self.cfg = info, cfg
+        lay = self.store.layout
+        self.next = 0
+        self.tb = info.tb
+        self.offset = info.pts[0] if info.first > 0 else 0
+        self.out = av.open(target, mode="w", format=container_format(target))
+        self.out.metadata.update(info.metadata)
+        rate = Fraction(*info.avg_rate) if info.avg_rate else None
+        vs = self.out.add_stream(cfg.codec, rate=rate)
+        vs.time_base = self.tb
+        vs.width, vs.height = lay.width * lay.scale, lay.height * lay.scale
+        vs.pix_fmt = pix_fmt
+        cc = vs.codec_context
+        cc.time_base = self.tb
+        if threads:
+            cc.thread_count = threads
+        cc.color_range = info.color["range"]
+        cc.color_primaries = info.color["primaries"]
+        cc.color_trc = info.color["trc"]
+        cc.colorspace = info.color["space"]
+        options = dict(cfg.options_dict())
+        if cfg.crf is not None and cfg.codec in ("libx264", "libx265", "libsvtav1"):
+            options.setdefault("crf", str(cfg.crf))
+        if cfg.preset and cfg.codec in ("libx264", "libx265", "libsvtav1"):
+            options.setdefault("preset", str(cfg.preset))
+        if cfg.codec == "libx265":
+            options.setdefault("x265-params", "log-level=error")
+        vs.options = options
+        if info.rotation:
+            vs.set_display_rotation(info.rotation)
+        self.vs = vs
+        self.pix_fmt = pix_fmt
+        self.dtype = lay.dtype
+        # Remux sources: a second demuxer over the copied streams, drained by time.
+        self.src = av.open(info.path) if remux else None
+        self.map: dict[int, Any] = {}
+        if self.src is not None:
+            for idx in remux:
+                self.map[idx] = self.out.add_stream_from_template(self.src.streams[idx])
+            self.packets = self.src.demux(*[self.src.streams[i] for i in remux])
+        else:
+            self.packets = iter(())
+        self.pending: Any = None
+        self.t_start = self.offset * self.tb
+        self.t_end = info.end_pts * self.tb if info.end_pts is not None else None
+        self.ranged = info.first > 0 or info.end_pts is not None
+        self.copied = 0
+
+    # ---------------------------------------------------------------- remux packets
+    def _packet_time(self, packet: Any) -> Fraction | None:
+        ts = packet.pts if packet.pts is not None else packet.dts
+        return None if ts is None else ts * packet.time_base
+
+    def _remux_until(self, t: Fraction | None) -> None:
+        """Mux copied packets whose time is before ``t`` (all of them when None)."""
+        while True:
+            if self.pending is None:
+                self.pending = next(self.packets, None)
+                if self.pending is None:
+                    return
+            packet = self.pending
+            if packet.size == 0 and packet.pts is None and packet.dts is None:
+                self.pending = None
+                continue
+            pt = self._packet_time(packet)
+            if t is not None and pt is not None and pt >= t:
+                return
+            self.pending = None
+            if self.ranged and pt is not None:
+                dur = (packet.duration or 0) * packet.time_base
+                if pt + dur <= self.t_start or (self.t_end is not None and pt >= self.t_end):
+                    continue  # outside the selected range
+            if self.offset:
+                shift = int(round(self.t_start / packet.time_base))
+                if packet.pts is not None:
+                    packet.pts -= shift
+                if packet.dts is not None:
+                    packet.dts -= shift
+            packet.stream = self.map[packet.stream_index]
+            self.out.mux(packet)
+            self.copied += 1
+
+    # ----------------------------------------------------------------- video frames
+    def _frame(self, i: int) -> Any:
+        import av
+
+        arr = np.asarray(self.output_arr[i])
+        fmt = "rgb48le" if self.dtype == "uint16" else "rgb24"
+        frame = av.VideoFrame.from_ndarray(arr, format=fmt)
+        color = self.info.color
+        frame = frame.reformat(
+            format=self.pix_fmt,
+            dst_colorspace=sws_colorspace(color["space"]),
+            dst_color_range=color["range"] or None,
+        )
+        frame.pts = self.info.pts[i] - self.offset
+        frame.time_base = self.tb
+        return frame
+
+    def encode_upto(self, n: int) -> int:
+        """Encode frames [next, n); returns the new count of encoded frames."""
+        while self.next < n:
+            i = self.next
+            frame = self._frame(i)
+            self._remux_until(self.info.pts[i] * self.tb)
+            for packet in self.vs.encode(frame):
+                self.out.mux(packet)
+            if self.cfg.drop_encoded:
+                self.input_arr[i] = 0  # an all-fill chunk write deletes the chunk
+            self.next += 1
+        return self.next
+
+    def finish(self) -> dict[str, int]:
+        for packet in self.vs.encode(None):
+            self.out.mux(packet)
+        self._remux_until(None)
+        self.out.close()
+        if self.src is not None:
+            self.src.close()
+        return {"frames": self.next, "copied_packets": self.copied}
+
+    def abort(self) -> None:
+        try:
+            self.out.close()
+        except Exception:  # a broken container still gets discarded by the driver
+            pass

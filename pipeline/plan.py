@@ -1,0 +1,145 @@
+"""Plan a job before anything runs: check paths, probe the input, fix the store layout.
+
+Bad input and bad config fail here, on the driver, with one-line messages, before Ray
+starts or any file is written.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import JobConfig, resolve_model_defaults
+from pipeline.encode import CONTAINERS, choose_pix_fmt, remux_streams
+from pipeline.errors import UserError
+from pipeline.models import ModelSpec, get_spec
+from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
+from pipeline.publish import FORMATS, check_output
+from pipeline.store import Layout, default_store_url
+from pipeline.tiling import shard_geometry
+from pipeline.video import VideoInfo, plan_segments, probe_video
+
+
+@dataclass(frozen=True)
+class Plan:
+    input_path: str
+    output_path: Path
+    config: JobConfig
+    model: ModelSpec
+    info: ImageInfo | VideoInfo
+    layout: Layout
+    fmt: str  # zarr | tiff | png | jpeg | video
+    spec: dict[str, Any]
+    store_url: str
+    segments: tuple[tuple[int, int], ...] = ()  # video decode segments (frame ranges)
+    remux: tuple[int, ...] = ()  # video: stream indices copied packet for packet
+    pix_fmt: str = ""  # video: encoder pixel format
+
+    @property
+    def is_video(self) -> bool:
+        return self.fmt == "video"
+
+
+def _check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
+    if not output.parent.exists():
+        raise UserError(f"output directory {output.parent} does not exist; create it first")
+    if not os.access(output.parent, os.W_OK):
+        raise UserError(f"output directory {output.parent} is not writable")
+    if input_path.exists() and output.resolve() == input_path.resolve():
+        raise UserError("the output path is the input path; choose another output name")
+    if output.exists() and not overwrite:
+        raise UserError(f"{output} already exists; pass --overwrite to replace it")
+
+
+def _output_kind(out: Path) -> str:
+    suffix = out.suffix.lower()
+    if suffix in CONTAINERS:
+        return "video"
+    if suffix in FORMATS:
+        return FORMATS[suffix]
+    raise UserError(
+        f"cannot tell the output format from {out.name!r}; use an image extension "
+        f"({', '.join(sorted(FORMATS))}) or a video one ({', '.join(sorted(CONTAINERS))})"
+    )
+
+
+def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool) -> Plan:
+    src, out = Path(input_path), Path(output_path)
+    fmt = _output_kind(out)
+    _check_paths(src, out, overwrite)
+    model = get_spec(cfg.model.name)
+    if model.scales is not None and cfg.model.scale not in model.scales:
+        raise UserError(
+            f"model {model.name!r} supports scales {model.scales}, not {cfg.model.scale}"
+        )
+    cfg = resolve_model_defaults(
+        cfg,
+        model.default_tile_px,
+        model.default_overlap_px,
+        model.size_multiple,
+        model.min_overlap_px,
+    )
+    if not src.exists():
+        raise UserError(f"input {src} does not exist")
+    is_image = sniff(src) in IMAGE_KINDS
+    scale = cfg.model.scale
+    v = cfg.video
+    segments: tuple[tuple[int, int], ...] = ()
+    remux: tuple[int, ...] = ()
+    pix_fmt = ""
+    if is_image:
+        if fmt == "video":
+            raise UserError(f"{src} is an image; give an image output (.zarr .tif .png .jpg)")
+        info: ImageInfo | VideoInfo = probe(src, cfg.output.max_input_decode_mb)
+        check_output(
+            out,
+            fmt,
+            (info.height * scale, info.width * scale),
+            info.channels,
+            info.dtype,
+            cfg.output,
+        )
+        shard, chunk = shard_geometry(scale, cfg.store.region_out_px, cfg.store.chunk_out_px)
+        frames = 1
+        selection: dict[str, Any] = {}
+    else:
+        info = probe_video(src, v.frames, v.start_s, v.end_s)
+        if fmt != "video":
+            raise UserError(f"{src} is a video; give a video output (.mp4 .mkv .mov)")
+        pix_fmt = choose_pix_fmt(v.codec, info.pix_fmt, v.pix_fmt)
+        remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
+        segments = tuple(plan_segments(info, v.segment_frames))
+        side = max(info.height, info.width) * scale
+        target = side if side <= v.max_region_out_px else cfg.store.region_out_px
+        shard, chunk = shard_geometry(scale, target, cfg.store.chunk_out_px)
+        frames = info.frames
+        selection = {"first": info.first, "frames": info.frames}
+    layout = Layout(
+        frames=frames,
+        height=info.height,
+        width=info.width,
+        channels=info.channels,
+        dtype=info.dtype,
+        scale=scale,
+        region_out_px=shard,
+        chunk_out_px=chunk,
+    )
+    # What must match for a store to be resumed: the input and everything that changes
+    # the stored pixels. Actor counts, batch sizes and encoder settings may change.
+    spec = {
+        "input": identity(src),
+        "model": {"name": cfg.model.name, "scale": scale, "weights": cfg.model.weights},
+        "tiling": {
+            "tile_px": cfg.tiling.tile_px,
+            "overlap_px": cfg.tiling.overlap_px,
+            "window": cfg.tiling.window,
+        },
+        "layout": layout.__dict__,
+        "selection": selection,
+        "segments": [list(s) for s in segments],
+        "config": {"model": cfg.to_dict()["model"] | {"batch_size": None, "device": None}},
+    }
+    url = default_store_url(str(src), str(out), cfg.store.work_dir)
+    return Plan(str(src), out, cfg, model, info, layout, fmt, spec, url, segments, remux, pix_fmt)

@@ -1,0 +1,262 @@
+"""Video probe and ingest: exact frame lists from a demux-only scan, parallel decode.
+
+The probe never trusts ``nb_frames`` or duration x fps: it reads every packet header of
+the video stream (no decoding) to get the exact presentation timestamps, keyframes and
+frame count. Ingest decodes keyframe-aligned segments in parallel Ray tasks straight
+into the job store, each frame exactly once, addressed by its index in the sorted pts
+list.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+# AVColorSpace -> libswscale colourspace constant (SWS_CS_*), for RGB <-> YUV.
+SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
+
+
+def sws_colorspace(avcol: int) -> int:
+    return SWS_COLORSPACE.get(int(avcol), 5)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What probe learned about a video; everything the later stages need."""
+
+    path: str
+    kind: str  # "video"
+    container: str
+    width: int
+    height: int
+    frames: int  # in the selected range
+    first: int  # index of the first selected frame in the source
+    pts: tuple[int, ...]  # presentation timestamps of the selected frames, sorted
+    keyframes: tuple[int, ...]  # source indices of keyframes
+    time_base: tuple[int, int]
+    avg_rate: tuple[int, int] | None
+    video_index: int
+    codec: str
+    pix_fmt: str
+    bit_depth: int
+    color: dict[str, int]
+    rotation: int
+    streams: tuple[dict[str, Any], ...]
+    metadata: dict[str, str] = field(default_factory=dict)
+    end_pts: int | None = None  # pts where the selection stops (None: end of stream)
+
+    channels: int = 3
+
+    @property
+    def dtype(self) -> str:
+        return "uint16" if self.bit_depth > 8 else "uint8"
+
+    @property
+    def tb(self) -> Fraction:
+        return Fraction(*self.time_base)
+
+
+def _bit_depth(fmt: Any) -> int:
+    try:
+        return max(c.bits for c in fmt.components)
+    except (AttributeError, ValueError):
+        return 8
+
+
+def _stream_info(stream: Any) -> dict[str, Any]:
+    cc = stream.codec_context
+    return {
+        "index": stream.index,
+        "type": stream.type,
+        "codec": cc.name if cc is not None else None,
+        "time_base": [stream.time_base.numerator, stream.time_base.denominator]
+        if stream.time_base
+        else None,
+        "language": stream.metadata.get("language"),
+        "title": stream.metadata.get("title"),
+    }
+
+
+def parse_range(
+    frames: str | None, start_s: float | None, end_s: float | None, pts: list[int], tb: Fraction
+) -> tuple[int, int]:
+    """Source frame indices [a, b) selected by --frames A:B or --start/--end seconds."""
+    total = len(pts)
+    if frames is not None:
+        try:
+            a_text, b_text = frames.split(":")
+            a = int(a_text) if a_text else 0
+            b = int(b_text) if b_text else total
+        except ValueError:
+            raise UserError(f"--frames expects A:B (frame indices), got {frames!r}") from None
+    else:
+        first = pts[0]
+        a = 0 if start_s is None else bisect.bisect_left(pts, first + int(np.ceil(start_s / tb)))
+        b = total if end_s is None else bisect.bisect_left(pts, first + int(np.ceil(end_s / tb)))
+    a, b = max(0, a), min(total, b)
+    if a >= b:
+        raise UserError(f"the selected range holds no frames (the video has {total} frames)")
+    return a, b
+
+
+def probe_video(
+    path: str | Path,
+    frames: str | None = None,
+    start_s: float | None = None,
+    end_s: float | None = None,
+) -> VideoInfo:
+    import av
+
+    p = Path(path)
+    try:
+        container = av.open(str(p), mode="r")
+    except (av.error.FFmpegError, OSError) as exc:
+        raise UserError(
+            f"{p} is not a supported input: not an image (PNG, JPEG, TIFF, Zarr; detected "
+            f"from the content) and not a readable video ({exc})"
+        ) from None
+    with container:
+        videos = [s for s in container.streams if s.type == "video"]
+        if not videos:
+            raise UserError(f"{p} has no video stream; nothing to upscale")
+        vs = videos[0]
+        cc = vs.codec_context
+        if cc.width <= 0 or cc.height <= 0 or cc.format is None:
+            raise UserError(
+                f"{p} is not a supported input: not an image, and its "
+                f"{container.format.name} video stream has no decodable frames"
+            )
+        all_pts: list[int] = []
+        key_pts: list[int] = []
+        try:
+            for packet in container.demux(vs):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                all_pts.append(packet.pts)
+                if packet.is_keyframe:
+                    key_pts.append(packet.pts)
+        except av.error.FFmpegError as exc:
+            raise UserError(f"{p} is damaged: reading packets failed ({exc})") from None
+        if not all_pts:
+            raise UserError(f"{p}: the video stream holds no frames")
+        all_pts.sort()
+        if len(set(all_pts)) != len(all_pts):
+            raise UserError(f"{p}: the video stream repeats timestamps; remux it first")
+        index = {v: i for i, v in enumerate(all_pts)}
+        keyframes = sorted({index[k] for k in key_pts} | {0})
+        tb = vs.time_base
+        a, b = parse_range(frames, start_s, end_s, all_pts, tb)
+        rate = vs.average_rate
+        color = {
+            "range": int(cc.color_range or 0),
+            "primaries": int(cc.color_primaries or 2),
+            "trc": int(cc.color_trc or 2),
+            "space": int(cc.colorspace or 2),
+        }
+        return VideoInfo(
+            path=str(p),
+            kind="video",
+            container=container.format.name,
+            width=cc.width,
+            height=cc.height,
+            frames=b - a,
+            first=a,
+            pts=tuple(all_pts[a:b]),
+            keyframes=tuple(keyframes),
+            time_base=(tb.numerator, tb.denominator),
+            avg_rate=(rate.numerator, rate.denominator) if rate else None,
+            video_index=vs.index,
+            codec=cc.name,
+            pix_fmt=cc.format.name,
+            bit_depth=_bit_depth(cc.format),
+            color=color,
+            rotation=_rotation(container, vs),
+            streams=tuple(_stream_info(s) for s in container.streams),
+            metadata=dict(container.metadata),
+            end_pts=all_pts[b] if b < len(all_pts) else None,
+        )
+
+
+def _rotation(container: Any, stream: Any) -> int:
+    """Display rotation in degrees (counter-clockwise, as VideoFrame.rotation reports)."""
+    container.seek(0)
+    try:
+        for frame in container.decode(stream):
+            return int(round(frame.rotation or 0)) % 360
+    except Exception:  # a stream that cannot decode is reported by ingest
+        return 0
+    return 0
+
+
+def plan_segments(info: VideoInfo, min_frames: int) -> list[tuple[int, int]]:
+    """Keyframe-aligned [start, end) ranges of selected-frame indices, each >= min_frames
+    (except the last). A segment may start mid-GOP only at the range start."""
+    a, b = info.first, info.first + info.frames
+    cuts = [k for k in info.keyframes if a < k < b]
+    bounds, last = [a], a
+    for k in cuts:
+        if k - last >= min_frames:
+            bounds.append(k)
+            last = k
+    bounds.append(b)
+    return [(s - a, e - a) for s, e in zip(bounds, bounds[1:], strict=False)]
+
+
+def decode_array(frame: Any, dtype: str, color: dict[str, int]) -> np.ndarray:
+    """Decoded frame -> (H, W, 3) RGB, uint8 or uint16, using the source's matrix/range."""
+    fmt = "rgb48le" if dtype == "uint16" else "rgb24"
+    rng = color.get("range") or None
+    return frame.to_ndarray(
+        format=fmt,
+        src_colorspace=sws_colorspace(color.get("space", 2)),
+        src_color_range=rng,
+    )
+
+
+def ingest_segment_task(info: VideoInfo, store_url: str, start: int, end: int) -> int:
+    """Decode selected frames [start, end) into ``input``; returns how many were written.
+
+    Seeks to the keyframe at or before the segment's first frame, decodes (flushing the
+    decoder at the end of the stream), and keeps exactly the frames whose pts fall in
+    the segment. Frames before the segment (leading B-frames of an open GOP, or the
+    head of a GOP cut by --frames) are decoded and dropped.
+    """
+    import av
+
+    from pipeline.store import JobStore
+
+    store = JobStore.open(store_url)
+    target = store.array("input")
+    want = {info.pts[i]: i for i in range(start, end)}
+    stop_pts = info.pts[end] if end < info.frames else info.end_pts
+    written = 0
+    with av.open(info.path) as container:
+        vs = container.streams[info.video_index]
+        vs.thread_type = "AUTO"
+        container.seek(info.pts[start], stream=vs, backward=True, any_frame=False)
+        for frame in container.decode(vs):
+            if frame.pts is None:
+                continue
+            if stop_pts is not None and frame.pts >= stop_pts:
+                break
+            idx = want.pop(frame.pts, None)
+            if idx is None:
+                continue
+            target[idx] = decode_array(frame, info.dtype, info.color)
+            written += 1
+            if not want:
+                break
+    if want:
+        missing = sorted(want.values())
+        raise RuntimeError(
+            f"frames {missing[0]}..{missing[-1]} ({len(missing)} frames) of segment "
+            f"{start}:{end} did not decode"
+        )
+    return written
