@@ -131,7 +131,6 @@ class VideoEncoder:
         target: str,
         remux: list[int],
         pix_fmt: str,
-        threads: int = 0,
     ) -> None:
         import av
 
@@ -154,8 +153,6 @@ class VideoEncoder:
         vs.pix_fmt = pix_fmt
         cc = vs.codec_context
         cc.time_base = self.tb
-        if threads:
-            cc.thread_count = threads
         cc.color_range = info.color["range"]
         cc.color_primaries = info.color["primaries"]
         cc.color_trc = info.color["trc"]

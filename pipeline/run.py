@@ -278,7 +278,7 @@ def _video_local(
             bar.update(1)
     finally:
         bar.close()
-    encoder = VideoEncoder(*_encoder_args(plan, tmp), threads=int(cluster_cpus()))
+    encoder = VideoEncoder(*_encoder_args(plan, tmp))
     encoder.encode_upto(plan.layout.frames)
     stats = encoder.finish()
     log.info(
@@ -307,7 +307,7 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
     ready_frames = {f for i, (a, b) in enumerate(plan.segments) if flags[i] for f in range(a, b)}
     pool.add([t for f in sorted(ready_frames) for t in by_frame.get(f, [])])
     enc_cls = ray.remote(VideoEncoder).options(num_cpus=0, max_restarts=0)
-    encoder = enc_cls.remote(*_encoder_args(plan, tmp), threads=max(1, cpus // 2))
+    encoder = enc_cls.remote(*_encoder_args(plan, tmp))
     encoded, enc_ref = 0, None
     prefix = 0
     bar = _bar(plan, todo, progress)
