@@ -99,7 +99,9 @@ class VideoConfig:
     end_s: float | None = None
     segment_frames: int = 48  # decode segments: keyframe-aligned, at least this long
     max_region_out_px: int = 4096  # a frame whose output is larger is cut into regions
-    drop_encoded: bool = False  # free input frames once encoded (bounds disk use)
+    # Free each frame's input and output from the store once encoded: bounds disk use
+    # to the frames in flight, at the price of redoing those frames if the job resumes.
+    drop_encoded: bool = False
 
     def options_dict(self) -> dict[str, str]:
         if not self.options:

@@ -245,7 +245,9 @@ class VideoEncoder:
             for packet in self.vs.encode(frame):
                 self.out.mux(packet)
             if self.cfg.drop_encoded:
-                self.input_arr[i] = 0  # an all-fill chunk write deletes the chunk
+                # Writing all-fill chunks deletes them (zarr's write_empty_chunks=False).
+                self.input_arr[i] = 0
+                self.output_arr[i] = 0
             self.next += 1
         return self.next
 

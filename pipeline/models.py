@@ -41,6 +41,20 @@ MODELS: dict[str, ModelSpec] = {
         context_px=2,
         description="torch bicubic (align_corners=False), clamped; no weights needed",
     ),
+    "s3diff": ModelSpec(
+        name="s3diff",
+        factory="workers.s3diff.upscaler:S3DiffUpscaler",
+        default_tile_px=128,
+        default_overlap_px=32,
+        # The model pads to 64 output px itself and crops, so any tile size works and a
+        # small image gets exactly the whole-image result.
+        size_multiple=1,
+        context_px=8,
+        description=(
+            "S3Diff one-step diffusion SR (SD-Turbo + degradation-guided LoRA); "
+            "needs model.weights (sd-turbo/, s3diff.pkl, de_net.pth)"
+        ),
+    ),
 }
 
 

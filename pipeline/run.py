@@ -120,12 +120,6 @@ def _todo_regions(plan: Plan, store: JobStore) -> list[Any]:
     from workers.region_worker import RegionTask
 
     lay = plan.layout
-    if plan.is_video and store.state.get("dropped"):
-        # Frames were freed after encoding in an earlier attempt: redo everything.
-        log.info("resume: frames were dropped after encoding earlier; redoing all frames")
-        store.array("done")[...] = 0
-        store.array("ingested")[...] = 0
-        store.set_state(dropped=False)
     done = store.done_mask()
     return [
         RegionTask(r.frame, r.row, r.col)
@@ -244,6 +238,18 @@ def _ingested(store: JobStore, n_segments: int):
     return store.array("ingested")
 
 
+def _forget_dropped(plan: Plan, store: JobStore, ingested, start: int, stop: int) -> None:
+    """With video.drop_encoded the encoder freed frames [start, stop) from the store:
+    clear their flags so a resume decodes and upscales them again (the encoded file is
+    redone from the first frame on resume anyway)."""
+    if not plan.config.video.drop_encoded or stop <= start:
+        return
+    store.array("done")[start:stop] = 0
+    for i, (a, b) in enumerate(plan.segments):
+        if a < stop and b > start:
+            ingested[i] = 0
+
+
 def _encoder_args(plan: Plan, tmp: Any) -> tuple:
     return (plan.store_url, plan.info, plan.config.video, str(tmp), list(plan.remux), plan.pix_fmt)
 
@@ -280,6 +286,7 @@ def _video_local(
         bar.close()
     encoder = VideoEncoder(*_encoder_args(plan, tmp))
     encoder.encode_upto(plan.layout.frames)
+    _forget_dropped(plan, store, ingested, 0, plan.layout.frames)
     stats = encoder.finish()
     log.info(
         "publish: %d frames encoded, %d packets copied", stats["frames"], stats["copied_packets"]
@@ -335,8 +342,9 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
                     ready_frames.update(range(a, b))
                     pool.add([t for f in range(a, b) for t in by_frame.get(f, [])])
                 elif ref == enc_ref:
-                    encoded = ray.get(ref)
+                    before, encoded = encoded, ray.get(ref)
                     enc_ref = None
+                    _forget_dropped(plan, store, ingested, before, encoded)
                     bar.set_postfix_str(f"encoded {encoded}/{frames}", refresh=False)
                 else:
                     task = pool.handle(ref)

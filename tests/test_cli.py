@@ -179,3 +179,36 @@ def test_killed_driver_leaves_no_ray_processes(tmp_path):
     assert not alive, [" ".join(p.cmdline())[:80] for p in alive]
     assert (tmp_path / "o.tif.job.zarr").exists()  # the store stays for a resume
     assert not (tmp_path / "o.tif").exists()  # no output that looks finished
+
+
+@pytest.mark.integration
+def test_video_through_the_cli(tmp_path):
+    from tests.video_fixtures import make_clip, probe_summary
+
+    src = make_clip(tmp_path / "clip.mp4", frames=12)
+    out = tmp_path / "clip_x2.mkv"
+    run = cli(
+        src,
+        "-o",
+        out,
+        "--scale",
+        "2",
+        "--tile",
+        "32",
+        "--overlap",
+        "8",
+        "--codec",
+        "libx265",
+        "--crf",
+        "20",
+        "--preset",
+        "fast",
+    )
+    assert run.returncode == 0, run.stderr
+    assert "12 frames" in run.stdout
+    video = [s for s in probe_summary(out)["streams"] if s["type"] == "video"][0]
+    assert (video["packets"], video["width"], video["codec"]) == (12, 192, "hevc")
+    bad = cli(src, "-o", tmp_path / "x.mp4", "--frames", "9:3")
+    _one_line_error(bad, 2, "the selected range holds no frames")
+    image_out = cli(src, "-o", tmp_path / "x.png")
+    _one_line_error(image_out, 2, "is a video; give a video output")

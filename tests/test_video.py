@@ -189,3 +189,16 @@ def test_audio_only_file_is_refused(tmp_path):
             out.mux(packet)
     with pytest.raises(UserError, match="has no video stream"):
         run_job(str(path), str(tmp_path / "o.mp4"), video_cfg(), progress=False)
+
+
+def test_drop_encoded_frees_the_store_and_keeps_the_output(tmp_path, ray_local):
+    src = make_clip(tmp_path / "c.mp4", frames=16)
+    out = tmp_path / "o.mp4"
+    run_job(str(src), str(out), video_cfg(keep=True, video__drop_encoded=True), progress=False)
+    assert_video_preserved(src, out)
+    store = JobStore.open(default_store_url(str(src), str(out), None))
+    assert store.array("input").nchunks_initialized == 0
+    assert store.array("output").nchunks_initialized == 0
+    # Freed frames are no longer flagged done, so a resume would redo them.
+    assert not store.done_mask().any()
+    assert not store.array("ingested")[...].any()
