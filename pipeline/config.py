@@ -48,6 +48,7 @@ class ModelConfig:
     fold_lora: bool = True  # fold the modulated LoRA into the base weights per conditioning
     compile: bool = False  # torch.compile the UNet/VAE (GPU)
     degradation: str | None = None  # fixed scores "B,N" in [0,1] instead of estimating them
+    degradation_window: int = 0  # video: average the scores over +-N frames
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,8 @@ def validate(cfg: JobConfig) -> None:
         )
     if m.degradation is not None:
         parse_degradation(m.degradation)
+    if m.degradation_window < 0:
+        raise UserError(f"model.degradation_window must be >= 0, got {m.degradation_window}")
     if m.batch_size < 1:
         raise UserError(f"model.batch_size must be at least 1, got {m.batch_size}")
     if t.window not in WINDOWS:

@@ -21,6 +21,8 @@ class ModelSpec:
     size_multiple: int  # LR tiles are padded (reflect) to a multiple of this
     context_px: int  # LR pixels at a tile edge that differ from a whole-image run
     scales: tuple[int, ...] | None = None  # None: any integer scale
+    # Conditioned on per-frame degradation scores (the estimate stage runs first).
+    needs_degradation: bool = False
     description: str = ""
 
     @property
@@ -50,6 +52,7 @@ MODELS: dict[str, ModelSpec] = {
         # small image gets exactly the whole-image result.
         size_multiple=1,
         context_px=8,
+        needs_degradation=True,
         description=(
             "S3Diff one-step diffusion SR (SD-Turbo + degradation-guided LoRA); "
             "needs model.weights (sd-turbo/, s3diff.pkl, de_net.pth)"

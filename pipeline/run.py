@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cluster import cluster_cpus, ray_runtime
+from pipeline.conditioning import Conditioning
 from pipeline.config import JobConfig
 from pipeline.encode import VideoEncoder
 from pipeline.ingest import ingest_rows_task, plan_bands
@@ -39,8 +40,10 @@ from pipeline.schedule import LocalRegions, RegionPool, run_tasks
 from pipeline.store import JobStore, open_for_job, remove_store
 from pipeline.tiling import plan_regions
 from pipeline.video import ingest_segment_task
+from workers.region_worker import EstimateTask, RegionTask
 
 log = logging.getLogger(__name__)
+ESTIMATE_BATCH = 32  # frames per estimate call on the local runner
 
 __all__ = ["Summary", "plan_job", "run_job"]
 
@@ -117,7 +120,6 @@ def run_job(
 
 
 def _todo_regions(plan: Plan, store: JobStore) -> list[Any]:
-    from workers.region_worker import RegionTask
 
     lay = plan.layout
     done = store.done_mask()
@@ -154,28 +156,59 @@ def _run_image(plan: Plan, store: JobStore, todo: list[Any], progress: bool) -> 
         bar = _bar(plan, todo, progress)
         try:
             if plan.config.run.runner == "local":
-                worker = LocalRegions(plan, store)
-                for task in todo:
-                    worker.run(task)
-                    bar.update(1)
+                _regions_local(plan, store, todo, bar)
             else:
-                _pool_until_done(plan, store, todo, bar)
+                _regions_ray(plan, store, todo, bar)
         finally:
             bar.close()
     publish_image(plan, store)
 
 
-def _pool_until_done(plan: Plan, store: JobStore, todo: list[Any], bar: tqdm) -> None:
+def _by_frame(todo: list[Any]) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {}
+    for task in todo:
+        out.setdefault(task.frame, []).append(task)
+    return out
+
+
+def _regions_local(plan: Plan, store: JobStore, todo: list[Any], bar: tqdm) -> None:
+    """Estimate (when the model needs it), then every region, in this process."""
+    worker = LocalRegions(plan, store)
+    cond = Conditioning(plan, store)
+    missing = cond.missing(range(plan.layout.frames))
+    for i in range(0, len(missing), ESTIMATE_BATCH):
+        frames = tuple(missing[i : i + ESTIMATE_BATCH])
+        cond.record(frames, worker.run(EstimateTask(frames)))
+    cond.release(range(plan.layout.frames))
+    for task in todo:
+        worker.run(task)
+        bar.update(1)
+
+
+def _regions_ray(plan: Plan, store: JobStore, todo: list[Any], bar: tqdm) -> None:
     import ray
 
+    by_frame = _by_frame(todo)
+    frames = range(plan.layout.frames)
+    cond = Conditioning(plan, store)
     pool = RegionPool(plan, store, len(todo))
-    pool.add(todo)
+    missing = cond.missing(frames)
+    if missing:
+        pool.add([EstimateTask(tuple(missing))])
+    pool.add([t for f in cond.release(frames) for t in by_frame.get(f, [])])
     try:
         while pool.busy:
             pool.fill()
             ready, _ = ray.wait(pool.refs(), num_returns=1)
             for ref in ready:
-                if pool.handle(ref) is not None:
+                settled = pool.handle(ref)
+                if settled is None:
+                    continue
+                task, result = settled
+                if isinstance(task, EstimateTask):
+                    cond.record(task.frames, result)
+                    pool.add([t for f in cond.release(frames) for t in by_frame.get(f, [])])
+                else:
                     bar.update(1)
     finally:
         pool.close()
@@ -278,10 +311,7 @@ def _video_local(
             ingested[i] = 1
     bar = _bar(plan, todo, progress)
     try:
-        worker = LocalRegions(plan, store)
-        for task in todo:
-            worker.run(task)
-            bar.update(1)
+        _regions_local(plan, store, todo, bar)
     finally:
         bar.close()
     encoder = VideoEncoder(*_encoder_args(plan, tmp))
@@ -294,29 +324,48 @@ def _video_local(
 
 
 def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, progress: bool) -> None:
-    """Overlapped decode -> upscale -> encode, all bounded, driven by ray.wait."""
+    """Overlapped decode -> estimate -> upscale -> encode, all bounded, driven by ray.wait.
+
+    A frame's regions are queued once its segment is in the store and its conditioning
+    is final; the encoder is asked for the longest prefix of completed frames.
+    """
     import ray
 
-    lay = plan.layout
-    frames = lay.frames
+    frames = plan.layout.frames
     flags = ingested[...]
-    per_frame_left = np.zeros(frames, np.int64)
-    by_frame: dict[int, list[Any]] = {}
-    for task in todo:
-        per_frame_left[task.frame] += 1
-        by_frame.setdefault(task.frame, []).append(task)
+    by_frame = _by_frame(todo)
+    left = np.zeros(frames, np.int64)
+    for f, tasks in by_frame.items():
+        left[f] = len(tasks)
+    cond = Conditioning(plan, store)
+    pool = RegionPool(plan, store, max(1, len(todo)))
+    waiting: set[int] = set()  # ingested, conditioning not final yet
+
+    def arrived(a: int, b: int) -> None:
+        missing = cond.missing(range(a, b))
+        if missing:
+            pool.add([EstimateTask(tuple(missing))], first=True)
+        waiting.update(range(a, b))
+        release()
+
+    def release() -> None:
+        for f in cond.release(sorted(waiting)):
+            waiting.discard(f)
+            pool.add(by_frame.get(f, []))
+
     seg_queue = [i for i in range(len(plan.segments)) if not flags[i]]
-    cpus = int(cluster_cpus())
-    max_ingest = max(1, cpus // 2)
+    for i, (a, b) in enumerate(plan.segments):
+        if flags[i]:
+            arrived(a, b)
+    max_ingest = max(1, int(cluster_cpus()) // 2)
     ingest = ray.remote(num_cpus=0, max_retries=2)(ingest_segment_task)
     ingest_refs: dict[Any, int] = {}
-    pool = RegionPool(plan, store, max(1, len(todo)))
-    ready_frames = {f for i, (a, b) in enumerate(plan.segments) if flags[i] for f in range(a, b)}
-    pool.add([t for f in sorted(ready_frames) for t in by_frame.get(f, [])])
-    enc_cls = ray.remote(VideoEncoder).options(num_cpus=0, max_restarts=0)
-    encoder = enc_cls.remote(*_encoder_args(plan, tmp))
-    encoded, enc_ref = 0, None
-    prefix = 0
+    encoder = (
+        ray.remote(VideoEncoder)
+        .options(num_cpus=0, max_restarts=0)
+        .remote(*_encoder_args(plan, tmp))
+    )
+    encoded, enc_ref, prefix = 0, None, 0
     bar = _bar(plan, todo, progress)
     try:
         while True:
@@ -325,7 +374,7 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
                 a, b = plan.segments[i]
                 ingest_refs[ingest.remote(plan.info, plan.store_url, a, b)] = i
             pool.fill()
-            while prefix < frames and per_frame_left[prefix] == 0:
+            while prefix < frames and left[prefix] == 0:
                 prefix += 1
             if enc_ref is None and prefix > encoded:
                 enc_ref = encoder.encode_upto.remote(prefix)
@@ -338,18 +387,22 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
                     i = ingest_refs.pop(ref)
                     ray.get(ref)
                     ingested[i] = 1
-                    a, b = plan.segments[i]
-                    ready_frames.update(range(a, b))
-                    pool.add([t for f in range(a, b) for t in by_frame.get(f, [])])
+                    arrived(*plan.segments[i])
                 elif ref == enc_ref:
                     before, encoded = encoded, ray.get(ref)
                     enc_ref = None
                     _forget_dropped(plan, store, ingested, before, encoded)
                     bar.set_postfix_str(f"encoded {encoded}/{frames}", refresh=False)
                 else:
-                    task = pool.handle(ref)
-                    if task is not None:
-                        per_frame_left[task.frame] -= 1
+                    settled = pool.handle(ref)
+                    if settled is None:
+                        continue
+                    task, result = settled
+                    if isinstance(task, EstimateTask):
+                        cond.record(task.frames, result)
+                        release()
+                    else:
+                        left[task.frame] -= 1
                         bar.update(1)
         stats = ray.get(encoder.finish.remote())
         log.info(

@@ -36,11 +36,20 @@ def cause(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+def is_region(task: Any) -> bool:
+    return hasattr(task, "row")
+
+
+def describe(task: Any) -> str:
+    if is_region(task):
+        return f"frame {task.frame} region (row {task.row}, col {task.col})"
+    return f"degradation estimate of frames {task.frames[0]}..{task.frames[-1]}"
+
+
 def failed(plan: Plan, task: Any, attempts: int, exc: BaseException) -> JobFailed:
     return JobFailed(
-        f"frame {task.frame} region (row {task.row}, col {task.col}) failed {attempts} "
-        f"time(s): {cause(exc)}; the job store {plan.store_url} is kept, so a fixed rerun "
-        "resumes"
+        f"{describe(task)} failed {attempts} time(s): {cause(exc)}; the job store "
+        f"{plan.store_url} is kept, so a fixed rerun resumes"
     )
 
 
@@ -59,25 +68,26 @@ class LocalRegions:
             threads=int(cluster_cpus()),
         )
 
-    def run(self, task: Any) -> None:
+    def run(self, task: Any) -> Any:
+        """Run a region (its flag set after the write) or an estimate (its scores)."""
         retries = self.plan.config.run.region_retries
         for attempt in range(retries + 1):
             try:
-                self.worker.process(task)
+                result = self.worker.process(task)
                 break
             except Exception as exc:
                 if attempt == retries:
                     raise failed(self.plan, task, attempt + 1, exc) from exc
-                log.warning(
-                    "retrying frame %d region %d,%d: %s", task.frame, task.row, task.col, cause(exc)
-                )
-        self.store.mark_done(task.frame, task.row, task.col)
+                log.warning("retrying %s: %s", describe(task), cause(exc))
+        if is_region(task):
+            self.store.mark_done(task.frame, task.row, task.col)
+        return result
 
 
 class RegionPool:
     """Region worker actors fed from a queue; ``handle`` settles one finished call."""
 
-    def __init__(self, plan: Plan, store: JobStore, expected: int, reserve_cpus: int = 0):
+    def __init__(self, plan: Plan, store: JobStore, expected: int):
         import ray
 
         from workers.region_worker import RegionWorker
@@ -90,7 +100,7 @@ class RegionPool:
         elif self.use_gpu:
             count = int(cluster_gpus() // cfg.run.gpus_per_actor)
         else:
-            count = int(cluster_cpus()) - reserve_cpus
+            count = int(cluster_cpus())
         count = max(1, min(count, expected))
         options: dict[str, Any] = {"max_restarts": 2, "max_task_retries": 0}
         if self.use_gpu:
@@ -114,8 +124,12 @@ class RegionPool:
             cfg.tiling.overlap_px,
         )
 
-    def add(self, tasks: list[Any]) -> None:
-        self.pending.extend((t, 0) for t in tasks)
+    def add(self, tasks: list[Any], first: bool = False) -> None:
+        """Queue tasks; ``first`` puts them ahead (estimates unblock whole frames)."""
+        if first:
+            self.pending.extendleft((t, 0) for t in reversed(tasks))
+        else:
+            self.pending.extend((t, 0) for t in tasks)
 
     @property
     def busy(self) -> bool:
@@ -132,24 +146,24 @@ class RegionPool:
     def refs(self) -> list[Any]:
         return list(self.in_flight)
 
-    def handle(self, ref: Any) -> Any | None:
-        """Settle a finished call: the task when it succeeded (flag set), else None."""
+    def handle(self, ref: Any) -> tuple[Any, Any] | None:
+        """Settle a finished call: (task, result) when it succeeded (a region's flag is
+        set), None when it was queued again for a retry."""
         import ray
 
         idx, task, attempt = self.in_flight.pop(ref)
         self.load[idx] -= 1
         try:
-            ray.get(ref)
+            result = ray.get(ref)
         except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
             if attempt >= self.plan.config.run.region_retries:
                 raise failed(self.plan, task, attempt + 1, exc) from exc
-            log.warning(
-                "retrying frame %d region %d,%d: %s", task.frame, task.row, task.col, cause(exc)
-            )
+            log.warning("retrying %s: %s", describe(task), cause(exc))
             self.pending.append((task, attempt + 1))
             return None
-        self.store.mark_done(task.frame, task.row, task.col)
-        return task
+        if is_region(task):
+            self.store.mark_done(task.frame, task.row, task.col)
+        return task, result
 
     def close(self) -> None:
         import ray

@@ -148,13 +148,20 @@ def test_range_keeps_matching_audio_span(tmp_path, ray_local):
 
 
 def test_local_and_ray_runners_agree(tmp_path, ray_local):
+    """Same pipeline under both runners: identical upscaled frames in the store (the
+    encoder's own threading may reorder its rate control, so the files are compared
+    decoded, within codec noise)."""
     src = make_clip(tmp_path / "c.mkv", frames=12)
-    run_job(str(src), str(tmp_path / "ray.mkv"), video_cfg(), progress=False)
-    run_job(str(src), str(tmp_path / "local.mkv"), video_cfg(run__runner="local"), progress=False)
-    for x, y in zip(
-        decode_frames(tmp_path / "ray.mkv"), decode_frames(tmp_path / "local.mkv"), strict=True
-    ):
-        np.testing.assert_array_equal(x, y)
+    stored = []
+    for runner in ("ray", "local"):
+        out = tmp_path / f"{runner}.mkv"
+        run_job(str(src), str(out), video_cfg(keep=True, run__runner=runner), progress=False)
+        stored.append(JobStore.open(default_store_url(str(src), str(out), None))
+                      .array("output")[...])
+    np.testing.assert_array_equal(stored[0], stored[1])
+    for x, y in zip(decode_frames(tmp_path / "ray.mkv"), decode_frames(tmp_path / "local.mkv"),
+                    strict=True):
+        assert np.abs(x.astype(int) - y.astype(int)).mean() < 1.0
 
 
 def test_streams_the_container_cannot_hold(tmp_path):

@@ -36,6 +36,13 @@ class RegionTask:
     col: int
 
 
+@dataclass(frozen=True)
+class EstimateTask:
+    """Estimate the degradation scores of these frames (returns (n, 2) float32)."""
+
+    frames: tuple[int, ...]
+
+
 class RegionWorker:
     """Wrap with ``ray.remote(...)`` on the driver; usable directly in tests and debugging."""
 
@@ -67,6 +74,7 @@ class RegionWorker:
             config.tiling.overlap_px,
         )
         self._windows: dict[tuple[int, int], np.ndarray] = {}
+        self._degradation = None
 
     def ping(self) -> str:
         return str(self.upscaler.device)
@@ -99,15 +107,52 @@ class RegionWorker:
             )
         return self._windows[key]
 
-    def process(self, task: RegionTask) -> dict[str, Any]:
-        """Upscale one region and write its shard; returns counts and timings."""
+    def process(self, task: RegionTask | EstimateTask) -> Any:
+        """Upscale one region and write its shard (returns counts and timings), or
+        estimate degradation scores (returns them: 2 floats a frame, no pixels)."""
         try:
+            if isinstance(task, EstimateTask):
+                return self.estimate(task.frames)
             return self._process(task)
         except Exception as exc:
-            raise RuntimeError(
-                f"frame {task.frame} region (row {task.row}, col {task.col}) failed: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            where = (
+                f"frames {task.frames[0]}..{task.frames[-1]} (degradation estimate)"
+                if isinstance(task, EstimateTask)
+                else f"frame {task.frame} region (row {task.row}, col {task.col})"
+            )
+            raise RuntimeError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+
+    def estimate(self, frames: tuple[int, ...]) -> np.ndarray:
+        """Mean degradation scores over a fixed set of LR crops of each frame: (n, 2)."""
+        import torch
+
+        from workers.s3diff.degradation import plan_degradation_crops
+
+        lay = self.layout
+        maxval = float(np.iinfo(lay.dtype).max)
+        corners = plan_degradation_crops(lay.height, lay.width)
+        ch, cw = min(128, lay.height), min(128, lay.width)
+        out = np.zeros((len(frames), 2), np.float32)
+        for i, f in enumerate(frames):
+            crops = np.stack([self.input[f, y : y + ch, x : x + cw, :] for y, x in corners])
+            crops_t = torch.from_numpy(crops.astype(np.float32) / maxval).permute(0, 3, 1, 2)
+            crops_t = crops_t[:, :3] if lay.channels >= 3 else crops_t[:, :1].expand(-1, 3, -1, -1)
+            with torch.inference_mode():
+                out[i] = self.upscaler.estimate_degradation(crops_t.contiguous()).numpy()
+        return out
+
+    def _conditioning(self, frame: int):
+        """The frame's scores from the store (written by the driver), or None."""
+        import torch
+
+        if "degradation" not in self.store.group:
+            return None
+        if self._degradation is None:
+            self._degradation = self.store.array("degradation")
+        scores = np.asarray(self._degradation[frame], np.float32)
+        if not np.isfinite(scores).all():
+            raise RuntimeError(f"frame {frame} has no degradation scores in the store")
+        return torch.from_numpy(scores)
 
     def _process(self, task: RegionTask) -> dict[str, Any]:
         import torch
@@ -135,6 +180,7 @@ class RegionWorker:
         ph = pad_to_multiple(g.tile_h, self.size_multiple)
         pw = pad_to_multiple(g.tile_w, self.size_multiple)
         batch = self.config.model.batch_size
+        conditioning = self._conditioning(task.frame)
         model_s = 0.0
         for b0 in range(0, len(tiles), batch):
             coords = tiles[b0 : b0 + batch]
@@ -151,7 +197,7 @@ class RegionWorker:
                 color = _pad(color, ph, pw)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                sr = self.upscaler.upscale(color.contiguous())
+                sr = self.upscaler.upscale(color.contiguous(), conditioning)
             model_s += time.perf_counter() - t0
             sr = sr[:, :, : g.tile_h * s, : g.tile_w * s].float().cpu()
             if n_color == 1:
