@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_pipeline.py",
         description="Upscale a video or a gigapixel image on Ray, tiled and blended without "
-        "seams, resumable. Subcommand: 'sample PATH' writes a test image.",
+        "seams, resumable. Subcommands: 'sample PATH' writes a test image; 'weights "
+        "check|convert [DIR]' checks S3Diff weights.",
     )
     p.add_argument("input", help="image (PNG, JPEG, TIFF/BigTIFF/OME-TIFF) or Zarr array")
     p.add_argument(
@@ -131,12 +132,50 @@ def _sample(argv: Sequence[str]) -> int:
     return 0
 
 
+def _weights(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run_pipeline.py weights",
+        description="check an S3Diff weights directory, or convert its pickles to "
+        "safetensors (sd-turbo/ from Hugging Face stabilityai/sd-turbo, s3diff.pkl and "
+        "de_net.pth from zhangap/S3Diff)",
+    )
+    p.add_argument("action", choices=["check", "convert"])
+    p.add_argument(
+        "dir",
+        nargs="?",
+        help="weights directory (default: $S3DIFF_WEIGHTS, then ~/.cache/s3diff-sr/weights)",
+    )
+    p.add_argument(
+        "--full-size",
+        action="store_true",
+        help="require the published full-size checkpoints, key by key",
+    )
+    args = p.parse_args(argv)
+    from workers.s3diff.weights import check_weights, convert_to_safetensors, resolve_weights_dir
+
+    root = resolve_weights_dir(args.dir)
+    if args.action == "convert":
+        for path in convert_to_safetensors(root):
+            print(f"wrote {path}")
+        return 0
+    problems = check_weights(root, True if args.full_size else None)
+    for problem in problems:
+        print(f"problem: {problem}")
+    if problems:
+        print(f"error: {len(problems)} problem(s) in {root}", file=sys.stderr)
+        return 2
+    print(f"ok: {root} holds usable S3Diff weights")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         if argv and argv[0] == "sample":
             return _sample(argv[1:])
+        if argv and argv[0] == "weights":
+            return _weights([a for a in argv[1:] if a != "--debug"])
         args = build_parser().parse_args(argv)
         _setup_logging(args.debug, args.quiet)
         cfg = load_config(args.config, _overrides(args), args.set)

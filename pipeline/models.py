@@ -23,6 +23,7 @@ class ModelSpec:
     scales: tuple[int, ...] | None = None  # None: any integer scale
     # Conditioned on per-frame degradation scores (the estimate stage runs first).
     needs_degradation: bool = False
+    needs_weights: bool = False  # checked where the workers run, before any work
     description: str = ""
 
     @property
@@ -53,6 +54,7 @@ MODELS: dict[str, ModelSpec] = {
         size_multiple=1,
         context_px=8,
         needs_degradation=True,
+        needs_weights=True,
         description=(
             "S3Diff one-step diffusion SR (SD-Turbo + degradation-guided LoRA); "
             "needs model.weights (sd-turbo/, s3diff.pkl, de_net.pth)"

@@ -22,6 +22,7 @@ from pipeline.cluster import cluster_cpus, ray_runtime
 from pipeline.conditioning import Conditioning
 from pipeline.config import JobConfig
 from pipeline.encode import VideoEncoder
+from pipeline.errors import UserError
 from pipeline.ingest import ingest_rows_task, plan_bands
 from pipeline.plan import Plan, plan_job
 from pipeline.publish import (
@@ -96,6 +97,7 @@ def run_job(
     )
     local = plan.config.run.runner == "local"
     with nullcontext() if local else ray_runtime(plan.config.run.address):
+        _check_weights(plan)
         store = open_for_job(plan.store_url, plan.spec, plan.layout, restart)
         try:
             todo = _todo_regions(plan, store)
@@ -117,6 +119,29 @@ def run_job(
         regions_run=len(todo),
         store_url=plan.store_url,
     )
+
+
+def weights_problems_task(weights: str | None) -> list[str]:
+    """Runs where the workers run (they need the weights there), before any work."""
+    try:
+        from workers.s3diff.weights import check_weights, resolve_weights_dir
+
+        return check_weights(resolve_weights_dir(weights))
+    except UserError as exc:
+        return [str(exc)]
+
+
+def _check_weights(plan: Plan) -> None:
+    if not plan.model.needs_weights:
+        return
+    problems = run_tasks(plan, weights_problems_task, [(plan.config.model.weights,)])[0]
+    if problems:
+        more = (
+            f" (and {len(problems) - 1} more: run_pipeline.py weights check)"
+            if len(problems) > 1
+            else ""
+        )
+        raise UserError(f"S3Diff weights are not usable: {problems[0]}{more}")
 
 
 def _todo_regions(plan: Plan, store: JobStore) -> list[Any]:
