@@ -68,8 +68,7 @@ def make_clip(path: Path, width: int, height: int, frames: int) -> Path:
         for start in range(0, samples, 1024):
             t = (np.arange(1024) + start) / 48000
             tone = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-            af = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp",
-                                            layout="stereo")
+            af = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
             af.sample_rate, af.pts = 48000, start
             for packet in au.encode(af):
                 out.mux(packet)
@@ -102,8 +101,9 @@ def loop_baseline(src: str, dst: str, crf: str, preset: str) -> None:
                 continue
             for frame in packet.decode():
                 arr = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-                up = F.interpolate(arr[None].float() / 255, scale_factor=2, mode="bicubic",
-                                   align_corners=False)
+                up = F.interpolate(
+                    arr[None].float() / 255, scale_factor=2, mode="bicubic", align_corners=False
+                )
                 rgb = (up[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
                 new = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
                 new.pts, new.time_base = frame.pts, frame.time_base
@@ -116,8 +116,9 @@ def loop_baseline(src: str, dst: str, crf: str, preset: str) -> None:
 def measure(cmd: list[str], interval: float = 0.2) -> dict:
     """Run a command; wall time and the peak summed RSS of its whole process tree."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     peak, stop = 0, threading.Event()
 
     def sample() -> None:
@@ -169,19 +170,58 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     py = sys.executable
     runs = {
-        "loop (1 process)": [py, __file__, "_loop", str(src), str(out / "loop.mp4"),
-                             args.crf, args.preset],
-        "pipeline": [py, str(ROOT / "run_pipeline.py"), str(src), "-o", str(out / "pipe.mp4"),
-                     "--model", "bicubic", "--scale", "2", "--codec", "libx264", "--crf",
-                     args.crf, "--preset", args.preset, "--overwrite", "--quiet",
-                     *args.extra.split()],
+        "loop (1 process)": [
+            py,
+            __file__,
+            "_loop",
+            str(src),
+            str(out / "loop.mp4"),
+            args.crf,
+            args.preset,
+        ],
+        "pipeline": [
+            py,
+            str(ROOT / "run_pipeline.py"),
+            str(src),
+            "-o",
+            str(out / "pipe.mp4"),
+            "--model",
+            "bicubic",
+            "--scale",
+            "2",
+            "--codec",
+            "libx264",
+            "--crf",
+            args.crf,
+            "--preset",
+            args.preset,
+            "--overwrite",
+            "--quiet",
+            *args.extra.split(),
+        ],
     }
     targets = {"loop (1 process)": out / "loop.mp4", "pipeline": out / "pipe.mp4"}
     if shutil.which("ffmpeg"):
         runs["ffmpeg CLI"] = [
-            "ffmpeg", "-loglevel", "error", "-y", "-i", str(src), "-vf",
-            "scale=2*iw:2*ih:flags=bicubic", "-c:v", "libx264", "-crf", args.crf, "-preset",
-            args.preset, "-pix_fmt", "yuv420p", "-c:a", "copy", str(out / "ffmpeg.mp4"),
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-y",
+            "-i",
+            str(src),
+            "-vf",
+            "scale=2*iw:2*ih:flags=bicubic",
+            "-c:v",
+            "libx264",
+            "-crf",
+            args.crf,
+            "-preset",
+            args.preset,
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "copy",
+            str(out / "ffmpeg.mp4"),
         ]
         targets["ffmpeg CLI"] = out / "ffmpeg.mp4"
     results = {}
@@ -189,14 +229,20 @@ def main() -> None:
         results[name] = measure(cmd)
         results[name]["frames"] = frame_count(targets[name]) if results[name]["rc"] == 0 else 0
     base = results["loop (1 process)"]["wall_s"]
-    print(f"\n{w}x{h} -> {2 * w}x{2 * h}, {n} frames + AAC, libx264 crf {args.crf} preset "
-          f"{args.preset}, bicubic x2, {psutil.cpu_count()} CPUs")
-    print(f"{'run':<18} {'frames':>6} {'wall s':>8} {'fps':>7} {'peak RSS GiB':>13} "
-          f"{'wall / loop':>12}")
+    print(
+        f"\n{w}x{h} -> {2 * w}x{2 * h}, {n} frames + AAC, libx264 crf {args.crf} preset "
+        f"{args.preset}, bicubic x2, {psutil.cpu_count()} CPUs"
+    )
+    print(
+        f"{'run':<18} {'frames':>6} {'wall s':>8} {'fps':>7} {'peak RSS GiB':>13} "
+        f"{'wall / loop':>12}"
+    )
     for name, r in results.items():
         fps = r["frames"] / r["wall_s"] if r["frames"] else 0.0
-        print(f"{name:<18} {r['frames']:>6} {r['wall_s']:>8.1f} {fps:>7.2f} "
-              f"{r['peak_gib']:>13.2f} {r['wall_s'] / base:>12.2f}")
+        print(
+            f"{name:<18} {r['frames']:>6} {r['wall_s']:>8.1f} {fps:>7.2f} "
+            f"{r['peak_gib']:>13.2f} {r['wall_s'] / base:>12.2f}"
+        )
     shutil.rmtree(out, ignore_errors=True)
 
 

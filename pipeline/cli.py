@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -114,6 +115,17 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _loopback_only() -> None:
+    """Make the private local Ray listen on 127.0.0.1 only.
+
+    For a new local cluster Ray advertises the machine's routable address, and its
+    services listen there or on every interface. With this switch (read when ``ray`` is
+    first imported, so before that) Ray uses the loopback address, and every service
+    it starts (GCS, raylet, workers, agents) binds to 127.0.0.1."""
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def _sample(argv: Sequence[str]) -> int:
     from pipeline.sample import write_sample
 
@@ -179,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         _setup_logging(args.debug, args.quiet)
         cfg = load_config(args.config, _overrides(args), args.set)
+        if not cfg.run.address:
+            _loopback_only()
         from pipeline.run import run_job
 
         summary = run_job(

@@ -8,11 +8,14 @@ resumes it: only regions without a ``done`` flag (and segments not yet ingested)
 
 from __future__ import annotations
 
+import glob
 import logging
+import os
 import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,7 @@ from pipeline.publish import (
     write_small_task,
     write_tiff_task,
 )
-from pipeline.schedule import LocalRegions, RegionPool, run_tasks
+from pipeline.schedule import LocalRegions, RegionPool, cause, run_tasks
 from pipeline.store import JobStore, open_for_job, remove_store
 from pipeline.tiling import plan_regions
 from pipeline.video import ingest_segment_task
@@ -47,6 +50,10 @@ log = logging.getLogger(__name__)
 ESTIMATE_BATCH = 32  # frames per estimate call on the local runner
 
 __all__ = ["Summary", "plan_job", "run_job"]
+
+
+class UnreadableInput(UserError):
+    """The input passed the probe but its pixels could not be decoded (damaged file)."""
 
 
 @dataclass(frozen=True)
@@ -99,14 +106,22 @@ def run_job(
     with nullcontext() if local else ray_runtime(plan.config.run.address):
         _check_weights(plan)
         store = open_for_job(plan.store_url, plan.spec, plan.layout, restart)
+        discard = False
         try:
+            _sweep_partials(plan.output_path)
             todo = _todo_regions(plan, store)
             if plan.is_video:
                 _run_video(plan, store, todo, progress)
             else:
                 _run_image(plan, store, todo, progress)
+        except UnreadableInput:
+            # Nothing worth resuming from a damaged input: leave no store behind.
+            discard = not plan.config.store.keep and not store.done_mask().any()
+            raise
         finally:
             store.unlock()
+            if discard:
+                remove_store(plan.store_url)
     if not plan.config.store.keep:
         remove_store(plan.store_url)
     rows, cols = lay.regions
@@ -144,6 +159,29 @@ def _check_weights(plan: Plan) -> None:
         raise UserError(f"S3Diff weights are not usable: {problems[0]}{more}")
 
 
+def _unreadable(plan: Plan, exc: BaseException) -> UnreadableInput:
+    return UnreadableInput(
+        f"{plan.input_path} could not be decoded: {cause(exc)} (is the file damaged or truncated?)"
+    )
+
+
+def _sweep_partials(final: Path) -> None:
+    """Delete this output's temporaries left by killed runs (``publish.temp_name``: the
+    pid of a process that no longer exists); a live run's temporary is left alone."""
+    import psutil
+
+    head = f".{final.stem}.partial-"
+    for name in glob.glob(glob.escape(str(final.parent / head)) + "*"):
+        path = Path(name)
+        if not path.name.endswith(final.suffix):
+            continue
+        pid = path.name[len(head) : len(path.name) - len(final.suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
+            continue
+        log.info("removing %s, left by an interrupted run", path)
+        _discard(path)
+
+
 def _todo_regions(plan: Plan, store: JobStore) -> list[Any]:
 
     lay = plan.layout
@@ -175,7 +213,10 @@ def _run_image(plan: Plan, store: JobStore, todo: list[Any], progress: bool) -> 
         chunk_rows = store.array("input").chunks[1]
         bands = plan_bands(plan.info, chunk_rows, int(cluster_cpus()) * 2)
         log.info("ingest: %d band(s) into %s", len(bands), plan.store_url)
-        run_tasks(plan, ingest_rows_task, [(plan.info, plan.store_url, a, b) for a, b in bands])
+        try:
+            run_tasks(plan, ingest_rows_task, [(plan.info, plan.store_url, a, b) for a, b in bands])
+        except Exception as exc:
+            raise _unreadable(plan, exc) from exc
         store.set_state(ingested=True)
     if todo:
         bar = _bar(plan, todo, progress)
@@ -332,7 +373,10 @@ def _video_local(
     flags = ingested[...]
     for i, (a, b) in enumerate(plan.segments):
         if not flags[i]:
-            ingest_segment_task(plan.info, plan.store_url, a, b)
+            try:
+                ingest_segment_task(plan.info, plan.store_url, a, b)
+            except Exception as exc:
+                raise _unreadable(plan, exc) from exc
             ingested[i] = 1
     bar = _bar(plan, todo, progress)
     try:
@@ -379,6 +423,12 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
             pool.add(by_frame.get(f, []))
 
     seg_queue = [i for i in range(len(plan.segments)) if not flags[i]]
+    log.info(
+        "ingest: %d of %d segment(s) to decode into %s",
+        len(seg_queue),
+        len(plan.segments),
+        plan.store_url,
+    )
     for i, (a, b) in enumerate(plan.segments):
         if flags[i]:
             arrived(a, b)
@@ -410,7 +460,10 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
             for ref in ready:
                 if ref in ingest_refs:
                     i = ingest_refs.pop(ref)
-                    ray.get(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayError as exc:
+                        raise _unreadable(plan, exc) from exc
                     ingested[i] = 1
                     arrived(*plan.segments[i])
                 elif ref == enc_ref:

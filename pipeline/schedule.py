@@ -1,13 +1,17 @@
 """Region scheduling: an actor pool with bounded work in flight and bounded retries.
 
 The driver hands out region addresses; a region's ``done`` flag is set here, after the
-actor that wrote its shard returned. ``LocalRegions`` runs the same worker in this
-process, sequentially, for the local runner.
+actor that wrote its shard returned. A failed call (the model raised, the actor's
+process died, its node went away) puts the task back in the queue, at most
+``run.region_retries`` times; an actor that died is replaced by a fresh one, so a
+preempted worker costs only the regions it had in flight. ``LocalRegions`` runs the
+same worker in this process, sequentially, for the local runner.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections import deque
 from typing import Any
 
@@ -30,10 +34,22 @@ def run_tasks(plan: Plan, fn, calls: list[tuple], num_cpus: float = 1) -> list[A
 
 
 def cause(exc: BaseException) -> str:
-    """The last meaningful line of a (Ray-wrapped) exception."""
+    """The last meaningful line of a (Ray-wrapped) exception; one line for a dead actor."""
+    ray = sys.modules.get("ray")  # no Ray errors without Ray (the local runner)
     text = str(getattr(exc, "cause", None) or exc)
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    last = lines[-1] if lines else type(exc).__name__
+    if (
+        ray is not None
+        and isinstance(exc, ray.exceptions.RayActorError)
+        and not isinstance(exc, ray.exceptions.RayTaskError)
+    ):
+        if exc.actor_init_failed:
+            return f"its worker could not start: {last}"
+        if exc.preempted:
+            return "its worker's node was preempted"
+        return "its worker process died (killed, crashed or lost with its node)"
+    return last
 
 
 def is_region(task: Any) -> bool:
@@ -47,8 +63,10 @@ def describe(task: Any) -> str:
 
 
 def failed(plan: Plan, task: Any, attempts: int, exc: BaseException) -> JobFailed:
+    where = describe(task)
+    reason = cause(exc).removeprefix(f"{where} failed: ")
     return JobFailed(
-        f"{describe(task)} failed {attempts} time(s): {cause(exc)}; the job store "
+        f"{where} failed {attempts} time(s): {reason}; the job store "
         f"{plan.store_url} is kept, so a fixed rerun resumes"
     )
 
@@ -66,6 +84,7 @@ class LocalRegions:
             plan.model.size_multiple,
             plan.model.context_px,
             threads=int(cluster_cpus()),
+            factory=plan.model.factory,
         )
 
     def run(self, task: Any) -> Any:
@@ -102,19 +121,21 @@ class RegionPool:
         else:
             count = int(cluster_cpus())
         count = max(1, min(count, expected))
-        options: dict[str, Any] = {"max_restarts": 2, "max_task_retries": 0}
+        # No Ray-side restarts or task retries: handle() counts every failed attempt and
+        # replaces a dead actor itself, so retries stay bounded however a worker dies.
+        options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
         if self.use_gpu:
             # GPU actors take no CPU slot so CPU stages (ingest, encode) keep the cores.
             options.update(num_gpus=cfg.run.gpus_per_actor, num_cpus=0)
         else:
             options.update(num_cpus=1)
-        cls = ray.remote(RegionWorker).options(**options)
-        self.actors = [
-            cls.remote(plan.store_url, cfg, plan.model.size_multiple, plan.model.context_px)
-            for _ in range(count)
-        ]
+        self._cls = ray.remote(RegionWorker).options(**options)
+        self.actors = [self._new_actor() for _ in range(count)]
         self.pending: deque[tuple[Any, int]] = deque()
-        self.in_flight: dict[Any, tuple[int, Any, int]] = {}
+        # ref -> (actor slot, task, attempt, actor handle, submission number)
+        self.in_flight: dict[Any, tuple[int, Any, int, Any, int]] = {}
+        self.spared: set[Any] = set()  # failed with a dead actor they did not kill
+        self.submitted = 0
         self.load = [0] * count
         log.info(
             "upscale: %d actor(s) on %s, tile %d px, overlap %d px",
@@ -122,6 +143,16 @@ class RegionPool:
             "GPU" if self.use_gpu else "CPU",
             cfg.tiling.tile_px,
             cfg.tiling.overlap_px,
+        )
+
+    def _new_actor(self) -> Any:
+        p = self.plan
+        return self._cls.remote(
+            p.store_url,
+            p.config,
+            p.model.size_multiple,
+            p.model.context_px,
+            factory=p.model.factory,
         )
 
     def add(self, tasks: list[Any], first: bool = False) -> None:
@@ -140,7 +171,10 @@ class RegionPool:
         while self.pending and min(self.load) < limit:
             idx = self.load.index(min(self.load))
             task, attempt = self.pending.popleft()
-            self.in_flight[self.actors[idx].process.remote(task)] = (idx, task, attempt)
+            actor = self.actors[idx]
+            self.submitted += 1
+            ref = actor.process.remote(task)
+            self.in_flight[ref] = (idx, task, attempt, actor, self.submitted)
             self.load[idx] += 1
 
     def refs(self) -> list[Any]:
@@ -151,19 +185,62 @@ class RegionPool:
         set), None when it was queued again for a retry."""
         import ray
 
-        idx, task, attempt = self.in_flight.pop(ref)
+        idx, task, attempt, actor, seq = self.in_flight.pop(ref)
         self.load[idx] -= 1
         try:
             result = ray.get(ref)
-        except (ray.exceptions.RayTaskError, ray.exceptions.RayActorError) as exc:
+        except ray.exceptions.RayError as exc:
+            # RayTaskError: the worker raised. Anything else (the actor or its node
+            # died, Ray's memory monitor killed it): replace the actor, once per death.
+            dead = not isinstance(exc, ray.exceptions.RayTaskError)
+            if dead and self.actors[idx] is actor:
+                self._blame(ref, actor, seq)
+                self._replace(idx)
+            if ref in self.spared:
+                self.spared.discard(ref)
+                log.warning("requeued %s: its worker died running another task", describe(task))
+                self.pending.appendleft((task, attempt))
+                return None
             if attempt >= self.plan.config.run.region_retries:
                 raise failed(self.plan, task, attempt + 1, exc) from exc
             log.warning("retrying %s: %s", describe(task), cause(exc))
             self.pending.append((task, attempt + 1))
             return None
+        self.spared.discard(ref)  # it had finished before its actor died
         if is_region(task):
             self.store.mark_done(task.frame, task.row, task.col)
         return task, result
+
+    def _blame(self, ref: Any, actor: Any, seq: int) -> None:
+        """A dead actor failed every task queued on it, but ran only one: the oldest
+        unfinished (an actor runs its calls in order). Spare the others an attempt, so
+        a poison region that crashes its worker cannot use up its neighbours' retries."""
+        import ray
+
+        others = sorted((s, r) for r, (_, _, _, a, s) in self.in_flight.items() if a is actor)
+        culprit = ref
+        for s, r in others:
+            if s > seq:
+                break
+            ready, _ = ray.wait([r], timeout=10)
+            try:
+                if ready:
+                    ray.get(r)
+                    continue  # finished before the death
+            except ray.exceptions.RayError:
+                pass
+            culprit = r
+            break
+        self.spared.update(r for _, r in others if r is not culprit)
+        if culprit is not ref:
+            self.spared.add(ref)
+
+    def _replace(self, idx: int) -> None:
+        import ray
+
+        ray.kill(self.actors[idx], no_restart=True)
+        self.actors[idx] = self._new_actor()
+        log.warning("upscale: worker %d died; started a replacement", idx)
 
     def close(self) -> None:
         import ray

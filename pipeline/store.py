@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,20 @@ def job_id(input_path: str | Path, output_path: str | Path) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def safe_name(name: str) -> str:
+    """A file name made of letters, digits, ``._-`` only: it cannot name another
+    directory (no separators, no ``..``) or change a URL's meaning (``?``, ``#``, ``%``)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return name or "output"
+
+
 def default_store_url(input_path: str, output_path: str, work_dir: str | None) -> str:
-    """Next to the output by default; under --work-dir (a path or URL) when given."""
+    """Next to the output by default; under --work-dir (a path or URL) when given. The
+    store is always a direct child of that directory."""
     out = Path(output_path)
     if work_dir is None:
         return str(out.parent.resolve() / f"{out.name}.job.zarr")
-    name = f"{out.name}-{job_id(input_path, output_path)}.job.zarr"
+    name = f"{safe_name(out.name)}-{job_id(input_path, output_path)}.job.zarr"
     if "://" in work_dir:
         return work_dir.rstrip("/") + "/" + name
     return str(Path(work_dir).resolve() / name)
@@ -102,8 +111,19 @@ class JobStore:
             return False
 
     @classmethod
+    def is_job_store(cls, url: str) -> bool:
+        """A store this tool made (never delete or overwrite anything else)."""
+        try:
+            attrs = zarr.open_group(url, mode="r").attrs
+        except Exception:  # not a Zarr group at all
+            return False
+        return "format_version" in attrs
+
+    @classmethod
     def create(cls, url: str, spec: dict[str, Any], layout: Layout) -> JobStore:
-        group = zarr.open_group(url, mode="w")
+        # The marker first: a store cut short while being created is still known as ours
+        # (and made again on the next run: it has no spec yet).
+        group = zarr.open_group(url, mode="w", attributes={"format_version": FORMAT_VERSION})
         t, h, w, c = layout.frames, layout.height, layout.width, layout.channels
         chunk_lr = max(16, layout.chunk_out_px // layout.scale)
         group.create_array(
@@ -213,7 +233,14 @@ def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "")
 def open_for_job(url: str, spec: dict[str, Any], layout: Layout, restart: bool) -> JobStore:
     """Create the store, or reopen it for resume after checking it belongs to this job."""
     normalised = json.loads(json.dumps(spec, default=str))
-    if JobStore.exists(url) and not restart:
+    occupied = local_path(url).exists() if is_local(url) else JobStore.exists(url)
+    if occupied and not JobStore.is_job_store(url):
+        raise UserError(
+            f"{url} exists and is not a job store; it is left alone: move it, or choose "
+            "another output name or --work-dir"
+        )
+    complete = occupied and "spec" in JobStore.open(url, mode="r").group.attrs
+    if complete and not restart:
         store = JobStore.open(url)
         if store.group.attrs.get("format_version") != FORMAT_VERSION:
             raise UserError(

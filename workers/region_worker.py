@@ -5,10 +5,19 @@ the global tiles touching it need, runs those tiles in batches, blends them with
 windows in float32, and writes the region's output shard in one piece. It returns a
 small status dict; pixels never travel through Ray. Torch is imported in the actor,
 never on the driver.
+
+Out of GPU memory, the worker halves its batch (down to one tile) and redoes that batch;
+the smaller batch stays for the actor's life. A tile that does not fit alone fails the
+region with a message saying so: the tile size cannot shrink for one region, because
+every region must use the same global tile grid (DESIGN.md section 4) or seams appear
+and resumed output would differ. The region then goes through the driver's bounded
+retries, and a rerun with a smaller ``--tile`` needs ``--restart``.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +34,8 @@ from pipeline.tiling import (
     tile_window,
     tiles_for_region,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,7 +64,10 @@ class RegionWorker:
         size_multiple: int,
         context_px: int,
         threads: int = 1,
+        factory: str | None = None,
     ) -> None:
+        """``factory`` ("module:Class") is the model class the driver resolved from its
+        registry; None looks ``config.model.name`` up in this process's registry."""
         import torch
 
         from workers.upscaler import build_upscaler
@@ -66,7 +80,14 @@ class RegionWorker:
         self.output = self.store.array("output")
         self.size_multiple = size_multiple
         self.context_px = context_px
-        self.upscaler = build_upscaler(config.model)
+        if factory is None:
+            self.upscaler = build_upscaler(config.model)
+        else:
+            module_name, class_name = factory.split(":")
+            cls = getattr(importlib.import_module(module_name), class_name)
+            self.upscaler = cls(config.model)
+        # Tiles per model call; halved (for the actor's life) when the GPU runs out.
+        self.batch_size = max(1, config.model.batch_size)
         self.grid: Grid = plan_grid(
             self.layout.height,
             self.layout.width,
@@ -179,11 +200,11 @@ class RegionWorker:
         has_alpha = lay.channels in (2, 4)
         ph = pad_to_multiple(g.tile_h, self.size_multiple)
         pw = pad_to_multiple(g.tile_w, self.size_multiple)
-        batch = self.config.model.batch_size
         conditioning = self._conditioning(task.frame)
         model_s = 0.0
-        for b0 in range(0, len(tiles), batch):
-            coords = tiles[b0 : b0 + batch]
+        b0 = 0
+        while b0 < len(tiles):
+            coords = tiles[b0 : b0 + self.batch_size]
             lr = torch.stack(
                 [
                     halo_t[:, y - by0 : y - by0 + g.tile_h, x - bx0 : x - bx0 + g.tile_w]
@@ -196,9 +217,11 @@ class RegionWorker:
             if (ph, pw) != (g.tile_h, g.tile_w):
                 color = _pad(color, ph, pw)
             t0 = time.perf_counter()
-            with torch.inference_mode():
-                sr = self.upscaler.upscale(color.contiguous(), conditioning)
+            sr = self._upscale_or_shrink(color.contiguous(), conditioning, task)
             model_s += time.perf_counter() - t0
+            if sr is None:
+                continue  # out of memory: the same tiles again, in a smaller batch
+            b0 += len(coords)
             sr = sr[:, :, : g.tile_h * s, : g.tile_w * s].float().cpu()
             if n_color == 1:
                 sr = sr.mean(dim=1, keepdim=True)
@@ -218,16 +241,73 @@ class RegionWorker:
                 wsum[iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += wt
         out = acc / wsum
         quantised = np.rint(np.clip(out, 0.0, 1.0) * maxval).astype(lay.dtype)
+        self._drop_shard(task)
         self.output[task.frame, oy0 : oy0 + oh, ox0 : ox0 + ow, :] = np.moveaxis(quantised, 0, -1)
         return {
             "frame": task.frame,
             "row": task.row,
             "col": task.col,
             "tiles": len(tiles),
+            "batch_size": self.batch_size,
             "out_px": oh * ow,
             "model_s": model_s,
             "total_s": time.perf_counter() - t_start,
         }
+
+    def _drop_shard(self, task: RegionTask) -> None:
+        """Delete the region's shard before writing it. The region owns the whole shard,
+        but zarr merges a write into the shard it finds: a shard left torn by an
+        interrupted attempt (a store without atomic writes) would fail every retry, and
+        an intact one would be read for nothing."""
+        from zarr.core.sync import sync
+
+        path = self.output.store_path
+        key = self.output.metadata.encode_chunk_key((task.frame, task.row, task.col, 0))
+        sync(path.store.delete(f"{path.path}/{key}" if path.path else key))
+
+    def _upscale_or_shrink(self, tiles_nchw, conditioning, task: RegionTask):
+        """The model's output for these tiles, or None after an out-of-memory error
+        (the batch size is halved; the caller retries the same tiles)."""
+        import torch
+
+        try:
+            with torch.inference_mode():
+                return self.upscaler.upscale(tiles_nchw, conditioning)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        # Outside the except block, so the failed call's tensors can be freed.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if self.batch_size == 1:
+            raise OutOfMemory(
+                f"out of memory with a single {self.grid.tile_h}x{self.grid.tile_w} px tile "
+                f"({message}); free GPU memory, or lower --tile and rerun with --restart "
+                "(the tile grid is global, so it cannot shrink for one region)"
+            )
+        self.batch_size //= 2
+        log.warning(
+            "frame %d region (row %d, col %d): out of memory, batch size now %d",
+            task.frame,
+            task.row,
+            task.col,
+            self.batch_size,
+        )
+        return None
+
+
+class OutOfMemory(RuntimeError):
+    """A single tile does not fit in the device's memory."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
 def _pad(x, height: int, width: int):
