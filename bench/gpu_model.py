@@ -131,7 +131,10 @@ def sync(device: torch.device) -> None:
 
 
 def time_config(model, device, batch, tile_px, fold, per_tile_scores, iters, warmup):
-    """(ms per tile, peak GiB) for ``batch`` LR tiles of ``tile_px``."""
+    """(ms per tile, steady peak GiB, warm-up peak GiB) for ``batch`` LR tiles of ``tile_px``.
+
+    The warm-up peak includes cuDNN's algorithm search (cudnn.benchmark), whose trial
+    workspaces can be far larger than what the chosen algorithms need."""
     g = torch.Generator().manual_seed(batch)
     tiles = torch.rand(batch, 3, tile_px, tile_px, generator=g).to(device)
     if per_tile_scores:
@@ -144,13 +147,52 @@ def time_config(model, device, batch, tile_px, fold, per_tile_scores, iters, war
     for _ in range(warmup):  # the first call folds the LoRA (cached afterwards)
         model(tiles, scores, fold=fold)
     sync(device)
+    first_peak = peak_gib(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     for _ in range(iters):
         model(tiles, scores, fold=fold)
     sync(device)
     ms_per_tile = (time.perf_counter() - start) / (iters * batch) * 1e3
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    return ms_per_tile, peak
+    return ms_per_tile, peak_gib(device), first_peak
+
+
+def peak_gib(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+
+
+def stage_breakdown(model, device, batch, tile_px, iters) -> None:
+    """ms per tile of each stage at one batch size (folded, current dtype)."""
+    g = torch.Generator().manual_seed(7)
+    tiles = torch.rand(batch, 3, tile_px, tile_px, generator=g).to(device)
+    scores = torch.tensor([[0.3, 0.6]], device=device)
+    from workers.s3diff.color import color_fix
+
+    with torch.inference_mode():
+        model._prepare_lora(scores, True, None)
+        upsampled, x_in = model.preprocess(tiles, 4)
+        z = model.encode(x_in)
+        eps = model.guided_noise(z, None)[0]
+        x0 = model.predict_x0(z, eps)
+        decoded = model.decode(x0)
+        stages = {
+            "preprocess (upsample, pad)": lambda: model.preprocess(tiles, 4),
+            "VAE encode": lambda: model.encode(x_in),
+            "UNet (CFG, 2 rows per tile)": lambda: model.guided_noise(z, None),
+            "VAE decode": lambda: model.decode(x0),
+            "wavelet colour fix": lambda: color_fix(decoded * 0.5 + 0.5, upsampled, "wavelet"),
+        }
+        print(f"stage breakdown, bf16 folded, batch {batch}:")
+        for name, fn in stages.items():
+            fn()
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            sync(device)
+            ms = (time.perf_counter() - start) / (iters * batch) * 1e3
+            print(f"  {name:<30}{ms:8.2f} ms/tile", flush=True)
 
 
 def relative_error(model, device, tile_px, dtype) -> tuple[float, float]:
@@ -173,6 +215,10 @@ def main() -> int:
     parser.add_argument("--unfolded-batches", default="1,4,16")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow)")
+    parser.add_argument("--compile-batches", default="8,16")
+    parser.add_argument(
+        "--graph-batches", default="", help="also compile with CUDA graphs (reduce-overhead)"
+    )
     args = parser.parse_args()
 
     if args.cpu_smoke:
@@ -190,6 +236,8 @@ def main() -> int:
         fp32_batches = [int(b) for b in args.fp32_batches.split(",")]
         unfolded_batches = [int(b) for b in args.unfolded_batches.split(",")]
         iters, warmup = args.iters, 2
+        compile_batches = [int(b) for b in args.compile_batches.split(",") if b]
+        graph_batches = [int(b) for b in args.graph_batches.split(",") if b]
         torch.backends.cudnn.benchmark = True
         print(f"device: {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
         peak_tflops = measure_bf16_peak_tflops(device)
@@ -204,29 +252,41 @@ def main() -> int:
         f"{tile_px}-px LR tiles -> {tile_px * 4}-px output"
     )
 
-    rows = []
+    print(
+        f"{'mode':<34}{'batch':>6}{'ms/tile':>10}{'tiles/s':>10}{'MFU':>8}"
+        f"{'peak GiB':>10}{'warm-up GiB':>13}"
+    )
 
-    def run(label, batch_list, fold, per_tile):
+    def run(label, batch_list, fold, per_tile, warm=warmup):
         for batch in batch_list:
-            ms, peak = time_config(model, device, batch, tile_px, fold, per_tile, iters, warmup)
-            rows.append((label, batch, ms, peak))
-            print(f"  {label:<22} batch {batch:>3}: {ms:8.1f} ms/tile", flush=True)
+            ms, peak, first = time_config(
+                model, device, batch, tile_px, fold, per_tile, iters, warm
+            )
+            tiles_s = 1e3 / ms
+            mfu = f"{FLOP_PER_TILE * tiles_s / (peak_tflops * 1e12):.1%}" if peak_tflops else "n/a"
+            print(
+                f"{label:<34}{batch:>6}{ms:>10.1f}{tiles_s:>10.2f}{mfu:>8}{peak:>10.2f}"
+                f"{first:>13.2f}",
+                flush=True,
+            )
 
     tf32 = torch.backends.cuda.matmul.allow_tf32
     run(f"fp32 folded (tf32 {'on' if tf32 else 'off'})", fp32_batches, True, False)
     rel, max_abs = relative_error(model, device, tile_px, torch.bfloat16)  # -> bf16 from here
     run("bf16 folded", batches, True, False)
     run("bf16 unfolded per-tile", unfolded_batches, False, True)
-    if args.compile and not args.cpu_smoke:
-        model.enable_compile()
-        run("bf16 folded compiled", batches, True, False)
-
     print()
-    print(f"{'mode':<26}{'batch':>6}{'ms/tile':>10}{'tiles/s':>10}{'MFU':>8}{'peak GiB':>10}")
-    for label, batch, ms, peak in rows:
-        tiles_s = 1e3 / ms
-        mfu = f"{FLOP_PER_TILE * tiles_s / (peak_tflops * 1e12):.1%}" if peak_tflops else "n/a"
-        print(f"{label:<26}{batch:>6}{ms:>10.1f}{tiles_s:>10.2f}{mfu:>8}{peak:>10.2f}")
+    stage_breakdown(model, device, max(batches) // 2 or 1, tile_px, iters)
+    if args.compile and not args.cpu_smoke:
+        for mode, batch_list in (("default", compile_batches), ("reduce-overhead", graph_batches)):
+            if not batch_list:
+                continue
+            print()
+            model.enable_compile(mode=mode)
+            for batch in batch_list:
+                t0 = time.perf_counter()
+                run(f"bf16 folded compiled {mode}", [batch], True, False, warm=3)
+                print(f"  (compile + warm-up + timing: {time.perf_counter() - t0:.0f} s)")
     print()
     print(
         f"bf16 vs fp32, one tile (folded, no colour fix): relative L2 {rel:.2e}, "

@@ -281,3 +281,35 @@ def test_tiled_cases(upscaler, golden, manifest, case, tile, overlap):
         assert_close(sr, golden[f"{case}.sr_wavelet_float"], ATOL["sr"], f"{case}.sr_wavelet_float")
     u8 = _official_u8_wavelet(trace["sr_nofix"], trace["upsampled"])
     _assert_u8_close(u8, golden[f"{case}.sr_wavelet_u8"], f"{case}.sr_wavelet_u8")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_golden_on_cuda_fp32(golden):
+    """The same official outputs on a CUDA device in fp32 (TF32 off): case A through the
+    user path (folded, batched CFG, wavelet fix) and case E with the official tiling."""
+    from pipeline.config import ModelConfig
+    from workers.s3diff.model import LatentTiling
+    from workers.s3diff.upscaler import S3DiffUpscaler
+
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        config = ModelConfig(
+            name="s3diff", weights=str(GOLDEN / "weights"), device="cuda", precision="fp32"
+        )
+        gpu = S3DiffUpscaler(config)
+        assert next(gpu.model.unet.parameters()).is_cuda
+        sr = gpu.upscale(golden["A.lr"].cuda(), golden["A.deg_score"][0].cuda())
+        assert_close(sr, golden["A.sr_wavelet_float"], ATOL["sr"], "A.sr_wavelet_float (cuda)")
+        trace: dict = {}
+        gpu.model(
+            golden["E.lr"].cuda(),
+            golden["E.deg_score"].cuda(),
+            color_fix="none",
+            latent_tiling=LatentTiling(8, 3),
+            trace=trace,
+        )
+        assert_close(trace["sr_nofix"], golden["E.sr_nofix"], ATOL["sr"], "E.sr_nofix (cuda)")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn

@@ -159,6 +159,32 @@ def test_fixed_degradation_and_options_from_config(upscaler, tiles):
     assert max_diff(out, expected) < 1e-5
 
 
+def test_compiled_model_sees_only_full_batches(upscaler, tiles):
+    """With compile on, a partial last batch is padded (no recompilation for a new
+    shape) and the padding never reaches the output."""
+    from workers.s3diff.upscaler import S3DiffUpscaler, pad_batch
+
+    compiled = S3DiffUpscaler(_config(batch_size=2))
+    compiled.config = dataclasses.replace(compiled.config, compile=True)
+    compiled.model.enable_compile(backend="eager")
+    seen = []
+    handle = compiled.model.vae.encoder.register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[0])
+    )
+    try:
+        out = compiled.upscale(tiles, SCORES)  # 3 tiles at batch 2: 2 + (1 padded to 2)
+        per_tile = compiled.upscale(tiles, torch.tensor([[0.3, 0.6], [0.2, 0.5], [0.7, 0.1]]))
+    finally:
+        handle.remove()
+    assert seen == [2, 2, 2, 2]
+    assert out.shape == (3, 3, 64, 64)
+    assert max_diff(out, upscaler.upscale(tiles, SCORES)) < 1e-5
+    expected = upscaler.model(tiles, torch.tensor([[0.3, 0.6], [0.2, 0.5], [0.7, 0.1]]))
+    assert max_diff(per_tile, expected) < 1e-5
+    assert pad_batch(SCORES[None], 4).shape == (1, 2)  # one pair stays broadcast
+    assert torch.equal(pad_batch(tiles[:1], 3), tiles[[0, 0, 0]])
+
+
 def test_scale_two_and_odd_tile_size(upscaler):
     """Any scale and tile size: padded to 64 output px internally, cropped back."""
     lr = torch.rand(2, 3, 13, 21, generator=torch.Generator().manual_seed(3))

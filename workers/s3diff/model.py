@@ -423,6 +423,7 @@ class S3Diff(nn.Module):
         self.vae_lora = ModulatedLoRA(vae, VAE_ADAPTER, vae_block_id, NUM_VAE_BLOCKS)
         self.batch_cfg = True  # positive and negative prompt in one UNet call
         self.tile_batch = 8  # latent tiles per UNet call in the official latent tiling
+        self.compiled = False
         self.dtype = torch.float32
         self.vae_dtype = torch.float32
         self._folded_scores: tuple[float, float] | None = None
@@ -502,9 +503,15 @@ class S3Diff(nn.Module):
         return self
 
     def enable_compile(self, **options: Any) -> None:
-        """torch.compile the UNet and the VAE encoder/decoder in place (GPU; slow first calls)."""
+        """torch.compile the UNet and the VAE encoder/decoder in place (GPU; slow first calls).
+
+        Shapes are static by default (``dynamic=False``): each new batch or tile shape
+        compiles once, so callers should keep batches full (:class:`S3DiffUpscaler` pads).
+        """
+        options.setdefault("dynamic", False)
         for module in (self.unet, self.vae.encoder, self.vae.decoder):
             module.compile(**options)
+        self.compiled = True
 
     @property
     def device(self) -> torch.device:

@@ -103,14 +103,27 @@ class S3DiffUpscaler:
         batch = self.config.batch_size
         out = []
         for b0 in range(0, tiles_nchw.shape[0], batch):
+            tiles = tiles_nchw[b0 : b0 + batch]
             part = scores if scores.shape[0] == 1 else scores[b0 : b0 + batch]
-            out.append(
-                self.model(
-                    tiles_nchw[b0 : b0 + batch],
-                    part,
-                    scale=self.scale,
-                    color_fix=self.config.color_fix,
-                    fold=self.config.fold_lora,
-                )
+            count = tiles.shape[0]
+            if self.config.compile and count < batch:
+                # A compiled model has static shapes: pad to a full batch rather than
+                # compile again for the region's last, partial batch.
+                tiles, part = pad_batch(tiles, batch), pad_batch(part, batch)
+            sr = self.model(
+                tiles,
+                part,
+                scale=self.scale,
+                color_fix=self.config.color_fix,
+                fold=self.config.fold_lora,
             )
+            out.append(sr[:count])
         return torch.cat(out)
+
+
+def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Repeat the last row of ``x`` up to ``size`` rows. One score pair (1, 2) is left
+    alone: it applies to the whole batch."""
+    if x.shape[0] == size or (x.ndim == 2 and x.shape[0] == 1):
+        return x
+    return torch.cat([x, x[-1:].expand(size - x.shape[0], *x.shape[1:])])
