@@ -1,7 +1,8 @@
 """Command line: parse, load the config, run the job, report.
 
-``run_pipeline.py INPUT -o OUTPUT [...]`` upscales; ``run_pipeline.py sample PATH``
-writes a built-in synthetic test image. Errors print as one line and exit non-zero;
+``run_pipeline.py INPUT -o OUTPUT [...]`` upscales; ``batch MANIFEST`` runs many
+inputs; ``status TARGET`` reads a job's progress; ``sample PATH`` writes a built-in
+synthetic test image; ``weights`` checks S3Diff weights. Errors print as one line and exit non-zero;
 ``--debug`` shows the traceback.
 """
 
@@ -17,24 +18,13 @@ from typing import Any
 from pipeline.config import load_config
 from pipeline.errors import JobFailed, UserError
 from pipeline.models import MODELS
+from pipeline.stopping import Terminated, install_sigterm_handler
 
 log = logging.getLogger("pipeline")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="run_pipeline.py",
-        description="Upscale a video or a gigapixel image on Ray, tiled and blended without "
-        "seams, resumable. Subcommands: 'sample PATH' writes a test image; 'weights "
-        "check|convert [DIR]' checks S3Diff weights.",
-    )
-    p.add_argument("input", help="image (PNG, JPEG, TIFF/BigTIFF/OME-TIFF) or Zarr array")
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="output path; format from the extension: .zarr .tif .png .jpg",
-    )
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by a single job and a batch."""
     p.add_argument("--config", help="YAML preset (see configs/)")
     p.add_argument("--model", choices=sorted(MODELS), help="upscaler (default: bicubic)")
     p.add_argument("--scale", type=int, help="upscale factor (default 4)")
@@ -80,6 +70,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or stage messages")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description="Upscale a video or a gigapixel image on Ray, tiled and blended without "
+        "seams, resumable. Subcommands: 'batch MANIFEST' runs many inputs in one job; "
+        "'status STORE|OUTPUT|REPORT' shows a job's progress; 'submit' sends a command to "
+        "a Ray cluster as a Ray Job; 'sample PATH' writes a test image; 'weights "
+        "check|convert [DIR]' checks S3Diff weights. Exit codes: 0 done, 2 bad input or "
+        "config, 3 a region or item failed, 75 stopped by SIGTERM (rerun to resume), "
+        "130 interrupted.",
+    )
+    p.add_argument("input", help="image (PNG, JPEG, TIFF/BigTIFF/OME-TIFF), Zarr array or video")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output path; format from the extension: .zarr .tif .png .jpg .mp4 .mkv .mov",
+    )
+    _add_job_options(p)
+    return p
+
+
+def build_batch_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_pipeline.py batch",
+        description="Run many inputs in one job over one actor pool. Finished outputs are "
+        "skipped and unfinished ones resume, so the command can be repeated (cron). Exit "
+        "0 only when every item is done or skipped; 3 when some failed (listed); 75 when "
+        "stopped by SIGTERM.",
+    )
+    p.add_argument(
+        "manifest",
+        help="YAML/JSON list of {input, output, set}, a directory, or a glob (quote it)",
+    )
+    p.add_argument(
+        "--output-pattern",
+        help="for a directory or glob: e.g. 'out/{stem}_x4.tif' ({stem} {name} {suffix} {parent})",
+    )
+    p.add_argument(
+        "--report",
+        help="JSON report path (default: MANIFEST.report.json, or ./batch-report.json)",
+    )
+    _add_job_options(p)
     return p
 
 
@@ -180,6 +215,66 @@ def _weights(argv: Sequence[str]) -> int:
     return 0
 
 
+def _batch(argv: Sequence[str]) -> int:
+    from pathlib import Path
+
+    from pipeline.batch import (
+        default_report_path,
+        exit_code,
+        format_table,
+        read_manifest,
+        run_batch,
+    )
+
+    args = build_batch_parser().parse_args(argv)
+    _setup_logging(args.debug, args.quiet)
+    items = read_manifest(args.manifest, args.output_pattern)
+    overrides = _overrides(args)
+    load_config(args.config, overrides, args.set)  # bad options fail before any item
+    if not overrides.get("run.address"):
+        _loopback_only()
+    report = Path(args.report) if args.report else default_report_path(args.manifest)
+    reports = run_batch(
+        items,
+        preset=args.config,
+        overrides=overrides,
+        base_set=tuple(args.set),
+        overwrite=args.overwrite,
+        restart=args.restart,
+        progress=not args.quiet,
+        report_path=report,
+    )
+    print(format_table(reports))
+    print(f"report: {report}")
+    code = exit_code(reports)
+    bad = [r for r in reports if r.status not in ("done", "skipped")]
+    if bad:
+        print(
+            f"error: {len(bad)} of {len(reports)} item(s) not done: "
+            + "; ".join(f"{r.input} ({r.status})" for r in bad[:10]),
+            file=sys.stderr,
+        )
+    return code
+
+
+def _status(argv: Sequence[str]) -> int:
+    from pipeline.status import status_command
+
+    p = argparse.ArgumentParser(
+        prog="run_pipeline.py status",
+        description="progress of a job from its store (works after the driver died), a "
+        "batch report, or a Ray job id",
+    )
+    p.add_argument("target", help="job store path/URL, output path, batch report, or Ray job id")
+    p.add_argument("--address", help="Ray dashboard address, for a Ray job id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    code, text = status_command(args.target, args.address, args.json)
+    print(text)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -188,6 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sample(argv[1:])
         if argv and argv[0] == "weights":
             return _weights([a for a in argv[1:] if a != "--debug"])
+        if argv and argv[0] == "status":
+            return _status(argv[1:])
+        install_sigterm_handler()
+        if argv and argv[0] == "batch":
+            return _batch(argv[1:])
         args = build_parser().parse_args(argv)
         _setup_logging(args.debug, args.quiet)
         cfg = load_config(args.config, _overrides(args), args.set)
@@ -205,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(summary.line())
         return 0
-    except (UserError, JobFailed) as exc:
+    except (UserError, JobFailed, Terminated) as exc:
         if debug:
             raise
         print(f"error: {exc}", file=sys.stderr)

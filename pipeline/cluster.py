@@ -37,12 +37,18 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
 
         reaper = start_reaper()  # kills this local Ray if the driver is killed
         ray.init(
+            # "local": always a new private instance, never a cluster that `ray start`
+            # left on this machine (ray.init() alone would attach to it).
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             logging_level=logging.ERROR,
             log_to_driver=True,
         )
+    from pipeline.stopping import reinstall_after_ray_init
+
+    reinstall_after_ray_init()
     try:
         yield
     finally:

@@ -76,6 +76,8 @@ class RunConfig:
     gpus_per_actor: float = 1.0
     region_retries: int = 2
     in_flight_per_actor: int = 2
+    active_jobs: int = 2  # batch items in progress at once (their regions interleave)
+    term_grace_s: float = 20.0  # on SIGTERM, how long regions in flight may finish
 
 
 @dataclass(frozen=True)
@@ -254,6 +256,8 @@ def validate(cfg: JobConfig) -> None:
         raise UserError(f"--gpus-per-actor cannot be negative, got {r.gpus_per_actor}")
     if r.region_retries < 0 or r.in_flight_per_actor < 1:
         raise UserError("run.region_retries must be >= 0 and run.in_flight_per_actor >= 1")
+    if r.active_jobs < 1 or r.term_grace_s < 0:
+        raise UserError("run.active_jobs must be >= 1 and run.term_grace_s >= 0")
     v = cfg.video
     v.options_dict()
     if v.crf is not None and not 0 <= v.crf <= 63:

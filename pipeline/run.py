@@ -4,6 +4,9 @@ Images run the stages one after the other. Videos run them overlapped: decode se
 land in the store, their frames' regions go to the actor pool as soon as they are in,
 and the encoder follows in frame order as frames complete. Running the same job again
 resumes it: only regions without a ``done`` flag (and segments not yet ingested) run.
+
+``run_item`` runs one planned job against a shared :class:`RegionPool`; ``run_job`` is
+the single-job entry point and ``pipeline.batch`` runs many items over one pool.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import glob
 import logging
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from pipeline import stopping
 from pipeline.cluster import cluster_cpus, ray_runtime
 from pipeline.conditioning import Conditioning
 from pipeline.config import JobConfig
@@ -28,6 +34,7 @@ from pipeline.encode import VideoEncoder
 from pipeline.errors import UserError
 from pipeline.ingest import ingest_rows_task, plan_bands
 from pipeline.plan import Plan, plan_job
+from pipeline.progress import Progress
 from pipeline.publish import (
     blocks,
     copy_to_ome_task,
@@ -40,7 +47,7 @@ from pipeline.publish import (
     write_small_task,
     write_tiff_task,
 )
-from pipeline.schedule import LocalRegions, RegionPool, cause, run_tasks
+from pipeline.schedule import LocalRegions, RegionPool, cause, run_tasks, wait_all
 from pipeline.store import JobStore, open_for_job, remove_store
 from pipeline.tiling import plan_regions
 from pipeline.video import ingest_segment_task
@@ -49,7 +56,7 @@ from workers.region_worker import EstimateTask, RegionTask
 log = logging.getLogger(__name__)
 ESTIMATE_BATCH = 32  # frames per estimate call on the local runner
 
-__all__ = ["Summary", "plan_job", "run_job"]
+__all__ = ["Pools", "Summary", "plan_job", "run_item", "run_job"]
 
 
 class UnreadableInput(UserError):
@@ -78,17 +85,43 @@ class Summary:
         )
 
 
-def run_job(
-    input_path: str,
-    output_path: str,
-    cfg: JobConfig,
-    *,
-    overwrite: bool = False,
-    restart: bool = False,
-    progress: bool = True,
-) -> Summary:
-    t0 = time.perf_counter()
-    plan = plan_job(input_path, output_path, cfg, overwrite)
+class Pools:
+    """Region pools by model config, made on first use and shared by every job of a
+    run (a batch loads each model once per actor)."""
+
+    def __init__(self, expected_regions: int) -> None:
+        self.expected = expected_regions
+        self.pools: dict[str, RegionPool] = {}
+        self._lock = threading.Lock()  # batch items ask from their own threads
+
+    @staticmethod
+    def key(plan: Plan) -> str:
+        return repr((plan.model.factory, plan.config.model, plan.config.run))
+
+    def close_others(self, key: str) -> None:
+        """Free the workers (and their GPUs) of every other model's pool."""
+        with self._lock:
+            others = [self.pools.pop(k) for k in list(self.pools) if k != key]
+        for pool in others:
+            pool.close()
+
+    def get(self, plan: Plan) -> RegionPool:
+        key = self.key(plan)
+        with self._lock:
+            if key not in self.pools:
+                self.pools[key] = RegionPool(
+                    plan.config.run, plan.model, plan.config.model, max(1, self.expected)
+                )
+            return self.pools[key]
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self.pools = list(self.pools.values()), {}
+        for pool in pools:
+            pool.close()
+
+
+def log_probe(plan: Plan) -> None:
     info, lay = plan.info, plan.layout
     log.info(
         "probe: %s %dx%d%s, %d channel(s), %s -> %dx%d %s",
@@ -102,35 +135,88 @@ def run_job(
         info.height * lay.scale,
         plan.output_path.suffix.lstrip("."),
     )
+
+
+def run_job(
+    input_path: str,
+    output_path: str,
+    cfg: JobConfig,
+    *,
+    overwrite: bool = False,
+    restart: bool = False,
+    progress: bool = True,
+) -> Summary:
+    t0 = time.perf_counter()
+    plan = plan_job(input_path, output_path, cfg, overwrite)
+    log_probe(plan)
     local = plan.config.run.runner == "local"
     with nullcontext() if local else ray_runtime(plan.config.run.address):
-        _check_weights(plan)
-        store = open_for_job(plan.store_url, plan.spec, plan.layout, restart)
-        discard = False
+        check_weights(plan)
+        pools = Pools(plan.layout.frames * int(np.prod(plan.layout.regions)))
         try:
-            _sweep_partials(plan.output_path)
-            todo = _todo_regions(plan, store)
-            if plan.is_video:
-                _run_video(plan, store, todo, progress)
-            else:
-                _run_image(plan, store, todo, progress)
-        except UnreadableInput:
-            # Nothing worth resuming from a damaged input: leave no store behind.
-            discard = not plan.config.store.keep and not store.done_mask().any()
-            raise
+            return run_item(plan, pools, restart=restart, progress=progress, t0=t0)
         finally:
-            store.unlock()
-            if discard:
-                remove_store(plan.store_url)
+            pools.close()
+
+
+def run_item(
+    plan: Plan,
+    pools: Pools,
+    *,
+    restart: bool = False,
+    progress: bool = True,
+    t0: float | None = None,
+    on_regions: Callable[[int], None] | None = None,
+) -> Summary:
+    """Run one planned job to its published output (Ray is up, weights checked).
+
+    ``on_regions(n)`` is told of regions done (resumed ones first): a batch's bar."""
+    t0 = time.perf_counter() if t0 is None else t0
+    lay = plan.layout
+    store = open_for_job(plan.store_url, plan.spec, plan.layout, restart)
+    discard = False
+    rows, cols = lay.regions
+    total = lay.frames * rows * cols
+    try:
+        _sweep_partials(plan.output_path)
+        todo = _todo_regions(plan, store)
+        recorder = Progress(
+            plan.store_url,
+            plan.input_path,
+            str(plan.output_path),
+            total,
+            total - len(todo),
+            lay.frames,
+            on_regions,
+        )
+        try:
+            if plan.is_video:
+                _run_video(plan, store, todo, pools, progress, recorder)
+            else:
+                _run_image(plan, store, todo, pools, progress, recorder)
+        except stopping.Terminated as exc:
+            recorder.finish("terminated", str(exc))
+            raise
+        except BaseException as exc:
+            recorder.finish("failed", cause(exc))
+            raise
+        recorder.finish("done")
+    except UnreadableInput:
+        # Nothing worth resuming from a damaged input: leave no store behind.
+        discard = not plan.config.store.keep and not store.done_mask().any()
+        raise
+    finally:
+        store.unlock()
+        if discard:
+            remove_store(plan.store_url)
     if not plan.config.store.keep:
         remove_store(plan.store_url)
-    rows, cols = lay.regions
     return Summary(
         output=str(plan.output_path),
         seconds=time.perf_counter() - t0,
         out_megapixels=lay.frames * lay.out_shape[1] * lay.out_shape[2] / 1e6,
         frames=lay.frames,
-        regions_total=lay.frames * rows * cols,
+        regions_total=total,
         regions_run=len(todo),
         store_url=plan.store_url,
     )
@@ -146,7 +232,7 @@ def weights_problems_task(weights: str | None) -> list[str]:
         return [str(exc)]
 
 
-def _check_weights(plan: Plan) -> None:
+def check_weights(plan: Plan) -> None:
     if not plan.model.needs_weights:
         return
     problems = run_tasks(plan, weights_problems_task, [(plan.config.model.weights,)])[0]
@@ -208,25 +294,33 @@ def _bar(plan: Plan, todo: list[Any], progress: bool) -> tqdm:
 
 
 # ------------------------------------------------------------------------------ images
-def _run_image(plan: Plan, store: JobStore, todo: list[Any], progress: bool) -> None:
+def _run_image(
+    plan: Plan, store: JobStore, todo: list[Any], pools: Pools, progress: bool, rec: Progress
+) -> None:
     if not store.state.get("ingested"):
+        rec.stage("ingest")
         chunk_rows = store.array("input").chunks[1]
         bands = plan_bands(plan.info, chunk_rows, int(cluster_cpus()) * 2)
         log.info("ingest: %d band(s) into %s", len(bands), plan.store_url)
         try:
             run_tasks(plan, ingest_rows_task, [(plan.info, plan.store_url, a, b) for a, b in bands])
+        except stopping.Terminated:
+            raise
         except Exception as exc:
             raise _unreadable(plan, exc) from exc
         store.set_state(ingested=True)
     if todo:
+        rec.stage("upscale")
+        pool = None if plan.config.run.runner == "local" else pools.get(plan)
         bar = _bar(plan, todo, progress)
         try:
-            if plan.config.run.runner == "local":
-                _regions_local(plan, store, todo, bar)
+            if pool is None:
+                _regions_local(plan, store, todo, bar, rec)
             else:
-                _regions_ray(plan, store, todo, bar)
+                _regions_pooled(plan, store, todo, bar, pool, rec)
         finally:
             bar.close()
+    rec.stage("publish")
     publish_image(plan, store)
 
 
@@ -237,7 +331,7 @@ def _by_frame(todo: list[Any]) -> dict[int, list[Any]]:
     return out
 
 
-def _regions_local(plan: Plan, store: JobStore, todo: list[Any], bar: tqdm) -> None:
+def _regions_local(plan: Plan, store: JobStore, todo: list[Any], bar: tqdm, rec: Progress) -> None:
     """Estimate (when the model needs it), then every region, in this process."""
     worker = LocalRegions(plan, store)
     cond = Conditioning(plan, store)
@@ -249,35 +343,40 @@ def _regions_local(plan: Plan, store: JobStore, todo: list[Any], bar: tqdm) -> N
     for task in todo:
         worker.run(task)
         bar.update(1)
+        rec.regions_done()
 
 
-def _regions_ray(plan: Plan, store: JobStore, todo: list[Any], bar: tqdm) -> None:
-    import ray
-
+def _regions_pooled(
+    plan: Plan, store: JobStore, todo: list[Any], bar: tqdm, pool: RegionPool, rec: Progress
+) -> None:
+    """Estimate, then release each frame's regions to the shared pool; returns when
+    every region of ``todo`` is done (raises the job's failure or a stop)."""
     by_frame = _by_frame(todo)
     frames = range(plan.layout.frames)
     cond = Conditioning(plan, store)
-    pool = RegionPool(plan, store, len(todo))
-    missing = cond.missing(frames)
-    if missing:
-        pool.add([EstimateTask(tuple(missing))])
-    pool.add([t for f in cond.release(frames) for t in by_frame.get(f, [])])
+    channel = pool.register(plan, store)
     try:
-        while pool.busy:
-            pool.fill()
-            ready, _ = ray.wait(pool.refs(), num_returns=1)
-            for ref in ready:
-                settled = pool.handle(ref)
-                if settled is None:
-                    continue
-                task, result = settled
-                if isinstance(task, EstimateTask):
-                    cond.record(task.frames, result)
-                    pool.add([t for f in cond.release(frames) for t in by_frame.get(f, [])])
-                else:
-                    bar.update(1)
+        missing = cond.missing(frames)
+        estimates = 1 if missing else 0
+        if missing:
+            channel.add([EstimateTask(tuple(missing))])
+        channel.add([t for f in cond.release(frames) for t in by_frame.get(f, [])])
+        left = len(todo)
+        while left or estimates:
+            settled = channel.next()
+            if settled is None:
+                continue
+            task, result = settled
+            if isinstance(task, EstimateTask):
+                estimates -= 1
+                cond.record(task.frames, result)
+                channel.add([t for f in cond.release(frames) for t in by_frame.get(f, [])])
+            else:
+                left -= 1
+                bar.update(1)
+                rec.regions_done()
     finally:
-        pool.close()
+        channel.close()
 
 
 def publish_image(plan: Plan, store: JobStore) -> None:
@@ -353,14 +452,16 @@ def _encoder_args(plan: Plan, tmp: Any) -> tuple:
     return (plan.store_url, plan.info, plan.config.video, str(tmp), list(plan.remux), plan.pix_fmt)
 
 
-def _run_video(plan: Plan, store: JobStore, todo: list[Any], progress: bool) -> None:
+def _run_video(
+    plan: Plan, store: JobStore, todo: list[Any], pools: Pools, progress: bool, rec: Progress
+) -> None:
     ingested = _ingested(store, len(plan.segments))
     tmp = temp_name(plan.output_path)
     try:
         if plan.config.run.runner == "local":
-            _video_local(plan, store, todo, ingested, tmp, progress)
+            _video_local(plan, store, todo, ingested, tmp, progress, rec)
         else:
-            _video_ray(plan, store, todo, ingested, tmp, progress)
+            _video_ray(plan, store, todo, ingested, tmp, progress, pools.get(plan), rec)
         replace_output(tmp, plan.output_path)
     except BaseException:
         _discard(tmp)
@@ -368,23 +469,28 @@ def _run_video(plan: Plan, store: JobStore, todo: list[Any], progress: bool) -> 
 
 
 def _video_local(
-    plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, progress: bool
+    plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, progress: bool, rec: Progress
 ) -> None:
     flags = ingested[...]
+    rec.stage("ingest")
     for i, (a, b) in enumerate(plan.segments):
         if not flags[i]:
+            stopping.check()
             try:
                 ingest_segment_task(plan.info, plan.store_url, a, b)
             except Exception as exc:
                 raise _unreadable(plan, exc) from exc
             ingested[i] = 1
+    rec.stage("upscale")
     bar = _bar(plan, todo, progress)
     try:
-        _regions_local(plan, store, todo, bar)
+        _regions_local(plan, store, todo, bar, rec)
     finally:
         bar.close()
+    rec.stage("encode")
     encoder = VideoEncoder(*_encoder_args(plan, tmp))
     encoder.encode_upto(plan.layout.frames)
+    rec.frames_encoded(plan.layout.frames)
     _forget_dropped(plan, store, ingested, 0, plan.layout.frames)
     stats = encoder.finish()
     log.info(
@@ -392,11 +498,22 @@ def _video_local(
     )
 
 
-def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, progress: bool) -> None:
-    """Overlapped decode -> estimate -> upscale -> encode, all bounded, driven by ray.wait.
+def _video_ray(
+    plan: Plan,
+    store: JobStore,
+    todo: list[Any],
+    ingested,
+    tmp,
+    progress: bool,
+    pool: RegionPool,
+    rec: Progress,
+) -> None:
+    """Overlapped decode -> estimate -> upscale -> encode, all bounded.
 
-    A frame's regions are queued once its segment is in the store and its conditioning
-    is final; the encoder is asked for the longest prefix of completed frames.
+    A frame's regions go to the shared pool once its segment is in the store and its
+    conditioning is final; the encoder is asked for the longest prefix of completed
+    frames. This loop waits on its own calls (decode, encode) and the pool's results
+    for this job in short slices.
     """
     import ray
 
@@ -407,20 +524,29 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
     for f, tasks in by_frame.items():
         left[f] = len(tasks)
     cond = Conditioning(plan, store)
-    pool = RegionPool(plan, store, max(1, len(todo)))
+    channel = pool.register(plan, store)
     waiting: set[int] = set()  # ingested, conditioning not final yet
 
     def arrived(a: int, b: int) -> None:
         missing = cond.missing(range(a, b))
         if missing:
-            pool.add([EstimateTask(tuple(missing))], first=True)
+            channel.add([EstimateTask(tuple(missing))], first=True)
         waiting.update(range(a, b))
         release()
 
     def release() -> None:
         for f in cond.release(sorted(waiting)):
             waiting.discard(f)
-            pool.add(by_frame.get(f, []))
+            channel.add(by_frame.get(f, []))
+
+    def settled(task: Any, result: Any) -> None:
+        if isinstance(task, EstimateTask):
+            cond.record(task.frames, result)
+            release()
+        else:
+            left[task.frame] -= 1
+            bar.update(1)
+            rec.regions_done()
 
     seg_queue = [i for i in range(len(plan.segments)) if not flags[i]]
     log.info(
@@ -429,6 +555,7 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
         len(plan.segments),
         plan.store_url,
     )
+    rec.stage("upscale")
     for i, (a, b) in enumerate(plan.segments):
         if flags[i]:
             arrived(a, b)
@@ -444,19 +571,27 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
     bar = _bar(plan, todo, progress)
     try:
         while True:
-            while seg_queue and len(ingest_refs) < max_ingest:
+            while seg_queue and len(ingest_refs) < max_ingest and not stopping.STOP.is_set():
                 i = seg_queue.pop(0)
                 a, b = plan.segments[i]
                 ingest_refs[ingest.remote(plan.info, plan.store_url, a, b)] = i
-            pool.fill()
             while prefix < frames and left[prefix] == 0:
                 prefix += 1
-            if enc_ref is None and prefix > encoded:
+            if enc_ref is None and prefix > encoded and not stopping.STOP.is_set():
                 enc_ref = encoder.encode_upto.remote(prefix)
             if encoded == frames and enc_ref is None:
                 break
-            refs = list(ingest_refs) + pool.refs() + ([enc_ref] if enc_ref else [])
-            ready, _ = ray.wait(refs, num_returns=1)
+            # The pool's results first (they raise this job's failure or a stop)...
+            while (item := channel.next(timeout=0)) is not None:
+                settled(*item)
+            own = list(ingest_refs) + ([enc_ref] if enc_ref else [])
+            if not own:
+                item = channel.next(timeout=0.1)
+                if item is not None:
+                    settled(*item)
+                continue
+            # ...then this job's own calls.
+            ready, _ = ray.wait(own, num_returns=1, timeout=0.05)
             for ref in ready:
                 if ref in ingest_refs:
                     i = ingest_refs.pop(ref)
@@ -466,23 +601,13 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
                         raise _unreadable(plan, exc) from exc
                     ingested[i] = 1
                     arrived(*plan.segments[i])
-                elif ref == enc_ref:
+                else:
                     before, encoded = encoded, ray.get(ref)
                     enc_ref = None
                     _forget_dropped(plan, store, ingested, before, encoded)
                     bar.set_postfix_str(f"encoded {encoded}/{frames}", refresh=False)
-                else:
-                    settled = pool.handle(ref)
-                    if settled is None:
-                        continue
-                    task, result = settled
-                    if isinstance(task, EstimateTask):
-                        cond.record(task.frames, result)
-                        release()
-                    else:
-                        left[task.frame] -= 1
-                        bar.update(1)
-        stats = ray.get(encoder.finish.remote())
+                    rec.frames_encoded(encoded)
+        stats = wait_all([encoder.finish.remote()])[0]
         log.info(
             "publish: %d frames encoded, %d packets copied",
             stats["frames"],
@@ -490,5 +615,5 @@ def _video_ray(plan: Plan, store: JobStore, todo: list[Any], ingested, tmp, prog
         )
     finally:
         bar.close()
-        pool.close()
+        channel.close()
         ray.kill(encoder)

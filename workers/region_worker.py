@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import JobConfig
+from pipeline.config import JobConfig, ModelConfig
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
@@ -54,51 +55,123 @@ class EstimateTask:
     frames: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class JobRef:
+    """What a worker needs to serve one job's tasks: its store and tiling. Workers are
+    shared by every job of a batch that uses the same model."""
+
+    store_url: str
+    config: JobConfig
+    size_multiple: int
+    context_px: int
+
+
+class _JobView:
+    """One job's store arrays, tile grid and window cache, opened once per worker."""
+
+    def __init__(self, job: JobRef) -> None:
+        self.job = job
+        self.config = job.config
+        self.store = JobStore.open(job.store_url)
+        self.layout = self.store.layout
+        self.input = self.store.array("input")
+        self.output = self.store.array("output")
+        self.grid: Grid = plan_grid(
+            self.layout.height,
+            self.layout.width,
+            job.config.tiling.tile_px,
+            job.config.tiling.overlap_px,
+        )
+        self.windows: dict[tuple[int, int], np.ndarray] = {}
+        self.degradation = None
+
+
 class RegionWorker:
-    """Wrap with ``ray.remote(...)`` on the driver; usable directly in tests and debugging."""
+    """Wrap with ``ray.remote(...)`` on the driver; usable directly in tests and debugging.
+
+    The model is loaded once, in the constructor; ``process`` serves any job whose
+    model config is the one the worker was built with (a batch shares its workers).
+    """
+
+    MAX_OPEN_JOBS = 4
 
     def __init__(
         self,
-        store_url: str,
-        config: JobConfig,
-        size_multiple: int,
-        context_px: int,
-        threads: int = 1,
+        model: ModelConfig,
         factory: str | None = None,
+        threads: int = 1,
     ) -> None:
         """``factory`` ("module:Class") is the model class the driver resolved from its
-        registry; None looks ``config.model.name`` up in this process's registry."""
+        registry; None looks ``model.name`` up in this process's registry."""
         import torch
 
         from workers.upscaler import build_upscaler
 
         torch.set_num_threads(max(1, threads))
-        self.config = config
-        self.store = JobStore.open(store_url)
-        self.layout = self.store.layout
-        self.input = self.store.array("input")
-        self.output = self.store.array("output")
-        self.size_multiple = size_multiple
-        self.context_px = context_px
+        self.model_config = model
         if factory is None:
-            self.upscaler = build_upscaler(config.model)
+            self.upscaler = build_upscaler(model)
         else:
             module_name, class_name = factory.split(":")
             cls = getattr(importlib.import_module(module_name), class_name)
-            self.upscaler = cls(config.model)
+            self.upscaler = cls(model)
         # Tiles per model call; halved (for the actor's life) when the GPU runs out.
-        self.batch_size = max(1, config.model.batch_size)
-        self.grid: Grid = plan_grid(
-            self.layout.height,
-            self.layout.width,
-            config.tiling.tile_px,
-            config.tiling.overlap_px,
-        )
-        self._windows: dict[tuple[int, int], np.ndarray] = {}
-        self._degradation = None
+        self.batch_size = max(1, model.batch_size)
+        self._jobs: dict[str, _JobView] = {}
+        self._view: _JobView | None = None
 
-    def ping(self) -> str:
-        return str(self.upscaler.device)
+    def ping(self) -> dict[str, Any]:
+        """Where this worker runs: its device, process and Ray node (None off Ray)."""
+        node = None
+        try:
+            import ray
+
+            if ray.is_initialized():
+                node = ray.get_runtime_context().get_node_id()
+        except Exception:  # off Ray, or Ray without a runtime context here
+            node = None
+        return {"device": str(self.upscaler.device), "pid": os.getpid(), "node": node}
+
+    def _open(self, job: JobRef) -> _JobView:
+        view = self._jobs.get(job.store_url)
+        if view is None or view.job != job:
+            if len(self._jobs) >= self.MAX_OPEN_JOBS:
+                self._jobs.pop(next(iter(self._jobs)))
+            view = self._jobs[job.store_url] = _JobView(job)
+        return view
+
+    # The current job's state, for the methods below (set by ``process``).
+    @property
+    def store(self) -> JobStore:
+        return self._view.store
+
+    @property
+    def layout(self):
+        return self._view.layout
+
+    @property
+    def input(self):
+        return self._view.input
+
+    @property
+    def output(self):
+        return self._view.output
+
+    @property
+    def grid(self) -> Grid:
+        return self._view.grid
+
+    @property
+    def config(self) -> JobConfig:
+        return self._view.config
+
+    @property
+    def size_multiple(self) -> int:
+        return self._view.job.size_multiple
+
+    @property
+    def context_px(self) -> int:
+        return self._view.job.context_px
 
     def region(self, task: RegionTask) -> Region:
         lay = self.layout
@@ -121,17 +194,19 @@ class RegionWorker:
             (y > 0) + 2 * (y + g.tile_h < g.height),
             (x > 0) + 2 * (x + g.tile_w < g.width),
         )
-        if key not in self._windows:
+        windows = self._view.windows
+        if key not in windows:
             t = self.config.tiling
-            self._windows[key] = tile_window(
+            windows[key] = tile_window(
                 g, y, x, self.layout.scale, t.overlap_px, t.window, self.context_px
             )
-        return self._windows[key]
+        return windows[key]
 
-    def process(self, task: RegionTask | EstimateTask) -> Any:
-        """Upscale one region and write its shard (returns counts and timings), or
-        estimate degradation scores (returns them: 2 floats a frame, no pixels)."""
+    def process(self, task: RegionTask | EstimateTask, job: JobRef) -> Any:
+        """Upscale one region of ``job`` and write its shard (returns counts and
+        timings), or estimate degradation scores (returns them: 2 floats a frame)."""
         try:
+            self._view = self._open(job)
             if isinstance(task, EstimateTask):
                 return self.estimate(task.frames)
             return self._process(task)
@@ -166,11 +241,12 @@ class RegionWorker:
         """The frame's scores from the store (written by the driver), or None."""
         import torch
 
-        if "degradation" not in self.store.group:
+        view = self._view
+        if "degradation" not in view.store.group:
             return None
-        if self._degradation is None:
-            self._degradation = self.store.array("degradation")
-        scores = np.asarray(self._degradation[frame], np.float32)
+        if view.degradation is None:
+            view.degradation = view.store.array("degradation")
+        scores = np.asarray(view.degradation[frame], np.float32)
         if not np.isfinite(scores).all():
             raise RuntimeError(f"frame {frame} has no degradation scores in the store")
         return torch.from_numpy(scores)

@@ -1,0 +1,364 @@
+"""Many inputs in one run: ``run_pipeline.py batch MANIFEST``.
+
+Items are planned up front on the driver (a bad item fails alone, with its one-line
+reason), then run ``run.active_jobs`` at a time in driver threads against one shared
+region pool per model, so models load once per actor and the regions of several items
+interleave (the GPUs stay busy while an item ingests, publishes or encodes). Finished
+outputs are skipped and unfinished items resume from their stores, so the same command
+is safe to repeat from cron. A JSON report is rewritten as items finish; the exit code
+is 0 only when every item is done or skipped.
+
+A manifest is a YAML/JSON list of ``{input, output, set}`` (``set``: overrides as
+``["section.key=value", ...]`` or a mapping), or a mapping with ``items`` and optional
+``set`` applied to every item; relative paths are relative to the manifest. A
+directory or a glob pattern takes ``--output-pattern`` with ``{stem}``, ``{name}``,
+``{suffix}`` and ``{parent}`` placeholders.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline import stopping
+from pipeline.config import load_config
+from pipeline.errors import JobFailed, UserError
+
+log = logging.getLogger(__name__)
+
+INPUT_SUFFIXES = {
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".zarr",
+    ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    input: str
+    output: str
+    set_items: tuple[str, ...] = ()
+
+
+@dataclass
+class ItemReport:
+    """One line of the report. status: done | skipped | failed | terminated | pending."""
+
+    input: str
+    output: str
+    status: str = "pending"
+    frames: int = 0
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    mp_per_s: float = 0.0
+    regions_run: int = 0
+    regions_total: int = 0
+    store: str | None = None
+    error: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------- manifests
+def _set_items(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        return tuple(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise UserError(f"{where}: 'set' must be a list of 'section.key=value' or a mapping")
+
+
+def _from_file(path: Path) -> list[BatchItem]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())  # JSON is YAML too
+    except (OSError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"cannot read manifest {path}: {first}") from None
+    common: tuple[str, ...] = ()
+    if isinstance(data, dict):
+        common = _set_items(data.get("set"), str(path))
+        data = data.get("items")
+    if not isinstance(data, list) or not data:
+        raise UserError(
+            f"manifest {path} must be a non-empty list of {{input, output}} entries "
+            "(or a mapping with 'items')"
+        )
+    base = path.parent
+    items = []
+    for i, entry in enumerate(data):
+        where = f"manifest {path} item {i + 1}"
+        if not isinstance(entry, dict) or not entry.get("input") or not entry.get("output"):
+            raise UserError(f"{where}: needs 'input' and 'output'")
+        unknown = set(entry) - {"input", "output", "set"}
+        if unknown:
+            raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        items.append(
+            BatchItem(
+                _resolve(base, str(entry["input"])),
+                _resolve(base, str(entry["output"])),
+                common + _set_items(entry.get("set"), where),
+            )
+        )
+    return items
+
+
+def _resolve(base: Path, path: str) -> str:
+    if "://" in path or Path(path).is_absolute():
+        return path
+    return str(base / path)
+
+
+def _from_pattern(source: str, output_pattern: str | None) -> list[BatchItem]:
+    if Path(source).is_dir() and not source.endswith(".zarr"):
+        paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
+    else:
+        paths = sorted(Path(p) for p in glob.glob(source))
+    if not paths:
+        raise UserError(f"no inputs match {source}")
+    if not output_pattern:
+        raise UserError(
+            "a directory or glob needs --output-pattern, e.g. 'out/{stem}_x4.tif' "
+            "({stem} {name} {suffix} {parent} are filled in)"
+        )
+    items = []
+    for p in paths:
+        try:
+            out = output_pattern.format(
+                stem=p.stem, name=p.name, suffix=p.suffix, parent=str(p.parent)
+            )
+        except (KeyError, IndexError) as exc:
+            raise UserError(f"--output-pattern has an unknown placeholder {exc}") from None
+        items.append(BatchItem(str(p), out))
+    outputs = [i.output for i in items]
+    if len(set(outputs)) != len(outputs):
+        raise UserError("--output-pattern gives several inputs the same output; add {stem}")
+    return items
+
+
+def read_manifest(source: str, output_pattern: str | None = None) -> list[BatchItem]:
+    """Items from a YAML/JSON manifest, a directory, or a glob pattern."""
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in (".yaml", ".yml", ".json"):
+        return _from_file(path)
+    if path.is_dir() or any(c in source for c in "*?["):
+        return _from_pattern(source, output_pattern)
+    raise UserError(f"{source} is not a manifest (.yaml .yml .json), a directory or a glob")
+
+
+def default_report_path(source: str) -> Path:
+    path = Path(source)
+    if path.is_file():
+        return path.with_name(path.stem + ".report.json")
+    return Path("batch-report.json")
+
+
+# ------------------------------------------------------------------------ running
+class _Report:
+    """The report, rewritten atomically whenever an item changes state."""
+
+    def __init__(self, path: Path | None, reports: list[ItemReport]) -> None:
+        self.path, self.reports = path, reports
+        self.started = time.time()
+        self._lock = threading.Lock()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        with self._lock:
+            counts: dict[str, int] = {}
+            for r in self.reports:
+                counts[r.status] = counts.get(r.status, 0) + 1
+            doc = {
+                "started_at": self.started,
+                "updated_at": time.time(),
+                "counts": counts,
+                "items": [asdict(r) for r in self.reports],
+            }
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(doc, indent=1))
+            os.replace(tmp, self.path)
+
+
+def _plan_items(items, preset, overrides, base_set, overwrite, reports):
+    """Plans for the items that will run; the others get their report status here."""
+    from pipeline.plan import plan_job
+    from pipeline.store import JobStore, default_store_url
+
+    plans: dict[int, Any] = {}
+    for i, item in enumerate(items):
+        report = reports[i]
+        try:
+            cfg = load_config(preset, overrides, tuple(base_set) + item.set_items)
+            store = default_store_url(item.input, item.output, cfg.store.work_dir)
+            if Path(item.output).exists() and not overwrite and not JobStore.exists(store):
+                report.status = "skipped"
+                report.error = "output exists (finished earlier); --overwrite redoes it"
+                continue
+            plans[i] = plan_job(item.input, item.output, cfg, overwrite)
+            report.store = plans[i].store_url
+        except UserError as exc:
+            report.status, report.error = "failed", str(exc)
+    return plans
+
+
+def run_batch(
+    items: list[BatchItem],
+    *,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    base_set: tuple[str, ...] = (),
+    overwrite: bool = False,
+    restart: bool = False,
+    progress: bool = True,
+    report_path: Path | None = None,
+    on_regions: Callable[[int], None] | None = None,
+) -> list[ItemReport]:
+    """Run every item; never raises for one item's failure (see the reports).
+    ``on_regions(n)`` hears of regions done, as the progress bar does (benchmarks)."""
+    import numpy as np
+
+    from pipeline.cluster import ray_runtime
+    from pipeline.run import Pools, check_weights
+
+    reports = [ItemReport(i.input, i.output, overrides=list(i.set_items)) for i in items]
+    report = _Report(report_path, reports)
+    plans = _plan_items(items, preset, overrides or {}, base_set, overwrite, reports)
+    report.save()
+    if not plans:
+        return reports
+    first = next(iter(plans.values()))
+    cfg = first.config
+    if any(p.config.run.runner == "local" for p in plans.values()):
+        raise UserError("batch runs on Ray; run.runner=local is for single jobs")
+    total = sum(p.layout.frames * int(np.prod(p.layout.regions)) for p in plans.values())
+    with ray_runtime(cfg.run.address):
+        checked: dict[str, str | None] = {}
+        for i, plan in plans.items():
+            key = repr(plan.config.model)
+            if key not in checked:
+                try:
+                    check_weights(plan)
+                    checked[key] = None
+                except UserError as exc:
+                    checked[key] = str(exc)
+            if checked[key]:
+                reports[i].status, reports[i].error = "failed", checked[key]
+        runnable = [i for i in plans if reports[i].status == "pending"]
+        bar = tqdm(total=total, unit="region", desc="batch", disable=not progress)
+
+        def count(n: int) -> None:
+            bar.update(n)
+            if on_regions is not None:
+                on_regions(n)
+
+        pools = Pools(total)
+        try:
+            _run_items(runnable, plans, reports, report, pools, restart, count, cfg.run.active_jobs)
+        finally:
+            bar.close()
+            pools.close()
+    report.save()
+    return reports
+
+
+def _run_items(runnable, plans, reports, report, pools, restart, count, active) -> None:
+    from pipeline.run import log_probe, run_item
+    from pipeline.schedule import cause
+
+    def work(i: int) -> None:
+        plan, r = plans[i], reports[i]
+        r.status = "running"
+        report.save()
+        log_probe(plan)
+        t0 = time.perf_counter()
+        try:
+            summary = run_item(plan, pools, restart=restart, progress=False, on_regions=count)
+        except stopping.Terminated as exc:
+            r.status, r.error = "terminated", str(exc)
+        except (UserError, JobFailed) as exc:
+            r.status, r.error = "failed", str(exc)
+        except Exception as exc:  # one item's bug must not stop the others
+            log.debug("item %s failed", plan.input_path, exc_info=True)
+            r.status, r.error = "failed", f"{type(exc).__name__}: {cause(exc)}"
+        else:
+            r.status = "done"
+            r.frames, r.megapixels = summary.frames, summary.out_megapixels
+            r.regions_run, r.regions_total = summary.regions_run, summary.regions_total
+            r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
+        r.seconds = time.perf_counter() - t0
+        log.info("batch: %s %s%s", r.status, r.output, f": {r.error}" if r.error else "")
+        report.save()
+
+    # Items that share a pool run together; a model change waits for the running items
+    # and frees the previous pool's workers first (their GPUs would be held otherwise).
+    from pipeline.run import Pools
+
+    keys = {i: Pools.key(plans[i]) for i in runnable}
+    order = {k: n for n, k in enumerate(dict.fromkeys(keys[i] for i in runnable))}
+    queue = sorted(runnable, key=lambda i: order[keys[i]])
+    running: list[threading.Thread] = []
+    current = None
+    while queue or running:
+        running = [t for t in running if t.is_alive()]
+        while queue and len(running) < active and not stopping.STOP.is_set():
+            if keys[queue[0]] != current:
+                if running:
+                    break
+                current = keys[queue[0]]
+                pools.close_others(current)
+            thread = threading.Thread(target=work, args=(queue.pop(0),), daemon=True)
+            thread.start()
+            running.append(thread)
+        if stopping.STOP.is_set() and not running:
+            break  # items never started stay "pending"
+        if running:
+            running[0].join(timeout=0.2)
+
+
+def exit_code(reports: list[ItemReport]) -> int:
+    """0: every item done or skipped; 3: some failed; 75: stopped (none failed)."""
+    statuses = {r.status for r in reports}
+    if "failed" in statuses:
+        return JobFailed.exit_code
+    if statuses - {"done", "skipped"}:
+        return stopping.Terminated.exit_code
+    return 0
+
+
+def format_table(reports: list[ItemReport]) -> str:
+    rows = [("#", "status", "frames", "MP", "time s", "MP/s", "output / error")]
+    for i, r in enumerate(reports, 1):
+        tail = r.output + (f"  ({r.error})" if r.error else "")
+        rows.append(
+            (
+                str(i),
+                r.status,
+                str(r.frames) if r.frames else "-",
+                f"{r.megapixels:.1f}" if r.megapixels else "-",
+                f"{r.seconds:.1f}" if r.seconds else "-",
+                f"{r.mp_per_s:.2f}" if r.mp_per_s else "-",
+                tail,
+            )
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(6)]
+    lines = [
+        "  ".join(cell.rjust(w) for cell, w in zip(row[:6], widths, strict=True)) + "  " + row[6]
+        for row in rows
+    ]
+    counts: dict[str, int] = {}
+    for r in reports:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return "\n".join(lines)

@@ -1,0 +1,144 @@
+"""A job's progress, kept in its store so that ``status`` can read it from anywhere.
+
+The driver rewrites ``progress.json`` at the store's root every few seconds and at every
+change of state (one small object: an atomic rename on a local disk, one PUT on object
+storage). ``status`` combines it with the store's ``done`` flags, which are the truth
+for regions, so a driver that died still leaves an accurate picture: how far it got,
+its last error, and since when nothing has moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.store import is_local, local_path
+
+PROGRESS_KEY = "progress.json"
+WRITE_EVERY_S = 2.0
+
+
+def _write(store_url: str, record: dict[str, Any]) -> None:
+    text = json.dumps(record, indent=1, default=str)
+    if is_local(store_url):
+        path = local_path(store_url) / PROGRESS_KEY
+        tmp = path.with_name(f".{PROGRESS_KEY}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    else:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(store_url)
+        fs.pipe(f"{root.rstrip('/')}/{PROGRESS_KEY}", text.encode())
+
+
+def read_progress(store_url: str) -> dict[str, Any] | None:
+    """The last record a driver wrote into this store, or None."""
+    try:
+        if is_local(store_url):
+            return json.loads((local_path(store_url) / PROGRESS_KEY).read_text())
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(store_url)
+        return json.loads(fs.cat(f"{root.rstrip('/')}/{PROGRESS_KEY}"))
+    except (OSError, ValueError):
+        return None
+
+
+class Progress:
+    """The driver's recorder for one job (thread-safe enough: one writer per job)."""
+
+    def __init__(
+        self,
+        store_url: str,
+        input_path: str,
+        output_path: str,
+        regions_total: int,
+        regions_done: int,
+        frames_total: int,
+        on_regions: Callable[[int], None] | None = None,
+    ) -> None:
+        self.store_url = store_url
+        self.on_regions = on_regions
+        self.record: dict[str, Any] = {
+            "status": "running",
+            "stage": "start",
+            "input": input_path,
+            "output": output_path,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started_at": time.time(),
+            "updated_at": time.time(),
+            "regions_total": regions_total,
+            "regions_done": regions_done,
+            "regions_done_at_start": regions_done,
+            "frames_total": frames_total,
+            "frames_encoded": 0,
+            "regions_per_s": None,
+            "eta_s": None,
+            "error": None,
+        }
+        self._first_region_t: float | None = None
+        self._last_write = 0.0
+        self.flush()
+        if on_regions is not None and regions_done:
+            on_regions(regions_done)
+
+    def stage(self, name: str) -> None:
+        self.record["stage"] = name
+        if name == "upscale" and self._first_region_t is None:
+            self._first_region_t = time.time()
+        self.flush()
+
+    def regions_done(self, count: int = 1) -> None:
+        r = self.record
+        r["regions_done"] += count
+        if self.on_regions is not None:
+            self.on_regions(count)
+        if self._first_region_t is not None:
+            run = r["regions_done"] - r["regions_done_at_start"]
+            elapsed = max(time.time() - self._first_region_t, 1e-6)
+            rate = run / elapsed
+            r["regions_per_s"] = rate
+            left = r["regions_total"] - r["regions_done"]
+            r["eta_s"] = left / rate if rate > 0 else None
+        self.maybe_flush()
+
+    def frames_encoded(self, frames: int) -> None:
+        self.record["frames_encoded"] = frames
+        self.maybe_flush()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.record.update(status=status, error=error, eta_s=None)
+        self.flush()
+
+    def maybe_flush(self) -> None:
+        if time.time() - self._last_write >= WRITE_EVERY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.record["updated_at"] = time.time()
+        self._last_write = time.time()
+        try:
+            _write(self.store_url, self.record)
+        except OSError:
+            pass  # progress is advisory: never fail a job because it could not be written
+
+
+def driver_alive(record: dict[str, Any]) -> bool | None:
+    """Whether the recorded driver process still runs (None: on another host)."""
+    if record.get("host") != socket.gethostname():
+        return None
+    import psutil
+
+    pid = record.get("pid")
+    return bool(pid) and psutil.pid_exists(int(pid))
+
+
+def local_store_dir(store_url: str) -> Path | None:
+    return local_path(store_url) if is_local(store_url) else None

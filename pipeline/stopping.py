@@ -1,0 +1,69 @@
+"""Graceful stop on SIGTERM (preemption, Kubernetes eviction, ``ray job stop``).
+
+The CLI installs the handler; it only sets ``STOP``. Every driver loop waits in short
+slices and checks the flag: the region pool stops handing out work, lets the regions in
+flight finish (their ``done`` flags are written) for up to ``run.term_grace_s``, and then
+every job raises :class:`Terminated`. Temporary outputs are removed, stores stay
+resumable, and the CLI exits with ``Terminated.exit_code``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+STOP = threading.Event()
+_stop_at: list[float] = []
+
+
+class Terminated(Exception):
+    """The job was stopped by SIGTERM; its store is resumable."""
+
+    exit_code = 75  # EX_TEMPFAIL: a temporary condition, run the same command again
+
+
+def request_stop(reason: str = "stop requested") -> None:
+    if not STOP.is_set():
+        _stop_at.append(time.monotonic())
+        log.warning("%s: finishing the regions in flight, then stopping", reason)
+    STOP.set()
+
+
+def stopped_for_s() -> float:
+    return time.monotonic() - _stop_at[0] if _stop_at else 0.0
+
+
+def check() -> None:
+    """Raise :class:`Terminated` once a stop was requested."""
+    if STOP.is_set():
+        raise Terminated("stopped by SIGTERM; the job store is kept: rerun to resume")
+
+
+_installed: list[bool] = []
+
+
+def _handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    request_stop("SIGTERM")
+
+
+def install_sigterm_handler() -> None:
+    """Main thread only. A second SIGTERM does not kill harder: the grace period holds."""
+    signal.signal(signal.SIGTERM, _handler)
+    _installed.append(True)
+
+
+def reinstall_after_ray_init() -> None:
+    """``ray.init`` sets its own SIGTERM handler (exit at once) in the driver; put ours
+    back if the CLI installed it."""
+    if _installed and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _handler)
+
+
+def reset() -> None:
+    """Forget a past stop (tests run several jobs in one process)."""
+    STOP.clear()
+    _stop_at.clear()

@@ -1,0 +1,290 @@
+"""Batches of inputs over one shared actor pool, SIGTERM, and ``status``.
+
+One pool serves every item (the model loads once per actor), one bad item never stops
+the others, reruns skip finished outputs and resume unfinished ones, the report and the
+exit code say what happened. SIGTERM stops cleanly with exit 75 and a resumable store;
+``status`` reads a job's progress from its store, also after its driver is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pipeline.batch import BatchItem, exit_code, format_table, read_manifest, run_batch
+from pipeline.errors import UserError
+from pipeline.run import run_job
+from tests import faulty_model as fm
+from tests.helpers import make_config, synth_image
+from tests.test_cli import ROOT, cli
+
+SMALL = {"scale": 2, "tile": 32, "overlap": 8, "region_out_px": 128, "chunk_out_px": 64}
+SMALL_SET = (
+    "model.scale=2",
+    "tiling.tile_px=32",
+    "tiling.overlap_px=8",
+    "store.region_out_px=128",
+    "store.chunk_out_px=64",
+    "run.actors=2",
+)
+
+
+def _png(path: Path, h: int, w: int, seed: int) -> Path:
+    Image.fromarray(synth_image(h, w, seed=seed)).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------- manifests
+@pytest.mark.unit
+def test_manifest_forms_and_refusals(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "b.tif").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not an input")
+    listed = tmp_path / "m.yaml"
+    listed.write_text(
+        "- {input: a.png, output: out/a.tif, set: [model.scale=2]}\n"
+        "- {input: /abs/b.tif, output: s3://bucket/b.zarr, set: {tiling.window: cosine}}\n"
+    )
+    items = read_manifest(str(listed))
+    assert items == [
+        BatchItem(str(tmp_path / "a.png"), str(tmp_path / "out/a.tif"), ("model.scale=2",)),
+        BatchItem("/abs/b.tif", "s3://bucket/b.zarr", ("tiling.window=cosine",)),
+    ]
+    mapping = tmp_path / "m.json"
+    mapping.write_text(
+        json.dumps({"set": ["model.scale=2"], "items": [{"input": "a.png", "output": "x.tif"}]})
+    )
+    assert read_manifest(str(mapping))[0].set_items == ("model.scale=2",)
+
+    by_dir = read_manifest(str(tmp_path), "{parent}/up/{stem}_x2{suffix}")
+    assert [Path(i.output).name for i in by_dir] == ["a_x2.png", "b_x2.tif"]  # no .txt
+    by_glob = read_manifest(str(tmp_path / "*.png"), "o/{name}.tif")
+    assert [i.output for i in by_glob] == ["o/a.png.tif"]
+
+    bad = tmp_path / "bad.yaml"
+    for text, message in (
+        ("- {input: a.png}\n", "needs 'input' and 'output'"),
+        ("- {input: a.png, output: x.tif, scale: 2}\n", "unknown key(s) scale"),
+        ("[]\n", "non-empty list"),
+        ("- {input: a.png, output: x.tif, set: 3}\n", "'set' must be"),
+        ("- [unclosed\n", "cannot read manifest"),
+    ):
+        bad.write_text(text)
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_manifest(str(bad))
+    with pytest.raises(UserError, match="needs --output-pattern"):
+        read_manifest(str(tmp_path))
+    with pytest.raises(UserError, match="same output"):
+        read_manifest(str(tmp_path), "out.tif")
+    with pytest.raises(UserError, match="no inputs match"):
+        read_manifest(str(tmp_path / "*.mkv"), "{stem}.mkv")
+
+
+# ------------------------------------------------------------------ shared pool
+@pytest.fixture
+def faulty(tmp_path, monkeypatch):
+    fm.register(monkeypatch)
+    log = tmp_path / "calls.log"
+    ctl = tmp_path / "control.json"
+
+    def control(**kw) -> Path:
+        return fm.write_control(ctl, log=str(log), **kw)
+
+    return control, log
+
+
+@pytest.mark.integration
+def test_batch_shares_workers_isolates_failures_and_resumes(tmp_path, ray_local, faulty):
+    """Three good items, a damaged one, a missing one and a poisoned one: the good ones
+    come out identical to single runs, on the same two workers; the poisoned one fails
+    alone, keeps its store, and after the model is fixed a rerun resumes only it."""
+    control, log = faulty
+    ctl = control(poison="raise")
+    good = [_png(tmp_path / f"in{i}.png", 96 + 16 * i, 128, seed=i) for i in range(3)]
+    poisoned = tmp_path / "poisoned.tif"
+    tifffile.imwrite(poisoned, fm.plant_poison(synth_image(128, 128, seed=5), 96, 96))
+    damaged = tmp_path / "damaged.png"
+    damaged.write_bytes(good[0].read_bytes()[:300])  # a truncated PNG
+    items = [BatchItem(str(p), str(tmp_path / f"out{i}.tif")) for i, p in enumerate(good)]
+    items[1] = BatchItem(items[1].input, items[1].output, ("tiling.window=cosine",))
+    items += [
+        BatchItem(str(damaged), str(tmp_path / "damaged_x2.tif")),
+        BatchItem(str(tmp_path / "missing.png"), str(tmp_path / "missing_x2.tif")),
+        BatchItem(str(poisoned), str(tmp_path / "poisoned_x2.tif")),
+    ]
+    base = SMALL_SET + ("model.name=faulty", f"model.weights={ctl}", "run.region_retries=1")
+    report = tmp_path / "report.json"
+    reports = run_batch(items, base_set=base, progress=False, report_path=report)
+
+    status = [r.status for r in reports]
+    assert status == ["done", "done", "done", "failed", "failed", "failed"], reports
+    assert "could not be decoded" in reports[3].error
+    assert "does not exist" in reports[4].error
+    assert "frame 0 region (row 1, col 1)" in reports[5].error
+    assert exit_code(reports) == 3
+    saved = json.loads(report.read_text())
+    assert saved["counts"] == {"done": 3, "failed": 3}
+    assert [i["status"] for i in saved["items"]] == status
+    assert saved["items"][0]["megapixels"] == pytest.approx(96 * 2 * 128 * 2 / 1e6)
+    table = format_table(reports)
+    assert "3 done, 3 failed" in table and "poisoned_x2.tif" in table
+    # One pool for the whole batch: the model calls came from the two actors only.
+    pids = {pid for pid, *_ in fm.read_log(log)}
+    assert 1 <= len(pids) <= 2, pids
+    poisoned_store = reports[5].store
+    assert poisoned_store and Path(poisoned_store).exists()  # kept for the resume
+    assert not Path(reports[0].store).exists()  # removed after success
+
+    # Each good output equals the same job run on its own.
+    for i, item in enumerate(items[:3]):
+        extra = {"window": "cosine"} if i == 1 else {}
+        alone = tmp_path / f"alone{i}.tif"
+        cfg = make_config(actors=2, **(SMALL | extra))
+        run_job(item.input, str(alone), cfg, progress=False)
+        assert np.array_equal(tifffile.imread(item.output), tifffile.imread(alone))
+
+    # Fix the model and run the same batch again: the finished ones are skipped, the
+    # poisoned one resumes from its store (only its failed region runs).
+    control(poison=None)
+    again = run_batch(items, base_set=base, progress=False, report_path=report)
+    assert [r.status for r in again] == ["skipped"] * 3 + ["failed", "failed", "done"]
+    assert again[5].regions_run == 1 and again[5].regions_total == 4
+    clean = tmp_path / "clean.tif"
+    run_job(str(poisoned), str(clean), make_config(actors=2, **SMALL), progress=False)
+    assert np.array_equal(tifffile.imread(items[5].output), tifffile.imread(clean))
+
+
+@pytest.mark.integration
+def test_batch_cli_directory_exit_codes_and_status(tmp_path):
+    """The CLI over a directory: exit 0, a table and a report; a rerun skips everything;
+    ``status`` reads the report."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        _png(src / f"img{i}.png", 64, 80, seed=i)
+    (tmp_path / "up").mkdir()
+    report = tmp_path / "r.json"
+    args = ["batch", src, "--output-pattern", str(tmp_path / "up" / "{stem}_x2.png")]
+    args += ["--scale", "2", "--report", report, "--quiet"]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "2 done" in first.stdout and "Traceback" not in first.stderr
+    for i in range(2):
+        assert Image.open(tmp_path / "up" / f"img{i}_x2.png").size == (160, 128)
+    again = cli(*args)
+    assert again.returncode == 0 and "2 skipped" in again.stdout
+    shown = cli("status", report)
+    assert shown.returncode == 0 and "2 skipped" in shown.stdout
+
+    bad = cli("batch", tmp_path / "nothing.yaml", "--quiet")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    assert "Traceback" not in bad.stderr
+
+
+# ------------------------------------------------------------------------ SIGTERM
+def _launch(*args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+@pytest.mark.integration
+def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
+    """SIGTERM mid-upscale: exit 75 with one line, no output or temporary left, every
+    flagged region complete; ``status`` says terminated; the rerun finishes the job
+    and gives exactly the output of an uninterrupted run."""
+    import re
+
+    from pipeline.status import store_status
+
+    src = _png(tmp_path / "in.png", 600, 800, seed=3)
+    out = tmp_path / "out.tif"
+    args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8", "--batch-size", "1"]
+    args += ["--set", "store.region_out_px=64", "--set", "store.chunk_out_px=64"]
+    args += ["--set", "run.term_grace_s=30"]
+    proc = _launch(*args)
+    done = 0
+    buffer = ""
+    while True:
+        char = proc.stderr.read(1)
+        if not char:
+            break
+        buffer += char
+        if char in "\r\n":
+            m = re.search(r"upscale:.*\|\s*(\d+)/(\d+) ", buffer)
+            buffer = ""
+            if m and int(m.group(1)) >= 20:
+                done = int(m.group(1))
+                proc.send_signal(signal.SIGTERM)
+                break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 75, rest
+    assert done, "the job never reached the upscale stage"
+    lines = [ln for ln in rest.replace("\r", "\n").splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: stopped by SIGTERM") and "Traceback" not in rest
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+
+    store = tmp_path / "out.tif.job.zarr"
+    status = store_status(str(store))
+    assert status["state"] == "terminated"
+    assert done <= status["regions_done"] < status["regions_total"]
+    shown = cli("status", out)
+    assert shown.returncode == 0 and "terminated" in shown.stdout
+
+    clean = tmp_path / "clean.tif"
+    cfg = make_config(scale=2, tile=32, overlap=8, region_out_px=64, chunk_out_px=64, batch_size=1)
+    run_job(str(src), str(clean), cfg, progress=False)
+    from pipeline.store import JobStore
+
+    flags = JobStore.open(str(store), mode="r").done_mask()[0]
+    partial = JobStore.open(str(store), mode="r").array("output")[0]
+    expected = tifffile.imread(clean)
+    for row, col in zip(*np.nonzero(flags), strict=True):
+        cut = np.s_[row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64]
+        assert np.array_equal(partial[cut], expected[cut])
+
+    resumed = cli(*args, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{int(flags.sum())} resumed from the store" in resumed.stdout
+    assert np.array_equal(tifffile.imread(out), expected)
+
+
+@pytest.mark.unit
+def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
+    """A record saying "running" from a process that no longer exists reads as
+    interrupted; unknown targets are one-line errors."""
+    from pipeline.progress import PROGRESS_KEY
+    from pipeline.status import format_store_status, store_status
+
+    src = _png(tmp_path / "in.png", 64, 64, seed=1)
+    out = tmp_path / "out.tif"
+    run_job(str(src), str(out), make_config(actors=1, keep=True, **SMALL), progress=False)
+    store = tmp_path / "out.tif.job.zarr"
+    record = json.loads((store / PROGRESS_KEY).read_text())
+    assert record["status"] == "done" and record["regions_done"] == record["regions_total"]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record.update(status="running", pid=dead.pid, updated_at=time.time() - 300)
+    (store / PROGRESS_KEY).write_text(json.dumps(record))
+    status = store_status(str(store))
+    assert status["state"] == "interrupted"
+    assert "run the same command again to resume" in format_store_status(status)
+
+    missing = cli("status", tmp_path / "nope.tif")
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+    finished = cli("status", src)  # exists, no store beside it
+    assert finished.returncode == 2 and "no job store beside it" in finished.stderr
