@@ -37,6 +37,9 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
 
         reaper = start_reaper()  # kills this local Ray if the driver is killed
         ray.init(
+            # "local": always a private Ray. Without it ray.init() joins the most recent
+            # cluster on this machine (RAY_ADDRESS or /tmp/ray/ray_current_cluster).
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

@@ -19,6 +19,7 @@ def ray_local():
     import ray
 
     ray.init(
+        address="local",  # never join another Ray running on this machine
         num_cpus=2,
         num_gpus=2,
         include_dashboard=False,
