@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.storage import forwarded_env
+
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +29,8 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
     if address:
         # Ship our two packages so workers on other machines can import them.
         runtime_env = {
-            "py_modules": [str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "workers")]
+            "py_modules": [str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "workers")],
+            "env_vars": forwarded_env(),  # object-store endpoint and credentials
         }
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)

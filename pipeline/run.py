@@ -8,10 +8,8 @@ resumes it: only regions without a ``done`` flag (and segments not yet ingested)
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from pipeline.publish import (
     write_tiff_task,
 )
 from pipeline.schedule import LocalRegions, RegionPool, cause, run_tasks
+from pipeline.storage import as_path, discard, list_prefix
 from pipeline.store import JobStore, open_for_job, remove_store
 from pipeline.tiling import plan_regions
 from pipeline.video import ingest_segment_task
@@ -171,8 +170,8 @@ def _sweep_partials(final: Path) -> None:
     import psutil
 
     head = f".{final.stem}.partial-"
-    for name in glob.glob(glob.escape(str(final.parent / head)) + "*"):
-        path = Path(name)
+    for name in list_prefix(str(final.parent / head)):
+        path = as_path(name)
         if not path.name.endswith(final.suffix):
             continue
         pid = path.name[len(head) : len(path.name) - len(final.suffix)]
@@ -318,10 +317,7 @@ def publish_image(plan: Plan, store: JobStore) -> None:
 
 
 def _discard(tmp: Any) -> None:
-    if tmp.is_dir():
-        shutil.rmtree(tmp, ignore_errors=True)
-    elif tmp.exists():
-        tmp.unlink()
+    discard(tmp)
 
 
 # ------------------------------------------------------------------------------ videos
