@@ -120,8 +120,24 @@ def _resolve(base: Path, path: str) -> str:
     return str(base / path)
 
 
+def _remote_inputs(source: str) -> list[Any]:
+    """An object-store prefix (``s3://bucket/scans/``) or glob (``.../*.tif``)."""
+    from pipeline.storage import ObjectPath, filesystem
+
+    fs, path = filesystem(source)
+    protocol = source.split("://", 1)[0]
+    if glob.has_magic(path):
+        found = fs.glob(path)
+    else:
+        found = [f for f in fs.ls(path, detail=False) if f.rstrip("/") != path.rstrip("/")]
+    paths = [ObjectPath(f"{protocol}://{f}") for f in found]
+    return sorted((p for p in paths if p.suffix.lower() in INPUT_SUFFIXES), key=str)
+
+
 def _from_pattern(source: str, output_pattern: str | None) -> list[BatchItem]:
-    if Path(source).is_dir() and not source.endswith(".zarr"):
+    if "://" in source and not source.startswith("file://"):
+        paths = _remote_inputs(source)
+    elif Path(source).is_dir() and not source.endswith(".zarr"):
         paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
     else:
         paths = sorted(Path(p) for p in glob.glob(source))
@@ -194,6 +210,7 @@ class _Report:
 def _plan_items(items, preset, overrides, base_set, overwrite, reports):
     """Plans for the items that will run; the others get their report status here."""
     from pipeline.plan import plan_job
+    from pipeline.storage import exists
     from pipeline.store import JobStore, default_store_url
 
     plans: dict[int, Any] = {}
@@ -202,7 +219,7 @@ def _plan_items(items, preset, overrides, base_set, overwrite, reports):
         try:
             cfg = load_config(preset, overrides, tuple(base_set) + item.set_items)
             store = default_store_url(item.input, item.output, cfg.store.work_dir)
-            if Path(item.output).exists() and not overwrite and not JobStore.exists(store):
+            if exists(item.output) and not overwrite and not JobStore.exists(store):
                 report.status = "skipped"
                 report.error = "output exists (finished earlier); --overwrite redoes it"
                 continue

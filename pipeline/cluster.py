@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.storage import forwarded_env
+
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +29,8 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
     if address:
         # Ship our two packages so workers on other machines can import them.
         runtime_env = {
-            "py_modules": [str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "workers")]
+            "py_modules": [str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "workers")],
+            "env_vars": forwarded_env(),  # object-store endpoint and credentials
         }
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
@@ -37,8 +40,8 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
 
         reaper = start_reaper()  # kills this local Ray if the driver is killed
         ray.init(
-            # "local": always a new private instance, never a cluster that `ray start`
-            # left on this machine (ray.init() alone would attach to it).
+            # "local": always a private Ray. Without it ray.init() joins the most recent
+            # cluster on this machine (RAY_ADDRESS or /tmp/ray/ray_current_cluster).
             address="local",
             num_cpus=num_cpus,
             include_dashboard=False,

@@ -4,7 +4,9 @@
 the output container open, encodes frames as the driver reports them done, keeps each
 frame's source pts (VFR stays VFR), copies colour tags and rotation, and remuxes the
 audio, subtitle and data streams packet for packet, interleaved by time. It writes to
-a temporary name; the driver renames the file only after ``finish`` returns.
+a temporary name; the driver renames the file only after ``finish`` returns. A
+temporary on an object store is written to a local file on the encoder's node and
+uploaded by ``finish`` (the object appears only when the upload completes).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from pipeline.config import VideoConfig
 from pipeline.errors import UserError
+from pipeline.storage import av_input, finish_staged, staging_path
 from pipeline.video import VideoInfo, sws_colorspace
 
 log = logging.getLogger(__name__)
@@ -85,7 +88,7 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
 
     keep = []
     fmt = container_format(out_path)
-    with av.open(info.path) as src:
+    with av.open(av_input(info.path)) as src:
         for stream in src.streams:
             if stream.index == info.video_index or stream.type not in ("audio", "subtitle", "data"):
                 continue
@@ -144,7 +147,8 @@ class VideoEncoder:
         self.next = 0
         self.tb = info.tb
         self.offset = info.pts[0] if info.first > 0 else 0
-        self.out = av.open(target, mode="w", format=container_format(target))
+        self.target, self.staged = target, staging_path(target)  # local file for a URL
+        self.out = av.open(self.staged, mode="w", format=container_format(target))
         self.out.metadata.update(info.metadata)
         rate = Fraction(*info.avg_rate) if info.avg_rate else None
         vs = self.out.add_stream(cfg.codec, rate=rate)
@@ -171,7 +175,7 @@ class VideoEncoder:
         self.pix_fmt = pix_fmt
         self.dtype = lay.dtype
         # Remux sources: a second demuxer over the copied streams, drained by time.
-        self.src = av.open(info.path) if remux else None
+        self.src = av.open(av_input(info.path)) if remux else None
         self.map: dict[int, Any] = {}
         if self.src is not None:
             for idx in remux:
@@ -258,6 +262,7 @@ class VideoEncoder:
         self.out.close()
         if self.src is not None:
             self.src.close()
+        finish_staged(self.staged, self.target, ok=True)
         return {"frames": self.next, "copied_packets": self.copied}
 
     def abort(self) -> None:
@@ -265,3 +270,4 @@ class VideoEncoder:
             self.out.close()
         except Exception:  # a broken container still gets discarded by the driver
             pass
+        finish_staged(self.staged, self.target, ok=False)

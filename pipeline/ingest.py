@@ -3,7 +3,8 @@
 TIFF and Zarr inputs are read lazily, one band of rows per task (never whole in
 memory); PNG and JPEG must be decoded whole, so they are one task (probe already
 checked the decoded size against the limit). These functions run inside Ray tasks;
-the driver only plans the bands.
+the driver only plans the bands. An input on an object store is read by the tasks
+themselves through fsspec (ranged reads), so it works on any node of a cluster.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.probe import ImageInfo
+from pipeline.storage import open_input, open_zarr
 from pipeline.store import JobStore
 
 
@@ -29,8 +31,9 @@ def open_lazy(info: ImageInfo):
     if info.kind == "tiff":
         import tifffile
 
-        return zarr.open(tifffile.imread(info.path, aszarr=True), mode="r")
-    node = zarr.open(info.path, mode="r")
+        # The file object stays open for as long as the view is used.
+        return zarr.open(tifffile.imread(open_input(info.path), aszarr=True), mode="r")
+    node = open_zarr(info.path, mode="r")
     return node[info.zarr_path] if info.zarr_path else node
 
 
@@ -50,7 +53,7 @@ def decode_pillow(info: ImageInfo) -> np.ndarray:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # probe already bounded the decoded size
-    with Image.open(info.path) as im:
+    with open_input(info.path) as fh, Image.open(fh) as im:
         mode = im.mode
         if mode == "P":
             im = im.convert("RGBA" if info.channels == 4 else "RGB")

@@ -17,6 +17,7 @@ from pipeline.errors import UserError
 from pipeline.models import ModelSpec, get_spec
 from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
 from pipeline.publish import FORMATS, check_output
+from pipeline.storage import ObjectPath, as_path, check_output_location
 from pipeline.store import Layout, default_store_url
 from pipeline.tiling import shard_geometry
 from pipeline.video import VideoInfo, plan_segments, probe_video
@@ -25,7 +26,7 @@ from pipeline.video import VideoInfo, plan_segments, probe_video
 @dataclass(frozen=True)
 class Plan:
     input_path: str
-    output_path: Path
+    output_path: Path | ObjectPath  # ObjectPath: an object-store URL
     config: JobConfig
     model: ModelSpec
     info: ImageInfo | VideoInfo
@@ -42,18 +43,27 @@ class Plan:
         return self.fmt == "video"
 
 
-def _check_paths(input_path: Path, output: Path, overwrite: bool) -> None:
+def _check_paths(input_path: Path | ObjectPath, output: Path | ObjectPath, overwrite: bool) -> None:
+    if str(input_path) == str(output):
+        raise UserError("the output path is the input path; choose another output name")
+    if isinstance(output, ObjectPath):  # no directories to check on an object store
+        check_output_location(str(output), overwrite)
+        return
     if not output.parent.exists():
         raise UserError(f"output directory {output.parent} does not exist; create it first")
     if not os.access(output.parent, os.W_OK):
         raise UserError(f"output directory {output.parent} is not writable")
-    if input_path.exists() and output.resolve() == input_path.resolve():
+    if (
+        isinstance(input_path, Path)
+        and input_path.exists()
+        and output.resolve() == input_path.resolve()
+    ):
         raise UserError("the output path is the input path; choose another output name")
     if output.exists() and not overwrite:
         raise UserError(f"{output} already exists; pass --overwrite to replace it")
 
 
-def _output_kind(out: Path) -> str:
+def _output_kind(out: Path | ObjectPath) -> str:
     suffix = out.suffix.lower()
     if suffix in CONTAINERS:
         return "video"
@@ -66,7 +76,7 @@ def _output_kind(out: Path) -> str:
 
 
 def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool) -> Plan:
-    src, out = Path(input_path), Path(output_path)
+    src, out = as_path(input_path), as_path(output_path)
     fmt = _output_kind(out)
     _check_paths(src, out, overwrite)
     model = get_spec(cfg.model.name)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.storage import ObjectPath, as_path, head_identity, open_input, open_zarr
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
 IMAGE_KINDS = ("png", "jpeg", "tiff", "zarr")
@@ -40,7 +41,7 @@ class ImageInfo:
         return 1
 
 
-def sniff(path: Path) -> str:
+def sniff(path: Path | ObjectPath) -> str:
     """Kind of input from its first bytes (or Zarr metadata for a directory)."""
     if path.is_dir():
         if (
@@ -50,7 +51,7 @@ def sniff(path: Path) -> str:
         ):
             return "zarr"
         raise UserError(f"{path} is a directory but not a Zarr array or group")
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         head = fh.read(16)
     if not head:
         raise UserError(f"{path} is empty (0 bytes); give an image or a video file")
@@ -63,8 +64,10 @@ def sniff(path: Path) -> str:
     return "unknown"
 
 
-def identity(path: Path) -> dict[str, Any]:
+def identity(path: Path | ObjectPath) -> dict[str, Any]:
     """What makes an input the same input on resume: path, size, mtime, header hash."""
+    if isinstance(path, ObjectPath):
+        return head_identity(str(path))
     target = path / "zarr.json" if path.is_dir() else path
     if path.is_dir() and not target.exists():
         target = next((path / n for n in (".zarray", ".zgroup") if (path / n).exists()), path)
@@ -100,7 +103,7 @@ def _check_size(path: Path, height: int, width: int, channels: int) -> None:
 
 
 def _png_header(path: Path) -> tuple[int, int, int, int]:
-    with open(path, "rb") as fh:
+    with open_input(path) as fh:
         data = fh.read(33)
     if len(data) < 33 or data[12:16] != b"IHDR":
         raise UserError(f"{path} is not a valid PNG (no IHDR header); the file may be damaged")
@@ -144,7 +147,7 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
     # would otherwise refuse legitimate large scans with a less useful message.
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as im:
+        with open_input(path) as fh, Image.open(fh) as im:
             width, height = im.size
             mode = im.mode
     except OSError as exc:
@@ -152,7 +155,7 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
     channels = {"L": 1, "1": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "RGBA": 4, "PA": 4}
     chans = channels.get(mode, 4 if mode == "P" else 3)
     if mode == "P":
-        with Image.open(path) as im:
+        with open_input(path) as fh, Image.open(fh) as im:
             chans = 4 if "transparency" in im.info else 3
     dtype = "uint16" if mode.startswith("I") else "uint8"
     _check_decode_size(
@@ -201,7 +204,7 @@ def _probe_tiff(path: Path) -> ImageInfo:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_input(path) as fh, tifffile.TiffFile(fh) as tif:
             series = tif.series[0]
             shape, dtype, axes = tuple(series.shape), str(series.dtype), series.axes
             page = tif.pages[0]
@@ -228,7 +231,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
     import zarr
 
     try:
-        node = zarr.open(str(path), mode="r")
+        node = open_zarr(str(path), mode="r")
     except Exception as exc:  # zarr raises several types for unreadable metadata
         raise UserError(f"{path} is not a readable Zarr store ({exc})") from None
     inner = ""
@@ -261,7 +264,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
 
 def probe(path: str | Path, max_decode_mb: int = 2048) -> ImageInfo:
     """Inspect an input and say what it is, or refuse it with an actionable message."""
-    p = Path(path)
+    p = as_path(path)
     if not p.exists():
         raise UserError(f"input {p} does not exist")
     kind = sniff(p)

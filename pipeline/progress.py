@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipeline.storage import filesystem
 from pipeline.store import is_local, local_path
 
 PROGRESS_KEY = "progress.json"
@@ -31,9 +32,7 @@ def _write(store_url: str, record: dict[str, Any]) -> None:
         tmp.write_text(text)
         os.replace(tmp, path)
     else:
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(store_url)
+        fs, root = filesystem(store_url)
         fs.pipe(f"{root.rstrip('/')}/{PROGRESS_KEY}", text.encode())
 
 
@@ -42,9 +41,7 @@ def read_progress(store_url: str) -> dict[str, Any] | None:
     try:
         if is_local(store_url):
             return json.loads((local_path(store_url) / PROGRESS_KEY).read_text())
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(store_url)
+        fs, root = filesystem(store_url)
         return json.loads(fs.cat(f"{root.rstrip('/')}/{PROGRESS_KEY}"))
     except (OSError, ValueError):
         return None

@@ -4,7 +4,10 @@ Formats by extension: ``.zarr`` (OME-Zarr 0.5 with a multiscale pyramid), ``.tif
 ``.tiff`` (tiled BigTIFF with a pyramid in SubIFDs, GeoTIFF tags carried over and
 rescaled), ``.png`` / ``.jpg`` (only when the image fits ``output.max_in_memory_mb``).
 The pyramid is built level by level in Ray tasks that each own whole chunks. Output is
-written under a temporary name and renamed only when complete.
+written under a temporary name and renamed only when complete. For an object-store
+output the temporary is a sibling object (or prefix, for OME-Zarr) that ``replace_output``
+copies into place, root ``zarr.json`` last; single-file writers write a local file on
+their node and upload it (``storage.local_target``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from pipeline.config import OutputConfig
 from pipeline.errors import UserError
+from pipeline.storage import ObjectPath, is_remote, local_target, replace, zarr_kwargs
 from pipeline.store import JobStore
 
 FORMATS = {
@@ -132,14 +136,17 @@ def create_pyramid_arrays(store: JobStore, shapes: list[tuple[int, int]], tile: 
 
 
 # ------------------------------------------------------------------------- writers
-def temp_name(final: Path) -> Path:
+def temp_name(final: Path | ObjectPath) -> Path | ObjectPath:
     """A hidden sibling that keeps the extension (libraries pick formats from it)."""
     return final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
 
 
-def replace_output(tmp: Path, final: Path) -> None:
-    """Atomically move a finished output into place (directories via a side rename)."""
-    if tmp.is_dir() and final.exists():
+def replace_output(tmp: Path | ObjectPath, final: Path | ObjectPath) -> None:
+    """Atomically move a finished output into place (directories via a side rename; on an
+    object store by a copy that makes the final object appear whole)."""
+    if is_remote(str(final)):
+        replace(str(tmp), str(final))
+    elif tmp.is_dir() and final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
         os.replace(tmp, final)
@@ -174,7 +181,7 @@ def ome_multiscales(name: str, shapes: list[tuple[int, int]], channels: int) -> 
 
 
 def create_ome_zarr(
-    path: Path,
+    path: Path | ObjectPath,
     name: str,
     shapes: list[tuple[int, int]],
     channels: int,
@@ -184,7 +191,7 @@ def create_ome_zarr(
 ) -> None:
     import zarr
 
-    group = zarr.open_group(str(path), mode="w")
+    group = zarr.open_group(**zarr_kwargs(str(path)), mode="w")
     for level, (h, w) in enumerate(shapes):
         group.create_array(
             str(level),
@@ -206,7 +213,8 @@ def copy_to_ome_task(
 
     store = JobStore.open(store_url)
     block = read_level(store, level, y0, y1, x0, x1)
-    zarr.open_array(f"{target}/{level}", mode="r+")[:, y0:y1, x0:x1] = np.moveaxis(block, -1, 0)
+    array = zarr.open_array(**zarr_kwargs(f"{target}/{level}"), mode="r+")
+    array[:, y0:y1, x0:x1] = np.moveaxis(block, -1, 0)
     return (y1 - y0) * (x1 - x0)
 
 
@@ -277,7 +285,7 @@ def write_tiff_task(
                     t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0)))
                 yield t[:, :, 0] if gray else t
 
-    with tifffile.TiffWriter(target, bigtiff=True) as tif:
+    with local_target(target) as local, tifffile.TiffWriter(local, bigtiff=True) as tif:
         for level, (h, w) in enumerate(shapes):
             kwargs: dict[str, Any] = {}
             if level == 0:
@@ -330,10 +338,11 @@ def write_small_task(store_url: str, target: str, fmt: str, jpeg_quality: int) -
     store = JobStore.open(store_url)
     image = np.asarray(store.array("output")[0])
     c = image.shape[-1]
-    if image.dtype == np.uint16 and c > 1:
-        write_png16(Path(target), image)
-        return image.size
-    pil = Image.fromarray(image[:, :, 0] if c == 1 else image)
-    options = {"quality": jpeg_quality} if fmt == "jpeg" else {"compress_level": 6}
-    pil.save(target, format="JPEG" if fmt == "jpeg" else "PNG", **options)
+    with local_target(target) as local:
+        if image.dtype == np.uint16 and c > 1:
+            write_png16(Path(local), image)
+            return image.size
+        pil = Image.fromarray(image[:, :, 0] if c == 1 else image)
+        options = {"quality": jpeg_quality} if fmt == "jpeg" else {"compress_level": 6}
+        pil.save(local, format="JPEG" if fmt == "jpeg" else "PNG", **options)
     return image.size

@@ -11,10 +11,8 @@ the single-job entry point and ``pipeline.batch`` runs many items over one pool.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +46,7 @@ from pipeline.publish import (
     write_tiff_task,
 )
 from pipeline.schedule import LocalRegions, RegionPool, cause, run_tasks, wait_all
+from pipeline.storage import as_path, discard, list_prefix
 from pipeline.store import JobStore, open_for_job, remove_store
 from pipeline.tiling import plan_regions
 from pipeline.video import ingest_segment_task
@@ -174,7 +173,7 @@ def run_item(
     t0 = time.perf_counter() if t0 is None else t0
     lay = plan.layout
     store = open_for_job(plan.store_url, plan.spec, plan.layout, restart)
-    discard = False
+    drop_store = False
     rows, cols = lay.regions
     total = lay.frames * rows * cols
     try:
@@ -203,11 +202,11 @@ def run_item(
         recorder.finish("done")
     except UnreadableInput:
         # Nothing worth resuming from a damaged input: leave no store behind.
-        discard = not plan.config.store.keep and not store.done_mask().any()
+        drop_store = not plan.config.store.keep and not store.done_mask().any()
         raise
     finally:
         store.unlock()
-        if discard:
+        if drop_store:
             remove_store(plan.store_url)
     if not plan.config.store.keep:
         remove_store(plan.store_url)
@@ -257,8 +256,8 @@ def _sweep_partials(final: Path) -> None:
     import psutil
 
     head = f".{final.stem}.partial-"
-    for name in glob.glob(glob.escape(str(final.parent / head)) + "*"):
-        path = Path(name)
+    for name in list_prefix(str(final.parent / head)):
+        path = as_path(name)
         if not path.name.endswith(final.suffix):
             continue
         pid = path.name[len(head) : len(path.name) - len(final.suffix)]
@@ -417,10 +416,7 @@ def publish_image(plan: Plan, store: JobStore) -> None:
 
 
 def _discard(tmp: Any) -> None:
-    if tmp.is_dir():
-        shutil.rmtree(tmp, ignore_errors=True)
-    elif tmp.exists():
-        tmp.unlink()
+    discard(tmp)
 
 
 # ------------------------------------------------------------------------------ videos

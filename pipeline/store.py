@@ -4,7 +4,8 @@ Layout (DESIGN.md section 3): ``input`` (T, H, W, C), ``output`` (T, sH, sW, C) 
 shards are exactly one region each, ``done`` (T, rows, cols) flags written only by the
 driver after a region's shard is written, and attributes with the job spec. Resume is
 "open the same store again": the spec must match, and regions without a flag are
-redone. A lock file keeps two drivers off one local store.
+redone. A lock file keeps two drivers off one local store; a lease object
+(``storage.Lease``) does the same on an object store.
 """
 
 from __future__ import annotations
@@ -23,13 +24,18 @@ import numpy as np
 import zarr
 
 from pipeline.errors import UserError
+from pipeline.storage import Lease, filesystem, is_remote, zarr_kwargs
 from pipeline.tiling import region_counts
 
 FORMAT_VERSION = 1
 
 
+def _canonical(path: str | Path) -> str:
+    return str(path) if is_remote(path) else str(local_path(str(path)).resolve())
+
+
 def job_id(input_path: str | Path, output_path: str | Path) -> str:
-    key = f"{Path(input_path).resolve()}\n{Path(output_path).resolve()}"
+    key = f"{_canonical(input_path)}\n{_canonical(output_path)}"
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -43,11 +49,13 @@ def safe_name(name: str) -> str:
 def default_store_url(input_path: str, output_path: str, work_dir: str | None) -> str:
     """Next to the output by default; under --work-dir (a path or URL) when given. The
     store is always a direct child of that directory."""
-    out = Path(output_path)
+    if work_dir is None and is_remote(output_path):
+        return output_path.rstrip("/") + ".job.zarr"
+    out = local_path(output_path)
     if work_dir is None:
         return str(out.parent.resolve() / f"{out.name}.job.zarr")
     name = f"{safe_name(out.name)}-{job_id(input_path, output_path)}.job.zarr"
-    if "://" in work_dir:
+    if is_remote(work_dir):
         return work_dir.rstrip("/") + "/" + name
     return str(Path(work_dir).resolve() / name)
 
@@ -94,18 +102,19 @@ class JobStore:
         self.url = url
         self.group = group
         self._lock_fh = None
+        self._lease: Lease | None = None
 
     # ----------------------------------------------------------------- open/create
     @classmethod
     def open(cls, url: str, mode: str = "r+") -> JobStore:
-        return cls(url, zarr.open_group(url, mode=mode))
+        return cls(url, zarr.open_group(**zarr_kwargs(url), mode=mode))
 
     @classmethod
     def exists(cls, url: str) -> bool:
         if is_local(url):
             return (local_path(url) / "zarr.json").exists()
         try:
-            zarr.open_group(url, mode="r")
+            zarr.open_group(**zarr_kwargs(url), mode="r")
             return True
         except Exception:  # missing group: zarr raises FileNotFoundError or its own type
             return False
@@ -114,7 +123,7 @@ class JobStore:
     def is_job_store(cls, url: str) -> bool:
         """A store this tool made (never delete or overwrite anything else)."""
         try:
-            attrs = zarr.open_group(url, mode="r").attrs
+            attrs = zarr.open_group(**zarr_kwargs(url), mode="r").attrs
         except Exception:  # not a Zarr group at all
             return False
         return "format_version" in attrs
@@ -123,7 +132,9 @@ class JobStore:
     def create(cls, url: str, spec: dict[str, Any], layout: Layout) -> JobStore:
         # The marker first: a store cut short while being created is still known as ours
         # (and made again on the next run: it has no spec yet).
-        group = zarr.open_group(url, mode="w", attributes={"format_version": FORMAT_VERSION})
+        group = zarr.open_group(
+            **zarr_kwargs(url), mode="w", attributes={"format_version": FORMAT_VERSION}
+        )
         t, h, w, c = layout.frames, layout.height, layout.width, layout.channels
         chunk_lr = max(16, layout.chunk_out_px // layout.scale)
         group.create_array(
@@ -188,8 +199,14 @@ class JobStore:
 
     # ---------------------------------------------------------------------- lock
     def lock(self) -> None:
-        """Refuse a second driver on the same local store (released when the process dies)."""
+        """Refuse a second driver on the same store: a file lock on a local store (released
+        when the process dies), a heartbeat lease on an object store (stale when not
+        renewed)."""
         if not is_local(self.url):
+            if self._lease is None:
+                lease = Lease(self.url)
+                lease.acquire()
+                self._lease = lease
             return
         path = local_path(self.url) / "driver.lock"
         fh = open(path, "a+")  # noqa: SIM115 - held for the life of the job
@@ -210,9 +227,13 @@ class JobStore:
         self._lock_fh = fh
 
     def unlock(self) -> None:
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
         if self._lock_fh is not None:
             self._lock_fh.close()
             self._lock_fh = None
+        self._lease: Lease | None = None
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -268,7 +289,6 @@ def remove_store(url: str) -> None:
     if is_local(url):
         shutil.rmtree(local_path(url), ignore_errors=True)
     else:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.rm(path, recursive=True)
+        fs, path = filesystem(url)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.storage import ObjectPath, as_path, av_input
 
 # AVColorSpace -> libswscale colourspace constant (SWS_CS_*), for RGB <-> YUV.
 SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
@@ -107,16 +108,16 @@ def parse_range(
 
 
 def probe_video(
-    path: str | Path,
+    path: str | Path | ObjectPath,
     frames: str | None = None,
     start_s: float | None = None,
     end_s: float | None = None,
 ) -> VideoInfo:
     import av
 
-    p = Path(path)
+    p = as_path(path)
     try:
-        container = av.open(str(p), mode="r")
+        container = av.open(av_input(str(p)), mode="r")
     except (av.error.FFmpegError, OSError) as exc:
         raise UserError(
             f"{p} is not a supported input: not an image (PNG, JPEG, TIFF, Zarr; detected "
@@ -237,7 +238,7 @@ def ingest_segment_task(info: VideoInfo, store_url: str, start: int, end: int) -
     want = {info.pts[i]: i for i in range(start, end)}
     stop_pts = info.pts[end] if end < info.frames else info.end_pts
     written = 0
-    with av.open(info.path) as container:
+    with av.open(av_input(info.path)) as container:
         vs = container.streams[info.video_index]
         vs.thread_type = "AUTO"
         container.seek(info.pts[start], stream=vs, backward=True, any_frame=False)
