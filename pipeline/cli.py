@@ -191,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         _setup_logging(args.debug, args.quiet)
         cfg = load_config(args.config, _overrides(args), args.set)
-        if not cfg.run.address:
+        from pipeline.cluster import join_address
+
+        if not join_address(cfg.run.address):  # $RAY_ADDRESS: joins (a submitted job)
             _loopback_only()
         from pipeline.run import run_job
 

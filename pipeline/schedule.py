@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.cluster import cluster_cpus, cluster_gpus
 from pipeline.errors import JobFailed
+from pipeline.placement import Placement, region_actor_options
 from pipeline.plan import Plan
 from pipeline.store import JobStore
 
@@ -124,6 +125,7 @@ class RegionPool:
         # No Ray-side restarts or task retries: handle() counts every failed attempt and
         # replaces a dead actor itself, so retries stay bounded however a worker dies.
         options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+        options.update(region_actor_options())  # spread over nodes (pipeline/placement)
         if self.use_gpu:
             # GPU actors take no CPU slot so CPU stages (ingest, encode) keep the cores.
             options.update(num_gpus=cfg.run.gpus_per_actor, num_cpus=0)
@@ -137,6 +139,7 @@ class RegionPool:
         self.spared: set[Any] = set()  # failed with a dead actor they did not kill
         self.submitted = 0
         self.load = [0] * count
+        self.placement = Placement()
         log.info(
             "upscale: %d actor(s) on %s, tile %d px, overlap %d px",
             count,
@@ -207,6 +210,7 @@ class RegionPool:
             self.pending.append((task, attempt + 1))
             return None
         self.spared.discard(ref)  # it had finished before its actor died
+        self.placement.record(idx, result)
         if is_region(task):
             self.store.mark_done(task.frame, task.row, task.col)
         return task, result
@@ -245,5 +249,6 @@ class RegionPool:
     def close(self) -> None:
         import ray
 
+        self.placement.report()
         for actor in self.actors:
             ray.kill(actor)

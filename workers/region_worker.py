@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import JobConfig
+from pipeline.placement import current_node
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
@@ -96,6 +97,7 @@ class RegionWorker:
         )
         self._windows: dict[tuple[int, int], np.ndarray] = {}
         self._degradation = None
+        self.node = current_node()  # reported with each region (pipeline/placement)
 
     def ping(self) -> str:
         return str(self.upscaler.device)
@@ -252,6 +254,7 @@ class RegionWorker:
             "out_px": oh * ow,
             "model_s": model_s,
             "total_s": time.perf_counter() - t_start,
+            "node": self.node,
         }
 
     def _drop_shard(self, task: RegionTask) -> None:
