@@ -188,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sample(argv[1:])
         if argv and argv[0] == "weights":
             return _weights([a for a in argv[1:] if a != "--debug"])
+        if argv and argv[0] == "submit":  # pipeline/submit.py: run it as a Ray Job
+            from pipeline.submit import main as submit_main
+
+            return submit_main(argv[1:])
         args = build_parser().parse_args(argv)
         _setup_logging(args.debug, args.quiet)
         cfg = load_config(args.config, _overrides(args), args.set)
