@@ -19,6 +19,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from pipeline.errors import UserError
 from tests.helpers import synth_image
 
 pytestmark = pytest.mark.integration
@@ -151,6 +152,7 @@ def test_submit_follow_runs_the_job_on_the_cluster(tmp_path: Path, job_server: s
     assert first.startswith("submitted Ray job raysubmit_"), proc.stdout
     job_id = first.split()[3]
     assert "done in" in proc.stdout  # the pipeline's summary line, from the job's logs
+    assert "joining Ray cluster at" in proc.stdout  # through RAY_ADDRESS, no private Ray
     assert np.asarray(Image.open(out)).shape == (120, 160, 3)
 
     state = ray_job_status(job_server, job_id)
@@ -158,6 +160,8 @@ def test_submit_follow_runs_the_job_on_the_cluster(tmp_path: Path, job_server: s
     assert state["entrypoint"].startswith("python run_pipeline.py ")
     assert state["start_time"] <= state["end_time"]
     assert any("done in" in line for line in state["logs"])
+    with pytest.raises(UserError, match="no Ray job 'raysubmit_nosuchjob'"):
+        ray_job_status(job_server, "raysubmit_nosuchjob")
 
 
 def test_submit_bad_input_fails_with_its_error_line(tmp_path: Path, job_server: str):
