@@ -230,8 +230,10 @@ def _batch(argv: Sequence[str]) -> int:
     _setup_logging(args.debug, args.quiet)
     items = read_manifest(args.manifest, args.output_pattern)
     overrides = _overrides(args)
-    load_config(args.config, overrides, args.set)  # bad options fail before any item
-    if not overrides.get("run.address"):
+    cfg = load_config(args.config, overrides, args.set)  # bad options fail before any item
+    from pipeline.cluster import join_address
+
+    if not join_address(cfg.run.address):  # $RAY_ADDRESS: joins (a submitted batch)
         _loopback_only()
     report = Path(args.report) if args.report else default_report_path(args.manifest)
     reports = run_batch(
@@ -285,13 +287,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _weights([a for a in argv[1:] if a != "--debug"])
         if argv and argv[0] == "status":
             return _status(argv[1:])
+        if argv and argv[0] == "submit":  # pipeline/submit.py: run it as a Ray Job
+            from pipeline.submit import main as submit_main
+
+            return submit_main(argv[1:])
         install_sigterm_handler()
         if argv and argv[0] == "batch":
             return _batch(argv[1:])
         args = build_parser().parse_args(argv)
         _setup_logging(args.debug, args.quiet)
         cfg = load_config(args.config, _overrides(args), args.set)
-        if not cfg.run.address:
+        from pipeline.cluster import join_address
+
+        if not join_address(cfg.run.address):  # $RAY_ADDRESS: joins (a submitted job)
             _loopback_only()
         from pipeline.run import run_job
 

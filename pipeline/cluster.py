@@ -2,20 +2,30 @@
 
 Local Ray binds to 127.0.0.1 with the dashboard off and is shut down when the job
 ends. When the caller already initialised Ray (tests, notebooks), it is reused as is.
+
+The job joins a cluster instead when given an address (``--address``/``run.address``)
+or when ``RAY_ADDRESS`` holds one: Ray's job supervisor sets it for the entrypoint of
+a submitted job (``run_pipeline.py submit``), so a submitted pipeline runs on the
+cluster that runs the job rather than on a private Ray inside it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.storage import forwarded_env
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Set by Ray's job supervisor for a submitted job's entrypoint: its runtime env, which
+# already ships the working directory.
+IN_RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 @contextmanager
@@ -26,12 +36,18 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
         yield
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = join_address(address)
     if address:
-        # Ship our two packages so workers on other machines can import them.
-        runtime_env = {
-            "py_modules": [str(PROJECT_ROOT / "pipeline"), str(PROJECT_ROOT / "workers")],
-            "env_vars": forwarded_env(),  # object-store endpoint and credentials
-        }
+        check_reachable(address)
+        # Ship our two packages so workers on other machines can import them (inside a
+        # submitted Ray job its working_dir already carries them to every worker), and
+        # the object-store endpoint and credentials.
+        runtime_env: dict = {"env_vars": forwarded_env()}
+        if IN_RAY_JOB_ENV not in os.environ:
+            runtime_env["py_modules"] = [
+                str(PROJECT_ROOT / "pipeline"),
+                str(PROJECT_ROOT / "workers"),
+            ]
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         reaper = None
@@ -59,6 +75,39 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
         if reaper is not None:
             reaper.kill()
             reaper.wait()
+
+
+def join_address(address: str | None) -> str | None:
+    """The cluster a job joins: ``address`` when given, else ``$RAY_ADDRESS``; None
+    means a private local Ray. An http(s) ``RAY_ADDRESS`` is a dashboard address for
+    Ray's job CLI (``ray job submit``), not one a driver can join, so it is ignored."""
+    if address:
+        return address
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if env and not env.startswith(("http://", "https://")):
+        return env
+    return None
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds with one line when nothing listens at ``address`` (Ray itself
+    retries a dead address for minutes). ``auto`` finds a local head by itself."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise UserError(
+            f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto "
+            "(a dashboard URL http://HOST:8265 is for 'run_pipeline.py submit')"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise UserError(
+            f"cannot reach the Ray cluster at {address}: {reason} (is its head running, "
+            "and is this its GCS port, 6379 by default, or its client port ray://HOST:10001?)"
+        ) from None
 
 
 def cluster_gpus() -> float:

@@ -31,6 +31,7 @@ from pipeline.config import JobConfig
 from pipeline.encode import VideoEncoder
 from pipeline.errors import UserError
 from pipeline.ingest import ingest_rows_task, plan_bands
+from pipeline.placement import cpu_stage_options
 from pipeline.plan import Plan, plan_job
 from pipeline.progress import Progress
 from pipeline.publish import (
@@ -556,11 +557,12 @@ def _video_ray(
         if flags[i]:
             arrived(a, b)
     max_ingest = max(1, int(cluster_cpus()) // 2)
-    ingest = ray.remote(num_cpus=0, max_retries=2)(ingest_segment_task)
+    # Decode and encode go where the CPUs are (pipeline/placement).
+    ingest = ray.remote(max_retries=2, **cpu_stage_options(pool.use_gpu))(ingest_segment_task)
     ingest_refs: dict[Any, int] = {}
     encoder = (
         ray.remote(VideoEncoder)
-        .options(num_cpus=0, max_restarts=0)
+        .options(max_restarts=0, **cpu_stage_options(pool.use_gpu, actor=True))
         .remote(*_encoder_args(plan, tmp))
     )
     encoded, enc_ref, prefix = 0, None, 0

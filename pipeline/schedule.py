@@ -29,6 +29,7 @@ from pipeline.cluster import cluster_cpus, cluster_gpus
 from pipeline.config import ModelConfig, RunConfig
 from pipeline.errors import JobFailed
 from pipeline.models import ModelSpec
+from pipeline.placement import Placement, region_actor_options
 from pipeline.plan import Plan
 from pipeline.store import JobStore
 
@@ -181,6 +182,7 @@ class RegionPool:
         # No Ray-side restarts or task retries: _handle counts every failed attempt and
         # replaces a dead actor itself, so retries stay bounded however a worker dies.
         options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+        options.update(region_actor_options())  # spread over nodes (pipeline/placement)
         if self.use_gpu:
             # GPU actors take no CPU slot so CPU stages (ingest, encode) keep the cores.
             options.update(num_gpus=run.gpus_per_actor, num_cpus=0)
@@ -203,6 +205,7 @@ class RegionPool:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="region-pool", daemon=True)
         self._thread.start()
+        self.placement = Placement()
         log.info(
             "upscale: %d actor(s) on %s, model %s",
             count,
@@ -314,6 +317,7 @@ class RegionPool:
             self._failed_call(ref, exc, idx, channel, task, attempt, actor, seq)
             return
         self.spared.discard(ref)  # it had finished before its actor died
+        self.placement.record(idx, result)
         if is_region(task):
             channel.store.mark_done(task.frame, task.row, task.col)
         if channel.error is None:
@@ -389,6 +393,7 @@ class RegionPool:
     def close(self) -> None:
         import ray
 
+        self.placement.report()
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=5)

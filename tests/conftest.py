@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import synth_image
+from tests.helpers import LOCAL_RAY, synth_image
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Every Ray of the test session (local, multi-node, the job server) on loopback only:
+# read when ray is first imported, so before that. Joining 127.0.0.1 would otherwise
+# be resolved to the machine's routable address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 @pytest.fixture(scope="session")
@@ -18,15 +22,7 @@ def ray_local():
     GPU machine while torch runs on the CPU."""
     import ray
 
-    ray.init(
-        address="local",  # a new instance, even if `ray start` left one on this machine
-        num_cpus=2,
-        num_gpus=2,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        logging_level="ERROR",
-        log_to_driver=False,
-    )
+    ray.init(**LOCAL_RAY)
     yield ray
     ray.shutdown()
 

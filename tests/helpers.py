@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
+# The test session's local Ray (conftest's ray_local): 2 logical GPUs so GPU actors
+# (num_cpus=0) are scheduled as on a GPU machine while torch runs on the CPU. Tests
+# that need another Ray (a multi-node cluster) shut it down and start it again.
+LOCAL_RAY = dict(
+    address="local",  # a new instance, even if `ray start` left one on this machine
+    num_cpus=2,
+    num_gpus=2,
+    include_dashboard=False,
+    _node_ip_address="127.0.0.1",
+    logging_level="ERROR",
+    log_to_driver=False,
+)
+
 
 def synth_image(height: int, width: int, channels: int = 3, dtype=np.uint8, seed: int = 0):
     """Smooth structure plus noise: exercises both blending and the bicubic kernel."""

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import JobConfig, ModelConfig
+from pipeline.placement import current_node
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
@@ -119,6 +120,7 @@ class RegionWorker:
         self.batch_size = max(1, model.batch_size)
         self._jobs: dict[str, _JobView] = {}
         self._view: _JobView | None = None
+        self.node = current_node()  # reported with each region (pipeline/placement)
 
     def ping(self) -> dict[str, Any]:
         """Where this worker runs: its device, process and Ray node (None off Ray)."""
@@ -328,6 +330,7 @@ class RegionWorker:
             "out_px": oh * ow,
             "model_s": model_s,
             "total_s": time.perf_counter() - t_start,
+            "node": self.node,
         }
 
     def _drop_shard(self, task: RegionTask) -> None:
