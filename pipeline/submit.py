@@ -156,10 +156,14 @@ def check_pipeline_args(args: list[str]) -> None:
         raise UserError("submit: no pipeline command line given (run_pipeline.py submit -h)")
     if args[0] in ("sample", "weights"):
         return
-    from pipeline.cli import build_parser as pipeline_parser
+    from pipeline.cli import build_batch_parser, build_parser
 
-    parser = pipeline_parser()
-    parser.prog = "run_pipeline.py submit ... --"
+    if args[0] == "batch":  # a whole batch as one Ray job (scheduled remastering)
+        parser, args = build_batch_parser(), args[1:]
+        parser.prog = "run_pipeline.py submit ... -- batch"
+    else:
+        parser = build_parser()
+        parser.prog = "run_pipeline.py submit ... --"
     parser.parse_args(args)  # argparse prints the problem and exits 2
 
 
@@ -262,4 +266,13 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: Ray job {job_id} {status}: {first}", file=sys.stderr)
     else:
         print(f"Ray job {job_id} SUCCEEDED")
+    return job_exit_code(status, state["driver_exit_code"])
+
+
+def job_exit_code(status: str, driver_exit_code: int | None) -> int:
+    """The pipeline's own exit code when the job failed with one of ours (2 bad input,
+    3 failed regions/items, 75 terminated), so cron and CronJobs can tell them apart;
+    otherwise 0 / 3 / 75 for SUCCEEDED / FAILED / STOPPED."""
+    if status == "FAILED" and driver_exit_code in (2, 3, 75):
+        return int(driver_exit_code)
     return EXIT_CODES[status]

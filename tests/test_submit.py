@@ -167,7 +167,7 @@ def test_submit_follow_runs_the_job_on_the_cluster(tmp_path: Path, job_server: s
 def test_submit_bad_input_fails_with_its_error_line(tmp_path: Path, job_server: str):
     missing = tmp_path / "missing.png"
     proc = cli("submit", "--address", job_server, str(missing), "-o", str(tmp_path / "o.png"))
-    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # the pipeline's own: bad input
     assert proc.stdout.startswith("submitted Ray job raysubmit_")
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert any(str(missing) in ln for ln in errors), proc.stderr  # the pipeline's own line
@@ -180,3 +180,27 @@ def test_submit_to_nothing_is_one_line(tmp_path: Path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: cannot reach the Ray job server")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_submit_checks_the_command_line_before_uploading():
+    """Single jobs and batches are parsed here first: a typo exits 2 before any upload."""
+    from pipeline.submit import check_pipeline_args
+
+    check_pipeline_args(["in.png", "-o", "out.tif", "--scale", "2"])
+    check_pipeline_args(["batch", "list.yaml", "--work-dir", "s3://b/work", "--quiet"])
+    for bad in (["in.png", "-o", "out.tif", "--scael", "2"], ["batch", "list.yaml", "--nope"]):
+        with pytest.raises(SystemExit) as exc:
+            check_pipeline_args(bad)
+        assert exc.value.code == 2
+    with pytest.raises(UserError, match="no pipeline command line"):
+        check_pipeline_args([])
+
+
+def test_submit_exit_code_is_the_pipelines_own():
+    from pipeline.submit import job_exit_code
+
+    assert job_exit_code("SUCCEEDED", 0) == 0
+    assert [job_exit_code("FAILED", c) for c in (2, 3, 75)] == [2, 3, 75]
+    assert job_exit_code("FAILED", 1) == 3  # a crash: failed
+    assert job_exit_code("FAILED", None) == 3  # never started (bad runtime env)
+    assert job_exit_code("STOPPED", None) == 75
