@@ -13,7 +13,7 @@ Each is printed next to the ideal (the 1-actor rate times the actor count), with
 efficiency. On a machine with C cores the CPU-bound bicubic model cannot scale past C
 actors; the table says where it stops.
 
-    python bench/scaleout.py [--images 8] [--size 768] [--actors 1,2,4] [--gpus 4]
+    python bench/scaleout.py [--images 8] [--size 1024] [--region 512] [--actors 1,2,4]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def make_inputs(folder: Path, count: int, size: int) -> list[Path]:
     return paths
 
 
-def run_once(inputs: list[Path], out_dir: Path, actors: int, gpus: int) -> dict:
+def run_once(inputs: list[Path], out_dir: Path, actors: int, gpus: int, region: int) -> dict:
     import ray
 
     from pipeline.batch import BatchItem, run_batch
@@ -68,10 +68,10 @@ def run_once(inputs: list[Path], out_dir: Path, actors: int, gpus: int) -> dict:
             items,
             base_set=(
                 "model.scale=2",
-                "tiling.tile_px=64",
+                "tiling.tile_px=128",
                 "tiling.overlap_px=16",
-                "store.region_out_px=256",
-                "store.chunk_out_px=128",
+                f"store.region_out_px={region}",
+                "store.chunk_out_px=256",
                 f"run.actors={actors}",
                 "run.in_flight_per_actor=2",
                 "run.active_jobs=3",
@@ -99,20 +99,21 @@ def run_once(inputs: list[Path], out_dir: Path, actors: int, gpus: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--size", type=int, default=768, help="input side, px")
+    parser.add_argument("--size", type=int, default=1024, help="input side, px")
     parser.add_argument("--actors", default="1,2,4")
     parser.add_argument("--gpus", type=int, default=4, help="logical GPUs declared to Ray")
+    parser.add_argument("--region", type=int, default=512, help="region (shard) side, output px")
     args = parser.parse_args()
     counts = [int(a) for a in args.actors.split(",")]
     print(
-        f"{args.images} images of {args.size}x{args.size} -> x2, bicubic, tile 64/16, "
-        f"256-px regions; {os.cpu_count()} CPU cores, {args.gpus} logical GPUs"
+        f"{args.images} images of {args.size}x{args.size} -> x2, bicubic, tile 128/16, "
+        f"{args.region}-px regions; {os.cpu_count()} CPU cores, {args.gpus} logical GPUs"
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         inputs = make_inputs(Path(tmp), args.images, args.size)
         for n in counts:
-            row = run_once(inputs, Path(tmp) / f"out{n}", n, args.gpus)
+            row = run_once(inputs, Path(tmp) / f"out{n}", n, args.gpus, args.region)
             rows.append(row)
             print(f"  {n} actor(s): {row['wall_s']:.1f} s", flush=True)
     base_pool, base_e2e = rows[0]["pool_rate"] / counts[0], rows[0]["e2e_rate"] / counts[0]
