@@ -10,6 +10,7 @@ its last error, and since when nothing has moved.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -20,6 +21,7 @@ from typing import Any
 from pipeline.storage import filesystem
 from pipeline.store import is_local, local_path
 
+log = logging.getLogger(__name__)
 PROGRESS_KEY = "progress.json"
 WRITE_EVERY_S = 2.0
 
@@ -123,8 +125,8 @@ class Progress:
         self._last_write = time.time()
         try:
             _write(self.store_url, self.record)
-        except OSError:
-            pass  # progress is advisory: never fail a job because it could not be written
+        except Exception as exc:  # noqa: BLE001 - advisory: never fail a job over it
+            log.debug("could not write progress to %s: %s", self.store_url, exc)
 
 
 def driver_alive(record: dict[str, Any]) -> bool | None:

@@ -100,25 +100,26 @@ def report_status(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def resolve_target(target: str) -> tuple[str, str]:
-    """(kind, location): kind is store | report | job."""
+    """(kind, location): kind is store | report | job. A store is given directly or
+    found beside its output (``OUTPUT.job.zarr``), on disk or on object storage."""
+    from pipeline.storage import exists
+
     if target.startswith("raysubmit_"):
         return "job", target
     if is_local(target):
         path = local_path(target)
         if path.suffix == ".json" and path.is_file():
             return "report", str(path)
-        if (path / "zarr.json").exists():
-            return "store", target
-        sibling = path.with_name(path.name + ".job.zarr")
-        if (sibling / "zarr.json").exists():
-            return "store", str(sibling)
-        if path.exists():
-            raise UserError(
-                f"{target} has no job store beside it: finished (its store was removed "
-                "after success), or run with --work-dir: give the store's path"
-            )
-        raise UserError(f"{target}: no such job store, output or batch report")
-    return "store", target
+    base = target.rstrip("/")
+    for candidate in (base, base + ".job.zarr"):
+        if JobStore.exists(candidate) and JobStore.is_job_store(candidate):
+            return "store", candidate
+    if exists(base):
+        raise UserError(
+            f"{target} has no job store beside it: finished (its store was removed "
+            "after success), or run with --work-dir: give the store's path"
+        )
+    raise UserError(f"{target}: no such job store, output or batch report")
 
 
 def status_command(target: str, address: str | None, as_json: bool) -> tuple[int, str]:

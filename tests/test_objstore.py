@@ -8,6 +8,7 @@ the others run the same stages in-process (``run.runner=local``) to stay fast.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import tifffile
 
 from pipeline.errors import JobFailed, UserError
 from pipeline.run import run_job
+from pipeline.status import status_command
 from tests import faulty_model as fm
 from tests.helpers import make_config, synth_image
 from tests.test_video import assert_video_preserved
@@ -155,6 +157,12 @@ def test_failed_run_resumes_from_s3_store_and_publishes_zarr_only_when_complete(
     done = np.asarray(store["done"][...])
     assert 0 < done.sum() < done.size  # some regions finished before the failure
     assert f"{BUCKET}/resume/out.zarr.job.zarr/driver.lease" not in keys(s3, "resume")
+    # status finds the store beside the output URL and reads its progress from S3.
+    code, text = status_command(out_url, None, as_json=True)
+    seen = json.loads(text)
+    assert (code, seen["state"], seen["store"]) == (0, "failed", f"{out_url}.job.zarr")
+    assert (seen["regions_done"], seen["regions_total"]) == (done.sum(), done.size)
+    assert "poison" in seen["error"]
 
     fm.write_control(ctl)  # the fix
     summary = run_job(src_url, out_url, cfg, progress=False)
@@ -269,3 +277,43 @@ def test_large_upload_is_multipart_and_whole(s3, tmp_path):
     publish_file(tmp_path / "big.bin", f"s3://{BUCKET}/big/big.bin", part_bytes=5 * 2**20)
     assert s3.cat_file(f"{BUCKET}/big/big.bin") == data
     assert s3.info(f"{BUCKET}/big/big.bin")["ETag"].strip('"').endswith("-3")  # 3 parts
+
+
+def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, tmp_path):
+    """``batch 's3://.../*.tif' --output-pattern 's3://.../{stem}_x2.tif'``: inputs listed
+    from the bucket, outputs uploaded, and a rerun skips the finished items (exit 0)."""
+    sources = {}
+    for i in range(2):
+        src = tmp_path / f"scan{i}.tif"
+        tifffile.imwrite(src, synth_image(96, 128, seed=10 + i), photometric="rgb")
+        s3.put_file(str(src), f"{BUCKET}/batch/in/scan{i}.tif")
+        sources[f"scan{i}"] = src
+    s3.pipe(f"{BUCKET}/batch/in/notes.txt", b"not an input")
+    report = tmp_path / "report.json"
+    args = (
+        "batch",
+        f"s3://{BUCKET}/batch/in/*",
+        "--output-pattern",
+        f"s3://{BUCKET}/batch/out/{{stem}}_x2.tif",
+        "--report",
+        str(report),
+        "--quiet",
+        *("--scale", "2", "--tile", "32", "--overlap", "8"),
+        *("--set", "store.region_out_px=128", "--set", "store.chunk_out_px=64"),
+    )
+    run = cli(*args)
+    assert run.returncode == 0, run.stderr
+    items = json.loads(report.read_text())["items"]
+    assert [(i["input"], i["status"]) for i in items] == [
+        (f"s3://{BUCKET}/batch/in/scan{i}.tif", "done") for i in range(2)
+    ]
+    for stem, src in sources.items():
+        s3.get_file(f"{BUCKET}/batch/out/{stem}_x2.tif", str(tmp_path / "got.tif"))
+        (tmp_path / stem).mkdir()
+        want = reference(tmp_path / stem, src)
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "got.tif"), want)
+    assert keys(s3, "batch/out") == [f"{BUCKET}/batch/out/scan{i}_x2.tif" for i in range(2)]
+
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert [i["status"] for i in json.loads(report.read_text())["items"]] == ["skipped"] * 2
