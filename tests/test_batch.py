@@ -288,3 +288,55 @@ def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
     finished = cli("status", src)  # exists, no store beside it
     assert finished.returncode == 2 and "no job store beside it" in finished.stderr
+
+
+@pytest.mark.integration
+def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
+    """SIGTERM while the first items upscale: exit 75, the running items are
+    ``terminated`` with resumable stores, the items never started stay ``pending``, no
+    output is half-written; the same command then finishes the batch (exit 0)."""
+    import re
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(4):
+        _png(src / f"img{i}.png", 320, 320, seed=20 + i)
+    (tmp_path / "up").mkdir()
+    report = tmp_path / "r.json"
+    args = ["batch", src, "--output-pattern", str(tmp_path / "up" / "{stem}_x2.tif")]
+    args += ["--scale", "2", "--tile", "32", "--overlap", "8", "--batch-size", "1"]
+    args += ["--report", report, "--set", "store.region_out_px=64"]
+    args += ["--set", "store.chunk_out_px=64", "--set", "run.active_jobs=2"]
+    proc = _launch(*args)
+    buffer, seen = "", 0
+    while char := proc.stderr.read(1):
+        buffer += char
+        if char in "\r\n":
+            m = re.search(r"batch:.*\|\s*(\d+)/(\d+) ", buffer)
+            buffer = ""
+            if m and int(m.group(1)) >= 10:
+                seen = int(m.group(1))
+                proc.send_signal(signal.SIGTERM)
+                break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 75, rest
+    assert seen, "the batch never reached the upscale stage"
+    assert "Traceback" not in rest
+    items = json.loads(report.read_text())["items"]
+    statuses = [i["status"] for i in items]
+    assert statuses[:2] == ["terminated", "terminated"], statuses
+    assert statuses[2:] == ["pending", "pending"], statuses
+    # Nothing published, no temporaries: only the two stores, kept for the resume.
+    left = sorted(p.name for p in (tmp_path / "up").iterdir())
+    assert left == ["img0_x2.tif.job.zarr", "img1_x2.tif.job.zarr"]
+    assert [Path(i["store"]).name for i in items[:2]] == left
+
+    again = cli(*[str(a) for a in args], "--quiet")
+    assert again.returncode == 0, again.stderr
+    final = json.loads(report.read_text())["items"]
+    assert [i["status"] for i in final] == ["done"] * 4
+    # The terminated items resumed: the regions flagged before SIGTERM were not redone.
+    run, total = (sum(i[k] for i in final[:2]) for k in ("regions_run", "regions_total"))
+    assert run <= total - seen
+    for i in range(4):
+        assert tifffile.imread(tmp_path / "up" / f"img{i}_x2.tif").shape == (640, 640, 3)
