@@ -125,17 +125,18 @@ def _remote_inputs(source: str) -> list[Any]:
     from pipeline.storage import ObjectPath, filesystem
 
     fs, path = filesystem(source)
-    protocol = source.split("://", 1)[0]
     if glob.has_magic(path):
         found = fs.glob(path)
     else:
         found = [f for f in fs.ls(path, detail=False) if f.rstrip("/") != path.rstrip("/")]
-    paths = [ObjectPath(f"{protocol}://{f}") for f in found]
+    paths = [ObjectPath(fs.unstrip_protocol(f)) for f in found]
     return sorted((p for p in paths if p.suffix.lower() in INPUT_SUFFIXES), key=str)
 
 
 def _from_pattern(source: str, output_pattern: str | None) -> list[BatchItem]:
-    if "://" in source and not source.startswith("file://"):
+    from pipeline.storage import is_remote
+
+    if is_remote(source):
         paths = _remote_inputs(source)
     elif Path(source).is_dir() and not source.endswith(".zarr"):
         paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in INPUT_SUFFIXES)

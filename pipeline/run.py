@@ -265,7 +265,7 @@ def _sweep_partials(final: Path) -> None:
         if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
             continue
         log.info("removing %s, left by an interrupted run", path)
-        _discard(path)
+        discard(path)
 
 
 def _todo_regions(plan: Plan, store: JobStore) -> list[Any]:
@@ -412,12 +412,8 @@ def publish_image(plan: Plan, store: JobStore) -> None:
             run_tasks(plan, copy_to_ome_task, calls)
         replace_output(tmp, final)
     except BaseException:
-        _discard(tmp)
+        discard(tmp)
         raise
-
-
-def _discard(tmp: Any) -> None:
-    discard(tmp)
 
 
 # ------------------------------------------------------------------------------ videos
@@ -461,7 +457,7 @@ def _run_video(
             _video_ray(plan, store, todo, ingested, tmp, progress, pools.get(plan), rec)
         replace_output(tmp, plan.output_path)
     except BaseException:
-        _discard(tmp)
+        discard(tmp)
         raise
 
 

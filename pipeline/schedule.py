@@ -203,9 +203,9 @@ class RegionPool:
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._closed = False
+        self.placement = Placement()  # before the dispatcher thread records into it
         self._thread = threading.Thread(target=self._loop, name="region-pool", daemon=True)
         self._thread.start()
-        self.placement = Placement()
         log.info(
             "upscale: %d actor(s) on %s, model %s",
             count,

@@ -112,7 +112,7 @@ def resolve_target(target: str) -> tuple[str, str]:
             return "report", str(path)
     base = target.rstrip("/")
     for candidate in (base, base + ".job.zarr"):
-        if JobStore.exists(candidate) and JobStore.is_job_store(candidate):
+        if JobStore.is_job_store(candidate):
             return "store", candidate
     if exists(base):
         raise UserError(

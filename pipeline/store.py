@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 
 from pipeline.errors import UserError
-from pipeline.storage import Lease, filesystem, is_remote, zarr_kwargs
+from pipeline.storage import Lease, filesystem, is_remote, local_path, zarr_kwargs
 from pipeline.tiling import region_counts
 
 FORMAT_VERSION = 1
@@ -61,11 +61,7 @@ def default_store_url(input_path: str, output_path: str, work_dir: str | None) -
 
 
 def is_local(url: str) -> bool:
-    return "://" not in url or url.startswith("file://")
-
-
-def local_path(url: str) -> Path:
-    return Path(url[len("file://") :] if url.startswith("file://") else url)
+    return not is_remote(url)
 
 
 @dataclass(frozen=True)
@@ -233,7 +229,6 @@ class JobStore:
         if self._lock_fh is not None:
             self._lock_fh.close()
             self._lock_fh = None
-        self._lease: Lease | None = None
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -4,7 +4,9 @@
 ``python run_pipeline.py ARGS...`` to the cluster's job server (the dashboard, port
 8265) with this project directory as the job's working_dir, prints the job id, then
 waits for the job (``--follow`` also streams its logs; ``--no-wait`` returns at once).
-Exit status: 0 when the job SUCCEEDED, 3 when it FAILED, 75 when it was STOPPED.
+ARGS is a single job's command line or ``batch MANIFEST ...``. Exit status: 0 when the
+job SUCCEEDED; when it FAILED, the pipeline's own code if it was one of 2, 3, 75, else
+3; 75 when it was STOPPED (``job_exit_code``).
 
 On the cluster the entrypoint's ``ray_runtime`` joins the cluster through the
 ``RAY_ADDRESS`` that Ray's job supervisor sets (pipeline/cluster.py), so regions fan
@@ -60,11 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_pipeline.py submit",
         usage="run_pipeline.py submit [--address URL] [--follow | --no-wait] [--] "
-        "INPUT -o OUTPUT [pipeline options]",
+        "INPUT -o OUTPUT [pipeline options] | batch MANIFEST [batch options]",
         description="Run the pipeline's command line on a Ray cluster as a Ray Job "
         "(this directory is shipped as its working_dir; the cluster must have the "
-        "dependencies installed). Prints the job id. Exit status: 0 SUCCEEDED, 3 FAILED, "
-        "75 STOPPED.",
+        "dependencies installed). Prints the job id. Exit status: 0 SUCCEEDED; the "
+        "pipeline's own 2, 3 or 75 when it failed with one, else 3 FAILED; 75 STOPPED.",
     )
     p.add_argument(
         "--address",
@@ -167,10 +169,9 @@ def check_pipeline_args(args: list[str]) -> None:
     parser.parse_args(args)  # argparse prints the problem and exits 2
 
 
-def submit(address: str, pipeline_args: list[str]) -> str:
+def submit(client: Any, address: str, pipeline_args: list[str]) -> str:
     """Submit ``python run_pipeline.py ARGS`` with this directory as working_dir;
     returns the job id."""
-    client = _client(address)
     entrypoint = shlex.join(["python", "run_pipeline.py", *pipeline_args])
     runtime_env = {"working_dir": str(PROJECT_ROOT), "excludes": EXCLUDES}
     try:
@@ -200,7 +201,9 @@ def wait_for(client: Any, job_id: str) -> str:
         time.sleep(POLL_S)
 
 
-def ray_job_status(address: str | None, job_id: str, log_lines: int = 20) -> dict[str, Any]:
+def ray_job_status(
+    address: str | None, job_id: str, log_lines: int = 20, client: Any = None
+) -> dict[str, Any]:
     """A Ray job's state for ``run_pipeline.py status``: ``job_id``, ``status``
     (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED), ``entrypoint``, ``message``,
     ``start_time``/``end_time`` (seconds since the epoch, None until known),
@@ -208,7 +211,7 @@ def ray_job_status(address: str | None, job_id: str, log_lines: int = 20) -> dic
     ``submit`` would exit with; None while the job runs) and ``logs`` (its last
     ``log_lines`` lines). Raises UserError for an unreachable server or unknown job."""
     url = dashboard_address(address)
-    client = _client(url)
+    client = client or _client(url)
     try:
         info = client.get_job_info(job_id)
         logs = client.get_job_logs(job_id)
@@ -216,6 +219,7 @@ def ray_job_status(address: str | None, job_id: str, log_lines: int = 20) -> dic
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"no Ray job {job_id!r} at {url}: {first}") from None
     status = str(info.status.value)
+    driver_exit_code = getattr(info, "driver_exit_code", None)
 
     def seconds(ms: int | None) -> float | None:
         return ms / 1000.0 if ms else None
@@ -227,8 +231,8 @@ def ray_job_status(address: str | None, job_id: str, log_lines: int = 20) -> dic
         "message": info.message,
         "start_time": seconds(info.start_time),
         "end_time": seconds(info.end_time),
-        "driver_exit_code": getattr(info, "driver_exit_code", None),
-        "exit_code": EXIT_CODES.get(status),
+        "driver_exit_code": driver_exit_code,
+        "exit_code": job_exit_code(status, driver_exit_code) if status in TERMINAL else None,
         "logs": logs.splitlines()[-log_lines:] if log_lines > 0 else [],
     }
 
@@ -238,12 +242,12 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(ours)
     check_pipeline_args(pipeline_args)
     address = dashboard_address(args.address)
-    job_id = submit(address, pipeline_args)
+    client = _client(address)
+    job_id = submit(client, address, pipeline_args)
     print(f"submitted Ray job {job_id} to {address}", flush=True)
     if args.no_wait:
         print(f"follow it with: ray job logs --follow --address {address} {job_id}")
         return 0
-    client = _client(address)
     try:
         if args.follow:
             follow_logs(client, job_id)
@@ -255,7 +259,7 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 130
-    state = ray_job_status(address, job_id, log_lines=0 if args.follow else 10)
+    state = ray_job_status(address, job_id, log_lines=0 if args.follow else 10, client=client)
     if status != "SUCCEEDED":
         if not args.follow:  # show the job's last lines, where its error is
             for line in state["logs"]:

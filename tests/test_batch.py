@@ -9,6 +9,7 @@ exit code say what happened. SIGTERM stops cleanly with exit 75 and a resumable 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -201,13 +202,28 @@ def _launch(*args) -> subprocess.Popen:
     )
 
 
+def _sigterm_at(proc: subprocess.Popen, bar: str, count: int) -> tuple[int, str]:
+    """SIGTERM ``proc`` once its ``bar`` progress bar shows at least ``count`` regions
+    (tqdm redraws with \\r, so stderr is read a character at a time). Returns (the
+    count it was sent at, 0 if the run ended first; the rest of stderr)."""
+    buffer, sent = "", 0
+    while char := proc.stderr.read(1):
+        buffer += char
+        if char in "\r\n":
+            m = re.search(rf"{bar}:.*\|\s*(\d+)/(\d+) ", buffer)
+            buffer = ""
+            if m and int(m.group(1)) >= count:
+                sent = int(m.group(1))
+                proc.send_signal(signal.SIGTERM)
+                break
+    return sent, proc.stderr.read()
+
+
 @pytest.mark.integration
 def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     """SIGTERM mid-upscale: exit 75 with one line, no output or temporary left, every
     flagged region complete; ``status`` says terminated; the rerun finishes the job
     and gives exactly the output of an uninterrupted run."""
-    import re
-
     from pipeline.status import store_status
 
     src = _png(tmp_path / "in.png", 600, 800, seed=3)
@@ -216,21 +232,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     args += ["--set", "store.region_out_px=64", "--set", "store.chunk_out_px=64"]
     args += ["--set", "run.term_grace_s=30"]
     proc = _launch(*args)
-    done = 0
-    buffer = ""
-    while True:
-        char = proc.stderr.read(1)
-        if not char:
-            break
-        buffer += char
-        if char in "\r\n":
-            m = re.search(r"upscale:.*\|\s*(\d+)/(\d+) ", buffer)
-            buffer = ""
-            if m and int(m.group(1)) >= 20:
-                done = int(m.group(1))
-                proc.send_signal(signal.SIGTERM)
-                break
-    rest = proc.stderr.read()
+    done, rest = _sigterm_at(proc, "upscale", 20)
     assert proc.wait(timeout=120) == 75, rest
     assert done, "the job never reached the upscale stage"
     lines = [ln for ln in rest.replace("\r", "\n").splitlines() if ln.strip()]
@@ -295,8 +297,6 @@ def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
     """SIGTERM while the first items upscale: exit 75, the running items are
     ``terminated`` with resumable stores, the items never started stay ``pending``, no
     output is half-written; the same command then finishes the batch (exit 0)."""
-    import re
-
     src = tmp_path / "in"
     src.mkdir()
     for i in range(4):
@@ -308,17 +308,7 @@ def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
     args += ["--report", report, "--set", "store.region_out_px=64"]
     args += ["--set", "store.chunk_out_px=64", "--set", "run.active_jobs=2"]
     proc = _launch(*args)
-    buffer, seen = "", 0
-    while char := proc.stderr.read(1):
-        buffer += char
-        if char in "\r\n":
-            m = re.search(r"batch:.*\|\s*(\d+)/(\d+) ", buffer)
-            buffer = ""
-            if m and int(m.group(1)) >= 10:
-                seen = int(m.group(1))
-                proc.send_signal(signal.SIGTERM)
-                break
-    rest = proc.stderr.read()
+    seen, rest = _sigterm_at(proc, "batch", 10)
     assert proc.wait(timeout=120) == 75, rest
     assert seen, "the batch never reached the upscale stage"
     assert "Traceback" not in rest

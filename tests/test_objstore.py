@@ -240,8 +240,6 @@ def test_bad_urls_exit_2_with_one_line(s3, tmp_path, capsys, args, text):
 
 
 def test_lease_refuses_a_second_driver_and_takes_over_a_stale_one(s3, monkeypatch):
-    import json
-
     from pipeline import storage
     from pipeline.store import JobStore, Layout
 

@@ -124,15 +124,7 @@ class RegionWorker:
 
     def ping(self) -> dict[str, Any]:
         """Where this worker runs: its device, process and Ray node (None off Ray)."""
-        node = None
-        try:
-            import ray
-
-            if ray.is_initialized():
-                node = ray.get_runtime_context().get_node_id()
-        except Exception:  # off Ray, or Ray without a runtime context here
-            node = None
-        return {"device": str(self.upscaler.device), "pid": os.getpid(), "node": node}
+        return {"device": str(self.upscaler.device), "pid": os.getpid(), "node": self.node}
 
     def _open(self, job: JobRef) -> _JobView:
         view = self._jobs.get(job.store_url)
