@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pipeline import stopping
 from pipeline.config import load_config
-from pipeline.errors import JobFailed, UserError
+from pipeline.errors import JobFailed, UserError, cause
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def run_batch(
     import numpy as np
 
     from pipeline.cluster import ray_runtime
-    from pipeline.run import Pools, check_weights
+    from pipeline.run import check_weights
 
     reports = [ItemReport(i.input, i.output, overrides=list(i.set_items)) for i in items]
     report = _Report(report_path, reports)
@@ -281,68 +281,79 @@ def run_batch(
             if on_regions is not None:
                 on_regions(n)
 
-        pools = Pools(total)
         try:
-            _run_items(runnable, plans, reports, report, pools, restart, count, cfg.run.active_jobs)
+            _run_items(runnable, plans, reports, report, restart, count, total, cfg)
         finally:
             bar.close()
-            pools.close()
     report.save()
     return reports
 
 
-def _run_items(runnable, plans, reports, report, pools, restart, count, active) -> None:
-    from pipeline.run import log_probe, run_item
-    from pipeline.schedule import cause
+def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> None:
+    """Every runnable item as a graph on one loop, ``run.active_jobs`` at a time. Items
+    that share a pool run together; a model change waits for the running items and
+    frees the previous pool's workers first (their GPUs would be held otherwise)."""
+    from pipeline.run import graph_for, log_probe, make_executor, run_graphs
 
-    def work(i: int) -> None:
+    index: dict[int, int] = {}
+    started: dict[int, float] = {}
+
+    def on_change(graph: Any, event: str) -> None:
+        i = index[id(graph)]
         plan, r = plans[i], reports[i]
-        r.status = "running"
-        report.save()
-        log_probe(plan)
-        t0 = time.perf_counter()
-        try:
-            summary = run_item(plan, pools, restart=restart, progress=False, on_regions=count)
-        except stopping.Terminated as exc:
-            r.status, r.error = "terminated", str(exc)
-        except (UserError, JobFailed) as exc:
-            r.status, r.error = "failed", str(exc)
-        except Exception as exc:  # one item's bug must not stop the others
-            log.debug("item %s failed", plan.input_path, exc_info=True)
-            r.status, r.error = "failed", f"{type(exc).__name__}: {cause(exc)}"
-        else:
+        if event == "begin":
+            r.status = "running"
+            report.save()
+            log_probe(plan)
+            started[i] = time.perf_counter()
+            return
+        exc, summary = graph.error, graph.summary
+        if exc is None and summary is not None:
             r.status = "done"
             r.frames, r.megapixels = summary.frames, summary.out_megapixels
             r.regions_run, r.regions_total = summary.regions_run, summary.regions_total
             r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
-        r.seconds = time.perf_counter() - t0
+        elif isinstance(exc, stopping.Terminated):
+            r.status, r.error = "terminated", str(exc)
+        elif isinstance(exc, (UserError, JobFailed)):
+            r.status, r.error = "failed", str(exc)
+        else:  # one item's bug must not stop the others
+            log.debug("item %s failed", plan.input_path, exc_info=exc)
+            r.status, r.error = "failed", f"{type(exc).__name__}: {cause(exc)}"
+        r.seconds = time.perf_counter() - started.get(i, time.perf_counter())
         log.info("batch: %s %s%s", r.status, r.output, f": {r.error}" if r.error else "")
         report.save()
 
-    # Items that share a pool run together; a model change waits for the running items
-    # and frees the previous pool's workers first (their GPUs would be held otherwise).
-    from pipeline.run import Pools
+    graphs = []
+    for i in runnable:
+        g = graph_for(
+            plans[i],
+            restart=restart,
+            progress=False,
+            expected_regions=total,
+            on_regions=count,
+            on_change=on_change,
+        )
+        index[id(g)] = i
+        graphs.append(g)
+    order = {k: n for n, k in enumerate(dict.fromkeys(g.pool.key for g in graphs))}
+    graphs.sort(key=lambda g: order[g.pool.key])
+    executor = make_executor(cfg)
+    current: list[str] = []
 
-    keys = {i: Pools.key(plans[i]) for i in runnable}
-    order = {k: n for n, k in enumerate(dict.fromkeys(keys[i] for i in runnable))}
-    queue = sorted(runnable, key=lambda i: order[keys[i]])
-    running: list[threading.Thread] = []
-    current = None
-    while queue or running:
-        running = [t for t in running if t.is_alive()]
-        while queue and len(running) < active and not stopping.STOP.is_set():
-            if keys[queue[0]] != current:
-                if running:
-                    break
-                current = keys[queue[0]]
-                pools.close_others(current)
-            thread = threading.Thread(target=work, args=(queue.pop(0),), daemon=True)
-            thread.start()
-            running.append(thread)
-        if stopping.STOP.is_set() and not running:
-            break  # items never started stay "pending"
+    def may_start(graph: Any, running: list[Any]) -> bool:
+        if current and graph.pool.key == current[0]:
+            return True
         if running:
-            running[0].join(timeout=0.2)
+            return False
+        current[:] = [graph.pool.key]
+        executor.close_pools(keep=graph.pool.key)
+        return True
+
+    try:
+        run_graphs(graphs, cfg, executor=executor, active=cfg.run.active_jobs, may_start=may_start)
+    finally:
+        executor.close()
 
 
 def exit_code(reports: list[ItemReport]) -> int:

@@ -3,10 +3,9 @@
 S3Diff is conditioned on two degradation scores per frame, estimated once per frame
 (by the workers, from a fixed set of LR crops) and given to every tile of the frame:
 per-tile scores would modulate neighbouring tiles differently and show as seams. For
-video the scores may be averaged over +-``degradation_window`` frames; a frame is
-released to the upscaler only when every score in its window is known. The driver is
-the only writer of ``degradation_raw`` (estimates) and ``degradation`` (what the
-workers use).
+video the scores may be averaged over +-``window`` frames; a frame is released to the
+upscaler only when every score in its window is known. The driver is the only writer
+of ``degradation_raw`` (estimates) and ``degradation`` (what the workers use).
 """
 
 from __future__ import annotations
@@ -15,35 +14,29 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from pipeline.config import parse_degradation
-from pipeline.plan import Plan
 from pipeline.store import JobStore
 
 
 class Conditioning:
-    def __init__(self, plan: Plan, store: JobStore) -> None:
-        frames = plan.layout.frames
-        self.needed = plan.model.needs_degradation
-        self.window = plan.config.model.degradation_window if plan.is_video else 0
-        self.frames = frames
+    """``needed``: the model takes scores; ``window``: smoothing half-width in frames;
+    ``fixed``: scores given by the user for every frame, or None."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        frames: int,
+        needed: bool,
+        window: int = 0,
+        fixed: tuple[float, float] | None = None,
+    ) -> None:
+        self.needed, self.window, self.frames = needed, window, frames
         self.released = np.zeros(frames, bool)
         if not self.needed:
             return
-        group = store.group
-        for name in ("degradation_raw", "degradation"):
-            if name not in group:
-                group.create_array(
-                    name,
-                    shape=(frames, 2),
-                    dtype="float32",
-                    chunks=(min(frames, 4096), 2),
-                    fill_value=float("nan"),
-                )
-        self.raw_arr, self.final_arr = group["degradation_raw"], group["degradation"]
+        self.raw_arr, self.final_arr = store.degradation_arrays()
         self.raw = np.asarray(self.raw_arr[...])
-        fixed = plan.config.model.degradation
         if fixed is not None and not np.isfinite(self.raw).all():
-            self.raw[:] = parse_degradation(fixed)
+            self.raw[:] = fixed
             self.raw_arr[...] = self.raw
 
     def missing(self, frames: Iterable[int]) -> list[int]:

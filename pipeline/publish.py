@@ -37,16 +37,6 @@ FORMATS = {
 }
 
 
-def output_format(path: str | Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise UserError(
-            f"cannot tell the output format from {Path(path).name!r}; use an extension among "
-            f"{', '.join(sorted(set(FORMATS)))}"
-        )
-    return FORMATS[suffix]
-
-
 def check_output(
     path: Path, fmt: str, out_hw: tuple[int, int], channels: int, dtype: str, cfg: OutputConfig
 ) -> None:
@@ -79,13 +69,8 @@ def pyramid_shapes(height: int, width: int, min_px: int) -> list[tuple[int, int]
     return shapes
 
 
-def level_array(store: JobStore, level: int):
-    """Level 0 is the (T, H, W, C) output's first frame; others live under pyramid/."""
-    return store.array("output") if level == 0 else store.group[f"pyramid/{level}"]
-
-
 def read_level(store: JobStore, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-    arr = level_array(store, level)
+    arr = store.level(level)
     if level == 0:
         return np.asarray(arr[0, y0:y1, x0:x1, :])
     return np.asarray(arr[y0:y1, x0:x1, :])
@@ -109,7 +94,7 @@ def downsample_task(store_url: str, level: int, y0: int, y1: int, x0: int, x1: i
     """Write block [y0:y1, x0:x1] of pyramid level ``level`` from level - 1."""
     store = JobStore.open(store_url)
     src = read_level(store, level - 1, 2 * y0, 2 * y1, 2 * x0, 2 * x1)
-    store.group[f"pyramid/{level}"][y0:y1, x0:x1, :] = downsample2(src, y1 - y0, x1 - x0)
+    store.level(level)[y0:y1, x0:x1, :] = downsample2(src, y1 - y0, x1 - x0)
     return (y1 - y0) * (x1 - x0)
 
 
@@ -119,20 +104,6 @@ def blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int
         for y in range(0, height, block)
         for x in range(0, width, block)
     ]
-
-
-def create_pyramid_arrays(store: JobStore, shapes: list[tuple[int, int]], tile: int) -> None:
-    lay = store.layout
-    group = store.group.require_group("pyramid")
-    for level, (h, w) in enumerate(shapes[1:], start=1):
-        if str(level) not in group:
-            group.create_array(
-                str(level),
-                shape=(h, w, lay.channels),
-                dtype=lay.dtype,
-                chunks=(min(h, tile), min(w, tile), lay.channels),
-                fill_value=0,
-            )
 
 
 # ------------------------------------------------------------------------- writers

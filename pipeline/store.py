@@ -1,8 +1,18 @@
 """The job store: one Zarr v3 group per job holding all of its state.
 
-Layout (DESIGN.md section 3): ``input`` (T, H, W, C), ``output`` (T, sH, sW, C) whose
-shards are exactly one region each, ``done`` (T, rows, cols) flags written only by the
-driver after a region's shard is written, and attributes with the job spec. Resume is
+Every array and attribute of a job store is declared here (DESIGN.md section 3):
+
+- ``input`` (T, H, W, C) and ``output`` (T, sH, sW, C), whose shards are exactly one
+  region each;
+- ``done`` (T, rows, cols): a region's flag, written only by the driver after the
+  region's shard is written;
+- ``ingested`` (units,): a flag per ingest unit (a video's decode segments; one for an
+  image), set by the driver once the unit's frames are in ``input``;
+- ``degradation_raw`` and ``degradation`` (T, 2) float32: S3Diff's estimated and final
+  per-frame scores (only for models conditioned on them);
+- ``pyramid/<level>`` (h, w, C): the image pyramid above level 0 (level 0 is ``output``);
+- ``progress.json``: the driver's progress record, for ``status``;
+- attributes: the format version, the job spec and the layout. Resume is
 "open the same store again": the spec must match, and regions without a flag are
 redone. A lock file keeps two drivers off one local store; a lease object
 (``storage.Lease``) does the same on an object store.
@@ -27,7 +37,8 @@ from pipeline.errors import UserError
 from pipeline.storage import Lease, filesystem, is_remote, local_path, zarr_kwargs
 from pipeline.tiling import region_counts
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PROGRESS_KEY = "progress.json"
 
 
 def _canonical(path: str | Path) -> str:
@@ -125,7 +136,9 @@ class JobStore:
         return "format_version" in attrs
 
     @classmethod
-    def create(cls, url: str, spec: dict[str, Any], layout: Layout) -> JobStore:
+    def create(
+        cls, url: str, spec: dict[str, Any], layout: Layout, ingest_units: int = 1
+    ) -> JobStore:
         # The marker first: a store cut short while being created is still known as ours
         # (and made again on the next run: it has no spec yet).
         group = zarr.open_group(
@@ -154,13 +167,12 @@ class JobStore:
         group.create_array(
             "done", shape=(t, rows, cols), dtype="uint8", chunks=(1, rows, cols), fill_value=0
         )
+        units = max(1, ingest_units)
+        group.create_array(
+            "ingested", shape=(units,), dtype="uint8", chunks=(units,), fill_value=0
+        )
         group.attrs.update(
-            {
-                "format_version": FORMAT_VERSION,
-                "spec": spec,
-                "layout": layout.__dict__,
-                "state": {"ingested": False},
-            }
+            {"format_version": FORMAT_VERSION, "spec": spec, "layout": layout.__dict__}
         )
         return cls(url, group)
 
@@ -173,15 +185,6 @@ class JobStore:
     def layout(self) -> Layout:
         return Layout(**self.group.attrs["layout"])
 
-    @property
-    def state(self) -> dict[str, Any]:
-        return dict(self.group.attrs.get("state", {}))
-
-    def set_state(self, **values: Any) -> None:
-        state = self.state
-        state.update(values)
-        self.group.attrs["state"] = state
-
     def array(self, name: str) -> zarr.Array:
         return self.group[name]
 
@@ -192,6 +195,55 @@ class JobStore:
     def mark_done(self, frame: int, row: int, col: int) -> None:
         """Driver only, after the region's shard write returned."""
         self.group["done"][frame, row, col] = 1
+
+    def ingested_mask(self) -> np.ndarray:
+        """(units,) bool: which ingest units (video segments; the image) are in."""
+        return np.asarray(self.group["ingested"][...], dtype=bool)
+
+    def mark_ingested(self, unit: int, value: bool = True) -> None:
+        """Driver only, after the unit's frames were written."""
+        self.group["ingested"][unit] = int(value)
+
+    def forget_regions(self, start: int, stop: int) -> None:
+        """Clear the flags of frames [start, stop) (their pixels were freed)."""
+        self.group["done"][start:stop] = 0
+
+    # ------------------------------------------------------- conditioning, pyramid
+    def degradation_arrays(self) -> tuple[zarr.Array, zarr.Array]:
+        """(raw, final) per-frame degradation scores, (T, 2) float32, NaN until known;
+        made on first use (only jobs whose model needs them have them)."""
+        frames = self.layout.frames
+        for name in ("degradation_raw", "degradation"):
+            if name not in self.group:
+                self.group.create_array(
+                    name,
+                    shape=(frames, 2),
+                    dtype="float32",
+                    chunks=(min(frames, 4096), 2),
+                    fill_value=float("nan"),
+                )
+        return self.group["degradation_raw"], self.group["degradation"]
+
+    def has_degradation(self) -> bool:
+        return "degradation" in self.group
+
+    def create_pyramid(self, shapes: list[tuple[int, int]], tile: int) -> None:
+        """Arrays for pyramid levels 1.. (``shapes[0]`` is level 0, the output)."""
+        lay = self.layout
+        group = self.group.require_group("pyramid")
+        for level, (h, w) in enumerate(shapes[1:], start=1):
+            if str(level) not in group:
+                group.create_array(
+                    str(level),
+                    shape=(h, w, lay.channels),
+                    dtype=lay.dtype,
+                    chunks=(min(h, tile), min(w, tile), lay.channels),
+                    fill_value=0,
+                )
+
+    def level(self, level: int) -> zarr.Array:
+        """Pyramid level ``level`` as (h, w, C) (level 0 is frame 0 of ``output``)."""
+        return self.group["output"] if level == 0 else self.group[f"pyramid/{level}"]
 
     # ---------------------------------------------------------------------- lock
     def lock(self) -> None:
@@ -246,7 +298,9 @@ def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "")
     return diffs
 
 
-def open_for_job(url: str, spec: dict[str, Any], layout: Layout, restart: bool) -> JobStore:
+def open_for_job(
+    url: str, spec: dict[str, Any], layout: Layout, restart: bool, ingest_units: int = 1
+) -> JobStore:
     """Create the store, or reopen it for resume after checking it belongs to this job."""
     normalised = json.loads(json.dumps(spec, default=str))
     occupied = local_path(url).exists() if is_local(url) else JobStore.exists(url)
@@ -275,7 +329,7 @@ def open_for_job(url: str, spec: dict[str, Any], layout: Layout, restart: bool) 
         old.lock()  # never delete a store another driver is using
         remove_store(url)
         old.unlock()
-    store = JobStore.create(url, normalised, layout)
+    store = JobStore.create(url, normalised, layout, ingest_units)
     store.lock()
     return store
 

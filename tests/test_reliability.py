@@ -156,7 +156,7 @@ def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_lo
 
     kill_when(launch(*args), lambda ln: ln.startswith("ingest:"))
     no_finished_looking_output(out)
-    assert JobStore.open(url, mode="r").state.get("ingested") is False
+    assert not JobStore.open(url, mode="r").ingested_mask().any()
     assert check_flags(url, clean)[0] == 0
 
     listening: list = []
@@ -226,7 +226,7 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
 
     kill_when(launch(*args), lambda ln: ln.startswith("ingest:"))
     no_finished_looking_output(out)
-    assert not JobStore.open(url, mode="r").array("ingested")[...].all()
+    assert not JobStore.open(url, mode="r").ingested_mask().all()
 
     def encoding(line: str) -> bool:
         m = re.search(r"encoded (\d+)/(\d+)", line)

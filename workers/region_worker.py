@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from pipeline.config import JobConfig, ModelConfig
 from pipeline.placement import current_node
+from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
@@ -38,33 +37,6 @@ from pipeline.tiling import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RegionTask:
-    """The address of one unit of work: a region of one frame, in the store's layout."""
-
-    frame: int
-    row: int
-    col: int
-
-
-@dataclass(frozen=True)
-class EstimateTask:
-    """Estimate the degradation scores of these frames (returns (n, 2) float32)."""
-
-    frames: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class JobRef:
-    """What a worker needs to serve one job's tasks: its store and tiling. Workers are
-    shared by every job of a batch that uses the same model."""
-
-    store_url: str
-    config: JobConfig
-    size_multiple: int
-    context_px: int
 
 
 class _JobView:
@@ -121,10 +93,6 @@ class RegionWorker:
         self._jobs: dict[str, _JobView] = {}
         self._view: _JobView | None = None
         self.node = current_node()  # reported with each region (pipeline/placement)
-
-    def ping(self) -> dict[str, Any]:
-        """Where this worker runs: its device, process and Ray node (None off Ray)."""
-        return {"device": str(self.upscaler.device), "pid": os.getpid(), "node": self.node}
 
     def _open(self, job: JobRef) -> _JobView:
         view = self._jobs.get(job.store_url)

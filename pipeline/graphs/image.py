@@ -1,0 +1,140 @@
+"""The image graph: ingest row bands -> estimate -> upscale regions -> pyramid -> write.
+
+Each step starts when the one before has settled: the bands are copied into the store
+(the ``ingested`` flag is set once all are in), every region is upscaled, the pyramid
+is built level by level (each block of a level from the level below), and the format
+writer runs; the output is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipeline.cluster import cluster_cpus
+from pipeline.graphs.job import JobGraph
+from pipeline.ingest import plan_bands
+from pipeline.publish import (
+    blocks,
+    create_ome_zarr,
+    pyramid_shapes,
+    replace_output,
+    temp_name,
+)
+from pipeline.runner.stage import Call
+from pipeline.stages import INGEST, PYRAMID, WRITE_OME, WRITE_SMALL, WRITE_TIFF
+from pipeline.storage import discard
+
+log = logging.getLogger(__name__)
+
+
+class ImageGraph(JobGraph):
+    def begin(self) -> None:
+        super().begin()
+        self.phase = "ingest" if not self.store.ingested_mask().all() else "regions"
+        self.started = False
+        self.outstanding = 0  # calls of the current ingest/publish step in flight
+        self.tmp = temp_name(self.plan.output_path)
+
+    def _calls(self, stage, args_list) -> None:
+        for args in args_list:
+            self.outstanding += 1
+            self.emit(Call(self, stage, tuple(args)))
+
+    def advance(self) -> None:
+        plan, store = self.plan, self.store
+        if self.phase == "ingest":
+            if not self.started:
+                self.started = True
+                self.recorder.stage("ingest")
+                chunk_rows = store.array("input").chunks[1]
+                bands = plan_bands(plan.info, chunk_rows, int(cluster_cpus()) * 2)
+                log.info("ingest: %d band(s) into %s", len(bands), plan.store_url)
+                self._calls(INGEST, [(plan.info, plan.store_url, a, b) for a, b in bands])
+            if self.outstanding:
+                return
+            store.mark_ingested(0)
+            self.phase, self.started = "regions", False
+        if self.phase == "regions":
+            if not self.todo:
+                self.phase = "publish"
+            else:
+                if not self.started:
+                    self.started = True
+                    self.recorder.stage("upscale")
+                    self.open_bar()
+                    self.arrived(range(self.frames))
+                if self.regions_left or self.estimates_left:
+                    return
+                self.bar.close()
+                self.phase, self.started = "publish", False
+        if self.phase == "publish":
+            self._publish()
+
+    # ----------------------------------------------------------------- publish
+    def _publish(self) -> None:
+        """Pyramid levels 1.. (each from the one below), then the writer, then the
+        rename: each step once the one before has settled."""
+        plan, cfg = self.plan, self.plan.config.output
+        if not self.started:
+            self.started = True
+            self.recorder.stage("publish")
+            _, out_h, out_w, _ = plan.layout.out_shape
+            self.shapes = pyramid_shapes(out_h, out_w, cfg.pyramid_min_px)
+            levels = []
+            if plan.fmt not in ("png", "jpeg"):
+                self.store.create_pyramid(self.shapes, cfg.tile_px)
+                log.info("publish: %s with %d pyramid level(s)", plan.fmt, len(self.shapes))
+                levels = list(range(1, len(self.shapes)))
+            self.steps = [*levels, "write", "rename"]
+        if self.outstanding:
+            return
+        step = self.steps.pop(0)
+        if step == "write":
+            self._write()
+        elif step == "rename":
+            replace_output(self.tmp, plan.output_path)
+            self.done_output = True
+        else:
+            h, w = self.shapes[step]
+            calls = [(plan.store_url, step, *b) for b in blocks(h, w, cfg.tile_px * 4)]
+            self._calls(PYRAMID, calls)
+
+    def _write(self) -> None:
+        plan, cfg, lay = self.plan, self.plan.config.output, self.plan.layout
+        tmp = str(self.tmp)
+        if plan.fmt in ("png", "jpeg"):
+            log.info("publish: %s", plan.fmt)
+            self._calls(WRITE_SMALL, [(plan.store_url, tmp, plan.fmt, cfg.jpeg_quality)])
+        elif plan.fmt == "tiff":
+            geo = plan.info.geo_tags  # type: ignore[union-attr]
+            self._calls(WRITE_TIFF, [(plan.store_url, tmp, self.shapes, cfg.tile_px, geo)])
+        else:
+            shard = lay.region_out_px
+            create_ome_zarr(
+                self.tmp,
+                plan.output_path.name,
+                self.shapes,
+                lay.channels,
+                lay.dtype,
+                shard,
+                min(cfg.tile_px, shard),
+            )
+            calls = [
+                (plan.store_url, tmp, level, *b)
+                for level, (h, w) in enumerate(self.shapes)
+                for b in blocks(h, w, shard)
+            ]
+            self._calls(WRITE_OME, calls)
+
+    def settled_other(self, call: Call, result: Any) -> None:
+        self.outstanding -= 1
+
+    def failure_other(self, call: Call, exc: BaseException) -> BaseException:
+        if call.stage is INGEST:
+            return self.unreadable(exc)
+        return exc
+
+    def cleanup(self, error: BaseException | None) -> None:
+        if error is not None and hasattr(self, "tmp"):
+            discard(self.tmp)

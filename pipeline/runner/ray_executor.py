@@ -1,0 +1,242 @@
+"""The Ray executor: function stages as Ray tasks, actor stages on actor pools.
+
+Function tasks are submitted by name (``stage.call_by_name``), so the driver never
+imports what they run; Ray retries a task lost with its worker (``max_retries``), and
+an error the task raised settles the call. Actor stages run on :class:`ActorPool`\\ s,
+made on first use from the call's :class:`PoolSpec` and shared by every job naming the
+same key: the actors load their model once, and a batch's regions interleave on them.
+
+A failed actor call is settled with its error for the loop to retry. When the actor's
+process died (killed, crashed, lost with its node, or by Ray's memory monitor) the pool
+replaces it, once per death, and spares the other calls that were queued on it: an
+actor runs its calls in order, so only the oldest unfinished one was running, and a
+poison region that crashes its worker cannot use up its neighbours' retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.placement import Placement
+from pipeline.runner.stage import Call, Hosted, PoolSpec, Settled, call_by_name
+from pipeline.runner.tasks import JobRef
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Flight:
+    """A call in flight on a pool: where it runs and in which order it was sent."""
+
+    call: Call
+    slot: int = -1
+    actor: Any = None
+    seq: int = 0
+
+
+class ActorPool:
+    """``spec.count`` actors of ``spec.target``, least-loaded first, with at most
+    ``per_actor`` calls queued on each."""
+
+    def __init__(self, spec: PoolSpec, per_actor: int) -> None:
+        import ray
+
+        self.spec, self.per_actor = spec, max(1, per_actor)
+        # No Ray-side restarts or retries: the loop counts every failed attempt and the
+        # pool replaces a dead actor itself, so retries stay bounded however one dies.
+        options = {"max_restarts": 0, "max_task_retries": 0, **spec.options}
+        self._cls = ray.remote(Hosted).options(**options)
+        self.actors = [self._new_actor() for _ in range(max(1, spec.count))]
+        self.load = [0] * len(self.actors)
+        self.seq = 0
+        self.placement = Placement()
+        if spec.describe:
+            log.info(spec.describe, len(self.actors))
+
+    def _new_actor(self) -> Any:
+        return self._cls.remote(self.spec.target, *self.spec.init, **self.spec.init_kwargs)
+
+    def has_room(self) -> bool:
+        return min(self.load) < self.per_actor
+
+    def submit(self, call: Call, args: tuple) -> tuple[Any, Flight]:
+        slot = self.load.index(min(self.load))
+        actor = self.actors[slot]
+        self.seq += 1
+        self.load[slot] += 1
+        ref = actor.call.remote(call.method, *args)
+        return ref, Flight(call, slot, actor, self.seq)
+
+    def replace(self, slot: int) -> None:
+        import ray
+
+        ray.kill(self.actors[slot], no_restart=True)
+        self.actors[slot] = self._new_actor()
+        log.warning("%s: worker %d died; started a replacement", self.spec.key.split("|")[0], slot)
+
+    def close(self) -> None:
+        import ray
+
+        self.placement.report()
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+class RayExecutor:
+    def __init__(self, per_actor: int = 2) -> None:
+        self.per_actor = per_actor
+        self.pools: dict[str, ActorPool] = {}
+        self.owners: dict[str, int] = {}  # per-job pools: key -> id(job)
+        self.flights: dict[Any, Flight] = {}
+        self.spared: set[Any] = set()
+        self._remotes: dict[tuple, Any] = {}
+        self._puts: dict[int, tuple[Any, Any]] = {}  # id(obj) -> (obj, ObjectRef)
+
+    # ------------------------------------------------------------------ submit
+    def _pool(self, spec: PoolSpec, call: Call) -> ActorPool:
+        pool = self.pools.get(spec.key)
+        if pool is None:
+            pool = self.pools[spec.key] = ActorPool(spec, self.per_actor)
+            if spec.per_job:
+                self.owners[spec.key] = id(call.job)
+        return pool
+
+    def has_room(self, call: Call, in_flight_for_stage: int) -> bool:  # noqa: ARG002
+        if call.pool is None:
+            return True
+        return self._pool(call.pool, call).has_room()
+
+    def put(self, obj: Any) -> Any:
+        """One object-store copy of a job's shared argument (its ``JobRef``)."""
+        import ray
+
+        held = self._puts.get(id(obj))
+        if held is None or held[0] is not obj:
+            held = self._puts[id(obj)] = (obj, ray.put(obj))
+        return held[1]
+
+    def submit(self, call: Call) -> None:
+        import ray
+
+        args = tuple(self.put(a) if isinstance(a, JobRef) else a for a in call.args)
+        if call.pool is not None:
+            ref, flight = self._pool(call.pool, call).submit(call, args)
+        else:
+            st = call.stage
+            key = (st.name, st.cpus, st.gpus)
+            if key not in self._remotes:
+                self._remotes[key] = ray.remote(call_by_name).options(
+                    num_cpus=st.cpus, num_gpus=st.gpus, max_retries=2, name=st.name
+                )
+            ref, flight = self._remotes[key].remote(st.target, *args), Flight(call)
+        self.flights[ref] = flight
+
+    def in_flight(self) -> int:
+        return len(self.flights)
+
+    def cancel_functions(self) -> None:
+        import ray
+
+        for ref, flight in list(self.flights.items()):
+            if flight.call.pool is None:
+                ray.cancel(ref, force=True)
+                del self.flights[ref]
+
+    # ------------------------------------------------------------------ settle
+    def next(self, timeout: float) -> Settled | None:
+        import ray
+
+        if not self.flights:
+            if timeout:
+                import time
+
+                time.sleep(min(timeout, 0.05))
+            return None
+        ready, _ = ray.wait(list(self.flights), num_returns=1, timeout=timeout)
+        if not ready:
+            return None
+        ref = ready[0]
+        flight = self.flights.pop(ref)
+        pool = self.pools.get(flight.call.pool.key) if flight.call.pool is not None else None
+        if pool is not None:
+            pool.load[flight.slot] -= 1
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            return self._failed(ref, flight, pool, exc)
+        self.spared.discard(ref)  # it had finished before its actor died
+        if pool is not None:
+            pool.placement.record(flight.slot, result)
+        return Settled(flight.call, result=result)
+
+    def _failed(self, ref: Any, flight: Flight, pool: ActorPool | None, exc: Exception) -> Settled:
+        import ray
+
+        # RayTaskError: the worker raised. Anything else: the actor or its node died.
+        dead = not isinstance(exc, ray.exceptions.RayTaskError)
+        if pool is not None and dead and pool.actors[flight.slot] is flight.actor:
+            self._blame(ref, flight)
+            pool.replace(flight.slot)
+        if ref in self.spared:
+            self.spared.discard(ref)
+            return Settled(flight.call, error=exc, spared=True)
+        return Settled(flight.call, error=exc)
+
+    def _blame(self, ref: Any, flight: Flight) -> None:
+        """A dead actor failed every call queued on it but ran only the oldest
+        unfinished one: spare the others an attempt."""
+        import ray
+
+        others = sorted((f.seq, r) for r, f in self.flights.items() if f.actor is flight.actor)
+        culprit = ref
+        for seq, r in others:
+            if seq > flight.seq:
+                break
+            ready, _ = ray.wait([r], timeout=10)
+            try:
+                if ready:
+                    ray.get(r)
+                    continue  # finished before the death
+            except ray.exceptions.RayError:
+                pass
+            culprit = r
+            break
+        self.spared.update(r for _, r in others if r is not culprit)
+        if culprit is not ref:
+            self.spared.add(ref)
+
+    # ------------------------------------------------------------------- pools
+    def release(self, job: Any) -> None:
+        """Free the per-job pools (a video's encoder) and shared arguments of ``job``."""
+        for key in [k for k, owner in self.owners.items() if owner == id(job)]:
+            self.owners.pop(key)
+            pool = self.pools.pop(key)
+            pool.close()
+
+    def close_pools(self, keep: str | None = None) -> None:
+        """Free the workers (and their GPUs) of every pool but ``keep``."""
+        for key in [k for k in self.pools if k != keep]:
+            self.pools.pop(key).close()
+            self.owners.pop(key, None)
+
+    def close(self) -> None:
+        self.close_pools()
+        self._puts.clear()
+
+
+def wait_all(refs: list[Any]) -> list[Any]:
+    """``ray.get(refs)``, but cancelled with :class:`stopping.Terminated` on a stop."""
+    import ray
+
+    from pipeline import stopping
+
+    pending = list(refs)
+    while pending:
+        if stopping.STOP.is_set():
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            stopping.check()
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
+    return ray.get(refs)
