@@ -67,10 +67,6 @@ class Region:
     x0: int
     x1: int
 
-    @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.frame, self.row, self.col)
-
 
 def shard_geometry(scale: int, region_out_target: int, chunk_out_target: int) -> tuple[int, int]:
     """(output shard side, output chunk side) near the targets: the shard is a whole number
@@ -86,25 +82,30 @@ def region_counts(height: int, width: int, region_lr_px: int) -> tuple[int, int]
     return math.ceil(height / region_lr_px), math.ceil(width / region_lr_px)
 
 
+def region_at(frame: int, row: int, col: int, height: int, width: int, region_lr_px: int) -> Region:
+    """The region at (row, col) of a frame of ``height`` x ``width`` LR pixels cut into
+    squares of ``region_lr_px`` LR pixels; regions on the far edges are smaller. The one
+    formula for region rectangles: the driver plans with it, the worker locates with it."""
+    y0, x0 = row * region_lr_px, col * region_lr_px
+    return Region(
+        frame,
+        row,
+        col,
+        y0,
+        min(y0 + region_lr_px, height),
+        x0,
+        min(x0 + region_lr_px, width),
+    )
+
+
 def plan_regions(frame: int, height: int, width: int, region_lr_px: int) -> list[Region]:
     """Cut one frame into regions of ``region_lr_px`` LR pixels (edge regions smaller)."""
     rows, cols = region_counts(height, width, region_lr_px)
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            y0, x0 = r * region_lr_px, c * region_lr_px
-            out.append(
-                Region(
-                    frame,
-                    r,
-                    c,
-                    y0,
-                    min(y0 + region_lr_px, height),
-                    x0,
-                    min(x0 + region_lr_px, width),
-                )
-            )
-    return out
+    return [
+        region_at(frame, r, c, height, width, region_lr_px)
+        for r in range(rows)
+        for c in range(cols)
+    ]
 
 
 def _touching(starts: tuple[int, ...], size: int, lo: int, hi: int) -> list[int]:

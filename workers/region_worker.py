@@ -30,9 +30,9 @@ from pipeline.placement import current_node
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
-    Region,
     pad_to_multiple,
     plan_grid,
+    region_at,
     tile_window,
     tiles_for_region,
 )
@@ -167,20 +167,6 @@ class RegionWorker:
     def context_px(self) -> int:
         return self._view.job.context_px
 
-    def region(self, task: RegionTask) -> Region:
-        lay = self.layout
-        r = lay.region_lr_px
-        y0, x0 = task.row * r, task.col * r
-        return Region(
-            task.frame,
-            task.row,
-            task.col,
-            y0,
-            min(y0 + r, lay.height),
-            x0,
-            min(x0 + r, lay.width),
-        )
-
     def _window(self, y: int, x: int) -> np.ndarray:
         g = self.grid
         # Only whether the tile touches each image edge matters, so cache on that.
@@ -252,7 +238,7 @@ class RegionWorker:
 
         t_start = time.perf_counter()
         lay, g, s = self.layout, self.grid, self.layout.scale
-        region = self.region(task)
+        region = region_at(task.frame, task.row, task.col, lay.height, lay.width, lay.region_lr_px)
         tiles = tiles_for_region(g, region)
         by0 = min(y for y, _ in tiles)
         bx0 = min(x for _, x in tiles)
