@@ -30,6 +30,8 @@ from pipeline.placement import current_node
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
+    accumulate,
+    normalise,
     pad_to_multiple,
     plan_grid,
     region_at,
@@ -285,17 +287,8 @@ class RegionWorker:
                 sr = torch.cat([sr, bicubic_upscale(lr[:, -1:], s)], dim=1)
             sr_np = sr.numpy()
             for (y, x), tile in zip(coords, sr_np, strict=True):
-                w = self._window(y, x)
-                ty0, tx0 = y * s, x * s
-                # Intersection of the tile's output footprint with the region.
-                iy0, iy1 = max(ty0, oy0), min(ty0 + g.tile_h * s, oy0 + oh)
-                ix0, ix1 = max(tx0, ox0), min(tx0 + g.tile_w * s, ox0 + ow)
-                wt = w[iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0]
-                acc[:, iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += (
-                    tile[:, iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0] * wt
-                )
-                wsum[iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += wt
-        out = acc / wsum
+                accumulate(acc, wsum, tile, self._window(y, x), (y * s, x * s), (oy0, ox0))
+        out = normalise(acc, wsum)
         quantised = np.rint(np.clip(out, 0.0, 1.0) * maxval).astype(lay.dtype)
         self._drop_shard(task)
         self.output[task.frame, oy0 : oy0 + oh, ox0 : ox0 + ow, :] = np.moveaxis(quantised, 0, -1)
