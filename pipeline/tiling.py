@@ -1,4 +1,5 @@
-"""Pure geometry of tiling: the global tile grid, output regions and blend windows.
+"""Pure geometry of tiling: the global tile grid, output regions, blend windows and the
+blend itself (tiles' weighted pixels summed into a region, then normalised).
 
 Everything is in LR (input) pixels unless a name says ``out``. The tile grid is global
 per frame, so which tiles exist never depends on how the output is cut into regions:
@@ -67,10 +68,6 @@ class Region:
     x0: int
     x1: int
 
-    @property
-    def key(self) -> tuple[int, int, int]:
-        return (self.frame, self.row, self.col)
-
 
 def shard_geometry(scale: int, region_out_target: int, chunk_out_target: int) -> tuple[int, int]:
     """(output shard side, output chunk side) near the targets: the shard is a whole number
@@ -86,25 +83,30 @@ def region_counts(height: int, width: int, region_lr_px: int) -> tuple[int, int]
     return math.ceil(height / region_lr_px), math.ceil(width / region_lr_px)
 
 
+def region_at(frame: int, row: int, col: int, height: int, width: int, region_lr_px: int) -> Region:
+    """The region at (row, col) of a frame of ``height`` x ``width`` LR pixels cut into
+    squares of ``region_lr_px`` LR pixels; regions on the far edges are smaller. The one
+    formula for region rectangles: the driver plans with it, the worker locates with it."""
+    y0, x0 = row * region_lr_px, col * region_lr_px
+    return Region(
+        frame,
+        row,
+        col,
+        y0,
+        min(y0 + region_lr_px, height),
+        x0,
+        min(x0 + region_lr_px, width),
+    )
+
+
 def plan_regions(frame: int, height: int, width: int, region_lr_px: int) -> list[Region]:
     """Cut one frame into regions of ``region_lr_px`` LR pixels (edge regions smaller)."""
     rows, cols = region_counts(height, width, region_lr_px)
-    out = []
-    for r in range(rows):
-        for c in range(cols):
-            y0, x0 = r * region_lr_px, c * region_lr_px
-            out.append(
-                Region(
-                    frame,
-                    r,
-                    c,
-                    y0,
-                    min(y0 + region_lr_px, height),
-                    x0,
-                    min(x0 + region_lr_px, width),
-                )
-            )
-    return out
+    return [
+        region_at(frame, r, c, height, width, region_lr_px)
+        for r in range(rows)
+        for c in range(cols)
+    ]
 
 
 def _touching(starts: tuple[int, ...], size: int, lo: int, hi: int) -> list[int]:
@@ -178,6 +180,46 @@ def tile_window(
         taper_end=x + grid.tile_w < grid.width,
     )
     return np.outer(wy, wx)
+
+
+def accumulate(
+    acc_chw: np.ndarray,
+    wsum_hw: np.ndarray,
+    tile_chw: np.ndarray,
+    weights_hw: np.ndarray,
+    tile_origin_out: tuple[int, int],
+    region_origin_out: tuple[int, int],
+) -> None:
+    """Add one tile's weighted pixels to a region's accumulators, in place.
+
+    ``acc_chw`` (C, H, W) and ``wsum_hw`` (H, W) are float32 sums over the region's output
+    pixels; ``tile_chw`` (C, h, w) float32 is the tile's output and ``weights_hw`` (h, w)
+    float32 its blend window. Origins are (y, x) of the tile's and the region's top-left
+    corner in the frame's OUTPUT pixels. Only the part of the tile inside the region is
+    added; a tile that misses the region adds nothing.
+    """
+    if tile_chw.shape[1:] != weights_hw.shape:
+        raise ValueError(f"tile {tile_chw.shape} and weights {weights_hw.shape} differ in size")
+    (ty0, tx0), (oy0, ox0) = tile_origin_out, region_origin_out
+    th, tw = weights_hw.shape
+    oh, ow = wsum_hw.shape
+    # Intersection of the tile's footprint with the region, in frame output pixels.
+    iy0, iy1 = max(ty0, oy0), min(ty0 + th, oy0 + oh)
+    ix0, ix1 = max(tx0, ox0), min(tx0 + tw, ox0 + ow)
+    if iy1 <= iy0 or ix1 <= ix0:
+        return
+    wt = weights_hw[iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0]
+    acc_chw[:, iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += (
+        tile_chw[:, iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0] * wt
+    )
+    wsum_hw[iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += wt
+
+
+def normalise(acc_chw: np.ndarray, wsum_hw: np.ndarray) -> np.ndarray:
+    """The blended region, (C, H, W) float32 in the tiles' range: the weighted sum of the
+    tiles over the sum of their weights at each output pixel. Every pixel must have been
+    covered by a tile (windows are strictly positive, so then ``wsum_hw`` > 0)."""
+    return acc_chw / wsum_hw
 
 
 def pad_to_multiple(length: int, multiple: int) -> int:

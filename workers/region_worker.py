@@ -29,9 +29,11 @@ from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
-    Region,
+    accumulate,
+    normalise,
     pad_to_multiple,
     plan_grid,
+    region_at,
     tile_window,
     tiles_for_region,
 )
@@ -135,20 +137,6 @@ class RegionWorker:
     def context_px(self) -> int:
         return self._view.job.context_px
 
-    def region(self, task: RegionTask) -> Region:
-        lay = self.layout
-        r = lay.region_lr_px
-        y0, x0 = task.row * r, task.col * r
-        return Region(
-            task.frame,
-            task.row,
-            task.col,
-            y0,
-            min(y0 + r, lay.height),
-            x0,
-            min(x0 + r, lay.width),
-        )
-
     def _window(self, y: int, x: int) -> np.ndarray:
         g = self.grid
         # Only whether the tile touches each image edge matters, so cache on that.
@@ -220,7 +208,7 @@ class RegionWorker:
 
         t_start = time.perf_counter()
         lay, g, s = self.layout, self.grid, self.layout.scale
-        region = self.region(task)
+        region = region_at(task.frame, task.row, task.col, lay.height, lay.width, lay.region_lr_px)
         tiles = tiles_for_region(g, region)
         by0 = min(y for y, _ in tiles)
         bx0 = min(x for _, x in tiles)
@@ -267,17 +255,8 @@ class RegionWorker:
                 sr = torch.cat([sr, bicubic_upscale(lr[:, -1:], s)], dim=1)
             sr_np = sr.numpy()
             for (y, x), tile in zip(coords, sr_np, strict=True):
-                w = self._window(y, x)
-                ty0, tx0 = y * s, x * s
-                # Intersection of the tile's output footprint with the region.
-                iy0, iy1 = max(ty0, oy0), min(ty0 + g.tile_h * s, oy0 + oh)
-                ix0, ix1 = max(tx0, ox0), min(tx0 + g.tile_w * s, ox0 + ow)
-                wt = w[iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0]
-                acc[:, iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += (
-                    tile[:, iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0] * wt
-                )
-                wsum[iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += wt
-        out = acc / wsum
+                accumulate(acc, wsum, tile, self._window(y, x), (y * s, x * s), (oy0, ox0))
+        out = normalise(acc, wsum)
         quantised = np.rint(np.clip(out, 0.0, 1.0) * maxval).astype(lay.dtype)
         self._drop_shard(task)
         self.output[task.frame, oy0 : oy0 + oh, ox0 : ox0 + ow, :] = np.moveaxis(quantised, 0, -1)
