@@ -8,6 +8,8 @@ field means "the model's preferred default", resolved by :func:`resolve_model_de
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -131,47 +133,86 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
-def _section_types() -> dict[str, type]:
-    return {f.name: f.default_factory().__class__ for f in fields(JobConfig)}  # type: ignore[misc]
+def _sections() -> dict[str, type]:
+    """Section name -> its dataclass, e.g. "tiling" -> TilingConfig."""
+    return {f.name: f.default_factory for f in fields(JobConfig)}  # type: ignore[misc]
 
 
-def _coerce(section: str, key: str, value: Any, current: Any, annotation: str) -> Any:
-    where = f"{section}.{key}"
-    if value is None:
-        if "None" in annotation:
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """``value`` (from YAML, a flag or ``--set``) as a value of the field type ``tp``.
+
+    ``tp`` is a resolved type (``typing.get_type_hints``): bool, int, float, str,
+    ``X | None`` or a tuple of those. YAML already gives numbers and booleans, so no
+    text is parsed here, except that a tuple also accepts "a,b" (what ``--set`` gives).
+    """
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
             return None
-        raise UserError(f"config {where} cannot be empty")
-    if "bool" in annotation:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"config {key}: unsupported field type {tp!r}")
+        tp = inner[0]
+    if value is None:
+        raise UserError(f"config {key} cannot be empty")
+    if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"config {where} must be true or false, got {value!r}")
-    if annotation.startswith("int"):
+        raise UserError(f"config {key} must be true or false, got {value!r}")
+    if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config {where} must be an integer, got {value!r}")
+            raise UserError(f"config {key} must be an integer, got {value!r}")
         return value
-    if annotation.startswith("float"):
+    if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config {where} must be a number, got {value!r}")
+            raise UserError(f"config {key} must be a number, got {value!r}")
         return float(value)
-    if isinstance(value, (dict, list)):
-        raise UserError(f"config {where} must be a single value, got {value!r}")
-    return str(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"config {key} must be a single value, got {value!r}")
+        return str(value)
+    if typing.get_origin(tp) is tuple:
+        return _coerce_tuple(key, value, typing.get_args(tp))
+    raise TypeError(f"config {key}: unsupported field type {tp!r}")
+
+
+def _coerce_tuple(key: str, value: Any, item_types: tuple[Any, ...]) -> tuple[Any, ...]:
+    if isinstance(value, str):
+        items: list[Any] = [_scalar(v) for v in value.split(",")] if value else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise UserError(f"config {key} must be a list, got {value!r}")
+    if len(item_types) == 2 and item_types[1] is Ellipsis:
+        item_types = (item_types[0],) * len(items)
+    elif len(items) != len(item_types):
+        raise UserError(f"config {key} must hold {len(item_types)} values, got {value!r}")
+    pairs = enumerate(zip(items, item_types, strict=True))
+    return tuple(coerce(f"{key}[{i}]", v, t) for i, (v, t) in pairs)
+
+
+def _scalar(text: str) -> Any:
+    """A ``--set`` value as YAML reads it ("4" -> 4, "true" -> True, "" -> None)."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _apply(cfg: JobConfig, section: str, key: str, value: Any) -> JobConfig:
-    sections = _section_types()
+    sections = _sections()
     if section not in sections:
         raise UserError(
             f"unknown config section {section!r}; known sections: {', '.join(sections)}"
         )
-    sub = getattr(cfg, section)
-    known = {f.name: f for f in fields(sub)}
-    if key not in known:
+    types_ = typing.get_type_hints(sections[section])
+    if key not in types_:
         raise UserError(
-            f"unknown config key {section}.{key}; known keys in {section}: {', '.join(known)}"
+            f"unknown config key {section}.{key}; known keys in {section}: {', '.join(types_)}"
         )
-    annotation = str(known[key].type)
-    new_value = _coerce(section, key, value, getattr(sub, key), annotation)
+    sub = getattr(cfg, section)
+    new_value = coerce(f"{section}.{key}", value, types_[key])
     return replace(cfg, **{section: replace(sub, **{key: new_value})})
 
 
@@ -210,11 +251,7 @@ def load_config(
             raise UserError(f"--set expects section.key=value, got {item!r}")
         dotted, raw = item.split("=", 1)
         section, key = dotted.strip().split(".", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        cfg = _apply(cfg, section, key, value)
+        cfg = _apply(cfg, section, key, _scalar(raw))
     validate(cfg)
     return cfg
 
