@@ -185,34 +185,35 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
     ``X | None`` or a tuple of those. YAML already gives numbers and booleans, so no
     text is parsed here, except that a tuple also accepts "a,b" (what ``--set`` gives).
     """
+    where = _named(key)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(inner) != 1:
-            raise TypeError(f"config {key}: unsupported field type {tp!r}")
+            raise TypeError(f"config {where}: unsupported field type {tp!r}")
         tp = inner[0]
     if value is None:
-        raise UserError(f"config {key} cannot be empty")
+        raise UserError(f"config {where} cannot be empty")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise UserError(f"config {key} must be true or false, got {value!r}")
+        raise UserError(f"config {where} must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config {key} must be an integer, got {value!r}")
+            raise UserError(f"config {where} must be an integer, got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"config {key} must be a number, got {value!r}")
+            raise UserError(f"config {where} must be a number, got {value!r}")
         return float(value)
     if tp is str:
         if isinstance(value, (dict, list)):
-            raise UserError(f"config {key} must be a single value, got {value!r}")
+            raise UserError(f"config {where} must be a single value, got {value!r}")
         return str(value)
     if typing.get_origin(tp) is tuple:
         return _coerce_tuple(key, value, typing.get_args(tp))
-    raise TypeError(f"config {key}: unsupported field type {tp!r}")
+    raise TypeError(f"config {where}: unsupported field type {tp!r}")
 
 
 def _coerce_tuple(key: str, value: Any, item_types: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -221,11 +222,11 @@ def _coerce_tuple(key: str, value: Any, item_types: tuple[Any, ...]) -> tuple[An
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:
-        raise UserError(f"config {key} must be a list, got {value!r}")
+        raise UserError(f"config {_named(key)} must be a list, got {value!r}")
     if len(item_types) == 2 and item_types[1] is Ellipsis:
         item_types = (item_types[0],) * len(items)
     elif len(items) != len(item_types):
-        raise UserError(f"config {key} must hold {len(item_types)} values, got {value!r}")
+        raise UserError(f"config {_named(key)} must hold {len(item_types)} values, got {value!r}")
     pairs = enumerate(zip(items, item_types, strict=True))
     return tuple(coerce(f"{key}[{i}]", v, t) for i, (v, t) in pairs)
 
