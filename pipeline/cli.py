@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.config import load_config
+from pipeline.config import FLAGS, load_config
 from pipeline.errors import JobFailed, UserError
 from pipeline.models import MODELS
 from pipeline.stopping import Terminated, install_sigterm_handler
@@ -119,27 +119,13 @@ def build_batch_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    pairs = {
-        "model.name": args.model,
-        "model.scale": args.scale,
-        "tiling.tile_px": args.tile,
-        "tiling.overlap_px": args.overlap,
-        "model.batch_size": args.batch_size,
-        "run.actors": args.actors,
-        "run.gpus_per_actor": args.gpus_per_actor,
-        "run.address": args.address,
-        "store.work_dir": args.work_dir,
-        "store.keep": True if args.keep_store else None,
-        "video.codec": args.codec,
-        "video.crf": args.crf,
-        "video.preset": args.preset,
-        "video.pix_fmt": args.pix_fmt,
-        "video.frames": args.frames,
-        "video.start_s": args.start,
-        "video.end_s": args.end,
-        "video.drop_unsupported": True if args.drop_unsupported else None,
-    }
-    return {k: v for k, v in pairs.items() if v is not None}
+    """The config values given by dedicated flags (config.FLAGS), keyed "section.key"."""
+    out: dict[str, Any] = {}
+    for key, flag in FLAGS.items():
+        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
+        if value is not None and value is not False:  # an unset store_true flag gives none
+            out[key] = value
+    return out
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:

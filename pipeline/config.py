@@ -1,13 +1,19 @@
 """Job configuration: frozen dataclasses per concern, YAML presets, ``--set`` overrides.
 
 The config is loaded and validated once, on the driver, before any work starts; every
-later stage takes these objects (never an argparse namespace). ``None`` in a tiling
-field means "the model's preferred default", resolved by :func:`resolve_model_defaults`.
+later stage takes these objects (never an argparse namespace). Values are coerced to
+the dataclass field types, and :func:`validate` holds every check of config values, its
+messages naming the key and, where there is one, the flag (:data:`FLAGS`). ``None`` in
+a tiling field means "the model's preferred default", filled in (and checked against
+the model's limits) by :func:`resolve_model_defaults` once the model is known.
+``configs/default.yaml`` writes the defaults out; tests/test_config.py keeps it so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -15,11 +21,36 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.models import MODELS, ModelSpec
 
 WINDOWS = ("gaussian", "cosine")
 RUNNERS = ("ray", "local")
 COLOR_FIXES = ("wavelet", "adain", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+# The config keys that have a dedicated flag (cli.py builds its overrides from this);
+# messages name the flag next to the key.
+FLAGS = {
+    "model.name": "--model",
+    "model.scale": "--scale",
+    "model.batch_size": "--batch-size",
+    "tiling.tile_px": "--tile",
+    "tiling.overlap_px": "--overlap",
+    "run.actors": "--actors",
+    "run.gpus_per_actor": "--gpus-per-actor",
+    "run.address": "--address",
+    "store.work_dir": "--work-dir",
+    "store.keep": "--keep-store",
+    "video.codec": "--codec",
+    "video.crf": "--crf",
+    "video.preset": "--preset",
+    "video.pix_fmt": "--pix-fmt",
+    "video.frames": "--frames",
+    "video.start_s": "--start",
+    "video.end_s": "--end",
+    "video.drop_unsupported": "--drop-unsupported",
+}
 
 
 def parse_degradation(text: str) -> tuple[float, float]:
@@ -28,11 +59,22 @@ def parse_degradation(text: str) -> tuple[float, float]:
         a, b = (float(v) for v in str(text).split(","))
     except ValueError:
         raise UserError(
-            f"--degradation expects two numbers in [0,1] like 0.3,0.5, got {text!r}"
+            f"model.degradation expects two numbers in [0,1] like 0.3,0.5, got {text!r}"
         ) from None
     if not (0.0 <= a <= 1.0 and 0.0 <= b <= 1.0):
-        raise UserError(f"--degradation scores must lie in [0,1], got {text!r}")
+        raise UserError(f"model.degradation scores must lie in [0,1], got {text!r}")
     return a, b
+
+
+def parse_frames(text: str) -> tuple[int | None, int | None]:
+    """'10:20' -> (10, 20), ':20' -> (None, 20): source frame indices [A, B); None: open."""
+    try:
+        a_text, b_text = text.split(":")
+        return (int(a_text) if a_text else None, int(b_text) if b_text else None)
+    except ValueError:
+        raise UserError(
+            f"{_named('video.frames')} expects A:B (frame indices), got {text!r}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -131,47 +173,87 @@ class JobConfig:
         return dataclasses.asdict(self)
 
 
-def _section_types() -> dict[str, type]:
-    return {f.name: f.default_factory().__class__ for f in fields(JobConfig)}  # type: ignore[misc]
+def _sections() -> dict[str, type]:
+    """Section name -> its dataclass, e.g. "tiling" -> TilingConfig."""
+    return {f.name: f.default_factory for f in fields(JobConfig)}  # type: ignore[misc]
 
 
-def _coerce(section: str, key: str, value: Any, current: Any, annotation: str) -> Any:
-    where = f"{section}.{key}"
-    if value is None:
-        if "None" in annotation:
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """``value`` (from YAML, a flag or ``--set``) as a value of the field type ``tp``.
+
+    ``tp`` is a resolved type (``typing.get_type_hints``): bool, int, float, str,
+    ``X | None`` or a tuple of those. YAML already gives numbers and booleans, so no
+    text is parsed here, except that a tuple also accepts "a,b" (what ``--set`` gives).
+    """
+    where = _named(key)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
             return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"config {where}: unsupported field type {tp!r}")
+        tp = inner[0]
+    if value is None:
         raise UserError(f"config {where} cannot be empty")
-    if "bool" in annotation:
+    if tp is bool:
         if isinstance(value, bool):
             return value
         raise UserError(f"config {where} must be true or false, got {value!r}")
-    if annotation.startswith("int"):
+    if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"config {where} must be an integer, got {value!r}")
         return value
-    if annotation.startswith("float"):
+    if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"config {where} must be a number, got {value!r}")
         return float(value)
-    if isinstance(value, (dict, list)):
-        raise UserError(f"config {where} must be a single value, got {value!r}")
-    return str(value)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise UserError(f"config {where} must be a single value, got {value!r}")
+        return str(value)
+    if typing.get_origin(tp) is tuple:
+        return _coerce_tuple(key, value, typing.get_args(tp))
+    raise TypeError(f"config {where}: unsupported field type {tp!r}")
+
+
+def _coerce_tuple(key: str, value: Any, item_types: tuple[Any, ...]) -> tuple[Any, ...]:
+    if isinstance(value, str):
+        items: list[Any] = [_scalar(v) for v in value.split(",")] if value else []
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise UserError(f"config {_named(key)} must be a list, got {value!r}")
+    if len(item_types) == 2 and item_types[1] is Ellipsis:
+        item_types = (item_types[0],) * len(items)
+    elif len(items) != len(item_types):
+        raise UserError(f"config {_named(key)} must hold {len(item_types)} values, got {value!r}")
+    pairs = enumerate(zip(items, item_types, strict=True))
+    return tuple(coerce(f"{key}[{i}]", v, t) for i, (v, t) in pairs)
+
+
+def _scalar(text: str) -> Any:
+    """A ``--set`` value as YAML reads it ("4" -> 4, "true" -> True, "" -> None)."""
+    if not text.strip():
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _apply(cfg: JobConfig, section: str, key: str, value: Any) -> JobConfig:
-    sections = _section_types()
+    sections = _sections()
     if section not in sections:
         raise UserError(
             f"unknown config section {section!r}; known sections: {', '.join(sections)}"
         )
-    sub = getattr(cfg, section)
-    known = {f.name: f for f in fields(sub)}
-    if key not in known:
+    types_ = typing.get_type_hints(sections[section])
+    if key not in types_:
         raise UserError(
-            f"unknown config key {section}.{key}; known keys in {section}: {', '.join(known)}"
+            f"unknown config key {section}.{key}; known keys in {section}: {', '.join(types_)}"
         )
-    annotation = str(known[key].type)
-    new_value = _coerce(section, key, value, getattr(sub, key), annotation)
+    sub = getattr(cfg, section)
+    new_value = coerce(f"{section}.{key}", value, types_[key])
     return replace(cfg, **{section: replace(sub, **{key: new_value})})
 
 
@@ -210,86 +292,151 @@ def load_config(
             raise UserError(f"--set expects section.key=value, got {item!r}")
         dotted, raw = item.split("=", 1)
         section, key = dotted.strip().split(".", 1)
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        cfg = _apply(cfg, section, key, value)
+        cfg = _apply(cfg, section, key, _scalar(raw))
     validate(cfg)
     return cfg
 
 
-def validate(cfg: JobConfig) -> None:
-    """Checks that need no model or input; model-specific checks live in resolve_model_defaults."""
-    m, t, s, r, o = cfg.model, cfg.tiling, cfg.store, cfg.run, cfg.output
-    if m.scale < 1 or m.scale > 16:
-        raise UserError(f"model.scale must be between 1 and 16, got {m.scale}")
-    if m.color_fix not in COLOR_FIXES:
+def _named(key: str) -> str:
+    """ "tiling.overlap_px" -> "tiling.overlap_px (--overlap)": the key, and its flag if any."""
+    return f"{key} ({FLAGS[key]})" if key in FLAGS else key
+
+
+def _require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise UserError(f"{_named(key)} {problem}")
+
+
+def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
+    """Every check of config values, each message naming the key (and its flag).
+
+    :func:`load_config` calls it without ``model``; :func:`resolve_model_defaults` again
+    with the model's spec, adding its limits. Checks that need the input stay in plan.
+    """
+    m, t, s, r, o, v = cfg.model, cfg.tiling, cfg.store, cfg.run, cfg.output, cfg.video
+    if m.name not in MODELS:
+        available = ", ".join(sorted(MODELS))
         raise UserError(
-            f"model.color_fix must be one of {', '.join(COLOR_FIXES)}, got {m.color_fix!r}"
+            f"{_named('model.name')} names an unknown model {m.name!r}; available: {available}"
         )
-    if m.precision not in PRECISIONS:
-        raise UserError(
-            f"model.precision must be one of {', '.join(PRECISIONS)}, got {m.precision!r}"
-        )
+    _require(1 <= m.scale <= 16, "model.scale", f"must be between 1 and 16, got {m.scale}")
+    _require(m.batch_size >= 1, "model.batch_size", f"must be at least 1, got {m.batch_size}")
+    _require(
+        m.color_fix in COLOR_FIXES,
+        "model.color_fix",
+        f"must be one of {', '.join(COLOR_FIXES)}, got {m.color_fix!r}",
+    )
+    _require(
+        m.precision in PRECISIONS,
+        "model.precision",
+        f"must be one of {', '.join(PRECISIONS)}, got {m.precision!r}",
+    )
     if m.degradation is not None:
         parse_degradation(m.degradation)
-    if m.degradation_window < 0:
-        raise UserError(f"model.degradation_window must be >= 0, got {m.degradation_window}")
-    if m.batch_size < 1:
-        raise UserError(f"model.batch_size must be at least 1, got {m.batch_size}")
-    if t.window not in WINDOWS:
-        raise UserError(f"tiling.window must be one of {', '.join(WINDOWS)}, got {t.window!r}")
-    if t.tile_px is not None and t.tile_px < 8:
-        raise UserError(f"--tile must be at least 8 input pixels, got {t.tile_px}")
-    if t.overlap_px is not None and t.overlap_px < 0:
-        raise UserError(f"--overlap cannot be negative, got {t.overlap_px}")
-    if s.region_out_px < 64 or s.region_out_px < m.scale:
-        raise UserError(f"store.region_out_px must be at least 64, got {s.region_out_px}")
-    if s.chunk_out_px < 16:
-        raise UserError(f"store.chunk_out_px must be at least 16, got {s.chunk_out_px}")
-    if r.runner not in RUNNERS:
-        raise UserError(f"run.runner must be one of {', '.join(RUNNERS)}, got {r.runner!r}")
-    if r.actors < 0:
-        raise UserError(f"--actors must be 0 (automatic) or more, got {r.actors}")
-    if r.gpus_per_actor < 0:
-        raise UserError(f"--gpus-per-actor cannot be negative, got {r.gpus_per_actor}")
-    if r.region_retries < 0 or r.in_flight_per_actor < 1:
-        raise UserError("run.region_retries must be >= 0 and run.in_flight_per_actor >= 1")
-    if r.active_jobs < 1 or r.term_grace_s < 0:
-        raise UserError("run.active_jobs must be >= 1 and run.term_grace_s >= 0")
-    v = cfg.video
+    _require(
+        m.degradation_window >= 0,
+        "model.degradation_window",
+        f"must be >= 0, got {m.degradation_window}",
+    )
+    _require(
+        t.window in WINDOWS,
+        "tiling.window",
+        f"must be one of {', '.join(WINDOWS)}, got {t.window!r}",
+    )
+    _require(
+        t.tile_px is None or t.tile_px >= 8,
+        "tiling.tile_px",
+        f"must be at least 8 input pixels, got {t.tile_px}",
+    )
+    _require(
+        t.overlap_px is None or t.overlap_px >= 0,
+        "tiling.overlap_px",
+        f"cannot be negative, got {t.overlap_px}",
+    )
+    _require(
+        s.region_out_px >= 64, "store.region_out_px", f"must be at least 64, got {s.region_out_px}"
+    )
+    _require(
+        s.chunk_out_px >= 16, "store.chunk_out_px", f"must be at least 16, got {s.chunk_out_px}"
+    )
+    _require(
+        r.runner in RUNNERS, "run.runner", f"must be one of {', '.join(RUNNERS)}, got {r.runner!r}"
+    )
+    _require(r.actors >= 0, "run.actors", f"must be 0 (automatic) or more, got {r.actors}")
+    _require(
+        r.gpus_per_actor >= 0, "run.gpus_per_actor", f"cannot be negative, got {r.gpus_per_actor}"
+    )
+    _require(r.region_retries >= 0, "run.region_retries", f"must be >= 0, got {r.region_retries}")
+    _require(
+        r.in_flight_per_actor >= 1,
+        "run.in_flight_per_actor",
+        f"must be >= 1, got {r.in_flight_per_actor}",
+    )
+    _require(r.active_jobs >= 1, "run.active_jobs", f"must be >= 1, got {r.active_jobs}")
+    _require(r.term_grace_s >= 0, "run.term_grace_s", f"must be >= 0, got {r.term_grace_s}")
+    _require(
+        o.tile_px >= 16 and o.tile_px % 16 == 0,
+        "output.tile_px",
+        f"must be a positive multiple of 16, got {o.tile_px}",
+    )
     v.options_dict()
-    if v.crf is not None and not 0 <= v.crf <= 63:
-        raise UserError(f"--crf must be between 0 and 63, got {v.crf}")
-    if v.segment_frames < 1 or v.max_region_out_px < 64:
-        raise UserError("video.segment_frames must be >= 1 and video.max_region_out_px >= 64")
-    if v.frames is not None and (v.start_s is not None or v.end_s is not None):
-        raise UserError("give either --frames or --start/--end, not both")
-    if o.tile_px % 16 or o.tile_px < 16:
-        raise UserError(f"output.tile_px must be a multiple of 16, got {o.tile_px}")
+    _require(
+        v.crf is None or 0 <= v.crf <= 63, "video.crf", f"must be between 0 and 63, got {v.crf}"
+    )
+    _require(v.segment_frames >= 1, "video.segment_frames", f"must be >= 1, got {v.segment_frames}")
+    _require(
+        v.max_region_out_px >= 64,
+        "video.max_region_out_px",
+        f"must be >= 64, got {v.max_region_out_px}",
+    )
+    if v.frames is not None:
+        parse_frames(v.frames)
+        if v.start_s is not None or v.end_s is not None:
+            raise UserError(
+                f"give either {_named('video.frames')} or video.start_s/video.end_s "
+                "(--start/--end), not both"
+            )
+    if model is not None:
+        _validate_for_model(cfg, model)
 
 
-def resolve_model_defaults(
-    cfg: JobConfig,
-    default_tile_px: int,
-    default_overlap_px: int,
-    size_multiple: int,
-    min_overlap_px: int,
-) -> JobConfig:
-    """Fill tile/overlap from the model's preferences and check them against its needs."""
-    tile = cfg.tiling.tile_px if cfg.tiling.tile_px is not None else default_tile_px
-    overlap = cfg.tiling.overlap_px if cfg.tiling.overlap_px is not None else default_overlap_px
-    name = cfg.model.name
-    if tile % size_multiple:
-        raise UserError(
-            f"--tile {tile} is not a multiple of {size_multiple}, which model {name!r} needs"
-        )
-    if overlap >= tile:
-        raise UserError(f"--overlap {overlap} must be smaller than --tile {tile}")
-    if overlap < min_overlap_px:
-        raise UserError(
-            f"--overlap {overlap} is too small for model {name!r}: tiles need at least "
-            f"{min_overlap_px} px of overlap to blend without seams"
-        )
-    return replace(cfg, tiling=replace(cfg.tiling, tile_px=tile, overlap_px=overlap))
+def _validate_for_model(cfg: JobConfig, model: ModelSpec) -> None:
+    scale, name = cfg.model.scale, model.name
+    tile, overlap = _model_tiling(cfg, model)
+    _require(
+        model.scales is None or scale in model.scales,
+        "model.scale",
+        f"must be one of {', '.join(map(str, model.scales or ()))} for model {name!r}, got {scale}",
+    )
+    _require(
+        tile % model.size_multiple == 0,
+        "tiling.tile_px",
+        f"must be a multiple of {model.size_multiple} for model {name!r}, got {tile}",
+    )
+    _require(
+        overlap < tile,
+        "tiling.overlap_px",
+        f"must be smaller than --tile {tile} (tiling.tile_px), got {overlap}",
+    )
+    _require(
+        overlap >= model.min_overlap_px,
+        "tiling.overlap_px",
+        f"must be at least {model.min_overlap_px} px for model {name!r}, to blend tiles "
+        f"without seams; overlap {overlap} is too small",
+    )
+
+
+def _model_tiling(cfg: JobConfig, model: ModelSpec) -> tuple[int, int]:
+    """(tile_px, overlap_px): the config's, or the model's preferred where it has None."""
+    t = cfg.tiling
+    tile = t.tile_px if t.tile_px is not None else model.default_tile_px
+    overlap = t.overlap_px if t.overlap_px is not None else model.default_overlap_px
+    return tile, overlap
+
+
+def resolve_model_defaults(cfg: JobConfig, model: ModelSpec) -> JobConfig:
+    """Fill tile/overlap from the model's preferences and check the config against its limits."""
+    tile, overlap = _model_tiling(cfg, model)
+    cfg = replace(cfg, tiling=replace(cfg.tiling, tile_px=tile, overlap_px=overlap))
+    validate(cfg, model)
+    return cfg

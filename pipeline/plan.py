@@ -80,17 +80,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
     fmt = _output_kind(out)
     _check_paths(src, out, overwrite)
     model = get_spec(cfg.model.name)
-    if model.scales is not None and cfg.model.scale not in model.scales:
-        raise UserError(
-            f"model {model.name!r} supports scales {model.scales}, not {cfg.model.scale}"
-        )
-    cfg = resolve_model_defaults(
-        cfg,
-        model.default_tile_px,
-        model.default_overlap_px,
-        model.size_multiple,
-        model.min_overlap_px,
-    )
+    cfg = resolve_model_defaults(cfg, model)
     if not src.exists():
         raise UserError(f"input {src} does not exist")
     is_image = sniff(src) in IMAGE_KINDS

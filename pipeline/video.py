@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.config import parse_frames
 from pipeline.errors import UserError
 from pipeline.storage import ObjectPath, as_path, av_input
 
@@ -91,12 +92,9 @@ def parse_range(
     """Source frame indices [a, b) selected by --frames A:B or --start/--end seconds."""
     total = len(pts)
     if frames is not None:
-        try:
-            a_text, b_text = frames.split(":")
-            a = int(a_text) if a_text else 0
-            b = int(b_text) if b_text else total
-        except ValueError:
-            raise UserError(f"--frames expects A:B (frame indices), got {frames!r}") from None
+        first_frame, end_frame = parse_frames(frames)
+        a = 0 if first_frame is None else first_frame
+        b = total if end_frame is None else end_frame
     else:
         first = pts[0]
         a = 0 if start_s is None else bisect.bisect_left(pts, first + int(np.ceil(start_s / tb)))
