@@ -13,119 +13,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from pipeline.config import FLAGS, load_config
+from pipeline.arguments import build_batch_parser, build_parser, job_overrides
+from pipeline.config import load_config
 from pipeline.errors import JobFailed, UserError
-from pipeline.models import MODELS
 from pipeline.stopping import Terminated, install_sigterm_handler
 
 log = logging.getLogger("pipeline")
-
-
-def _add_job_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by a single job and a batch."""
-    p.add_argument("--config", help="YAML preset (see configs/)")
-    p.add_argument("--model", choices=sorted(MODELS), help="upscaler (default: bicubic)")
-    p.add_argument("--scale", type=int, help="upscale factor (default 4)")
-    p.add_argument("--tile", type=int, help="tile size in input pixels (model default)")
-    p.add_argument("--overlap", type=int, help="tile overlap in input pixels (model default)")
-    p.add_argument("--batch-size", type=int, help="tiles per model call")
-    p.add_argument("--actors", type=int, help="region workers (default: one per GPU or CPU)")
-    p.add_argument("--gpus-per-actor", type=float, help="GPUs per worker when GPUs exist")
-    p.add_argument("--address", help="join a Ray cluster (e.g. auto or ray://head:10001)")
-    p.add_argument(
-        "--work-dir", help="where the job store lives (path or URL); default: next to the output"
-    )
-    v = p.add_argument_group("video")
-    v.add_argument("--codec", help="video encoder (libx264, libx265, libsvtav1, prores_ks, ffv1)")
-    v.add_argument("--crf", type=int, help="encoder quality (x264/x265/svt-av1 CRF)")
-    v.add_argument("--preset", help="encoder preset")
-    v.add_argument("--pix-fmt", help="encoder pixel format (default: follow the source)")
-    v.add_argument("--frames", help="process frames A:B only (indices, B exclusive)")
-    v.add_argument("--start", type=float, help="process from this time (seconds)")
-    v.add_argument("--end", type=float, help="process up to this time (seconds)")
-    v.add_argument(
-        "--drop-unsupported",
-        action="store_true",
-        help="leave out streams the output container cannot hold",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument(
-        "--restart",
-        action="store_true",
-        help="discard this job's store and start over instead of resuming",
-    )
-    p.add_argument(
-        "--keep-store",
-        action="store_true",
-        help="keep the job store after success (default: delete it)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override any config value, e.g. --set store.region_out_px=4096",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar or stage messages")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="run_pipeline.py",
-        description="Upscale a video or a gigapixel image on Ray, tiled and blended without "
-        "seams, resumable. Subcommands: 'batch MANIFEST' runs many inputs in one job; "
-        "'status STORE|OUTPUT|REPORT' shows a job's progress; 'submit' sends a command to "
-        "a Ray cluster as a Ray Job; 'sample PATH' writes a test image; 'weights "
-        "check|convert [DIR]' checks S3Diff weights. Exit codes: 0 done, 2 bad input or "
-        "config, 3 a region or item failed, 75 stopped by SIGTERM (rerun to resume), "
-        "130 interrupted.",
-    )
-    p.add_argument("input", help="image (PNG, JPEG, TIFF/BigTIFF/OME-TIFF), Zarr array or video")
-    p.add_argument(
-        "-o",
-        "--output",
-        required=True,
-        help="output path; format from the extension: .zarr .tif .png .jpg .mp4 .mkv .mov",
-    )
-    _add_job_options(p)
-    return p
-
-
-def build_batch_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="run_pipeline.py batch",
-        description="Run many inputs in one job over one actor pool. Finished outputs are "
-        "skipped and unfinished ones resume, so the command can be repeated (cron). Exit "
-        "0 only when every item is done or skipped; 3 when some failed (listed); 75 when "
-        "stopped by SIGTERM.",
-    )
-    p.add_argument(
-        "manifest",
-        help="YAML/JSON list of {input, output, set}, a directory, or a glob (quote it)",
-    )
-    p.add_argument(
-        "--output-pattern",
-        help="for a directory or glob: e.g. 'out/{stem}_x4.tif' ({stem} {name} {suffix} {parent})",
-    )
-    p.add_argument(
-        "--report",
-        help="JSON report path (default: MANIFEST.report.json, or ./batch-report.json)",
-    )
-    _add_job_options(p)
-    return p
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config values given by dedicated flags (config.FLAGS), keyed "section.key"."""
-    out: dict[str, Any] = {}
-    for key, flag in FLAGS.items():
-        value = getattr(args, flag.removeprefix("--").replace("-", "_"))
-        if value is not None and value is not False:  # an unset store_true flag gives none
-            out[key] = value
-    return out
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -215,7 +109,7 @@ def _batch(argv: Sequence[str]) -> int:
     args = build_batch_parser().parse_args(argv)
     _setup_logging(args.debug, args.quiet)
     items = read_manifest(args.manifest, args.output_pattern)
-    overrides = _overrides(args)
+    overrides = job_overrides(args)
     cfg = load_config(args.config, overrides, args.set)  # bad options fail before any item
     from pipeline.cluster import join_address
 
@@ -282,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _batch(argv[1:])
         args = build_parser().parse_args(argv)
         _setup_logging(args.debug, args.quiet)
-        cfg = load_config(args.config, _overrides(args), args.set)
+        cfg = load_config(args.config, job_overrides(args), args.set)
         from pipeline.cluster import join_address
 
         if not join_address(cfg.run.address):  # $RAY_ADDRESS: joins (a submitted job)

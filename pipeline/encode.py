@@ -20,7 +20,8 @@ import numpy as np
 
 from pipeline.config import VideoConfig
 from pipeline.errors import UserError
-from pipeline.storage import av_input, finish_staged, staging_path
+from pipeline.publish.files import finish_staged, staging_path
+from pipeline.storage import av_input
 from pipeline.video import VideoInfo, sws_colorspace
 
 log = logging.getLogger(__name__)
@@ -264,10 +265,3 @@ class VideoEncoder:
             self.src.close()
         finish_staged(self.staged, self.target, ok=True)
         return {"frames": self.next, "copied_packets": self.copied}
-
-    def abort(self) -> None:
-        try:
-            self.out.close()
-        except Exception:  # a broken container still gets discarded by the driver
-            pass
-        finish_staged(self.staged, self.target, ok=False)

@@ -9,44 +9,17 @@ its last error, and since when nothing has moved.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from pipeline.storage import filesystem
-from pipeline.store import is_local, local_path
+from pipeline.store import write_progress
 
 log = logging.getLogger(__name__)
-PROGRESS_KEY = "progress.json"
 WRITE_EVERY_S = 2.0
-
-
-def _write(store_url: str, record: dict[str, Any]) -> None:
-    text = json.dumps(record, indent=1, default=str)
-    if is_local(store_url):
-        path = local_path(store_url) / PROGRESS_KEY
-        tmp = path.with_name(f".{PROGRESS_KEY}.{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    else:
-        fs, root = filesystem(store_url)
-        fs.pipe(f"{root.rstrip('/')}/{PROGRESS_KEY}", text.encode())
-
-
-def read_progress(store_url: str) -> dict[str, Any] | None:
-    """The last record a driver wrote into this store, or None."""
-    try:
-        if is_local(store_url):
-            return json.loads((local_path(store_url) / PROGRESS_KEY).read_text())
-        fs, root = filesystem(store_url)
-        return json.loads(fs.cat(f"{root.rstrip('/')}/{PROGRESS_KEY}"))
-    except (OSError, ValueError):
-        return None
 
 
 class Progress:
@@ -124,7 +97,7 @@ class Progress:
         self.record["updated_at"] = time.time()
         self._last_write = time.time()
         try:
-            _write(self.store_url, self.record)
+            write_progress(self.store_url, self.record)
         except Exception as exc:  # noqa: BLE001 - advisory: never fail a job over it
             log.debug("could not write progress to %s: %s", self.store_url, exc)
 
@@ -137,7 +110,3 @@ def driver_alive(record: dict[str, Any]) -> bool | None:
 
     pid = record.get("pid")
     return bool(pid) and psutil.pid_exists(int(pid))
-
-
-def local_store_dir(store_url: str) -> Path | None:
-    return local_path(store_url) if is_local(store_url) else None

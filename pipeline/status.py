@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.progress import driver_alive, read_progress
-from pipeline.store import JobStore, is_local, local_path
+from pipeline.progress import driver_alive
+from pipeline.store import JobStore, is_local, local_path, read_progress
 
 
 def store_status(url: str) -> dict[str, Any]:

@@ -61,9 +61,3 @@ def reinstall_after_ray_init() -> None:
     back if the CLI installed it."""
     if _installed and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _handler)
-
-
-def reset() -> None:
-    """Forget a past stop (tests run several jobs in one process)."""
-    STOP.clear()
-    _stop_at.clear()

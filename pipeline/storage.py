@@ -6,23 +6,16 @@ backend's standard environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...
 Ray workers started from the driver see the same configuration (``forwarded_env``
 carries it to a cluster). Everything here is driver- and task-side plumbing at the
 edges of the flow: probe and ingest read through ``open_input``/``av_input``/
-``open_zarr``; publish writes locally and uploads with ``publish_file``/``replace``
+``open_zarr``; ``pipeline.publish.files`` writes locally and uploads
 (an object appears only when its upload completes; an OME-Zarr's root ``zarr.json``
-is written last); the job store's ``Lease`` stands in for a file lock.
+is written last).
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
-import shutil
-import socket
-import tempfile
-import threading
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -45,10 +38,6 @@ BACKENDS = {
 # Environment the backends read; carried to Ray workers on a cluster.
 FORWARDED_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "FSSPEC_")
 PART_BYTES = 64 * 2**20  # multipart upload part size for large outputs
-LEASE_TTL_S = 60.0  # a driver lease not renewed for this long is stale
-LEASE_BEAT_S = 10.0
-# One token per driver process: it recognises its own lease, whichever object took it.
-DRIVER_TOKEN = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 # --------------------------------------------------------------------------- URLs
@@ -99,7 +88,7 @@ def _backend_error(url: str, exc: BaseException) -> UserError:
     import importlib.util
 
     if importlib.util.find_spec(package) is not None:  # installed: the URL itself is bad
-        return UserError(f"{url} cannot be opened: {_reason(exc)}")
+        return UserError(f"{url} cannot be opened: {reason(exc)}")
     how = f"pip install 's3diff-sr-pipeline[{extra}]'" if extra else f"pip install {package}"
     return UserError(f"{url} needs the {package} package ({how})")
 
@@ -114,22 +103,22 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise _backend_error(url, exc) from None
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
 
 
 @contextmanager
-def _access(url: str) -> Iterator[None]:
+def access(url: str) -> Iterator[None]:
     """Turn a backend failure (no bucket, no network, no permission) into one line."""
     try:
         yield
     except UserError:
         raise
     except PermissionError as exc:
-        raise UserError(f"{url}: access denied ({_reason(exc)}); check the credentials") from None
+        raise UserError(f"{url}: access denied ({reason(exc)}); check the credentials") from None
     except Exception as exc:  # noqa: BLE001 - backends raise many types (botocore, aiohttp)
-        raise UserError(f"{url} could not be reached: {_reason(exc)}") from None
+        raise UserError(f"{url} could not be reached: {reason(exc)}") from None
 
 
 def _url(fs: Any, path: str) -> str:
@@ -187,7 +176,7 @@ class ObjectPath:
 
     def is_dir(self) -> bool:
         fs, path = filesystem(str(self))
-        with _access(str(self)):
+        with access(str(self)):
             return bool(fs.isdir(path))
 
 
@@ -203,7 +192,7 @@ def exists(url: str) -> bool:
     if not is_remote(url):
         return local_path(url).exists()
     fs, path = filesystem(url)
-    with _access(url):
+    with access(url):
         return bool(fs.exists(path))
 
 
@@ -212,7 +201,7 @@ def open_input(path: str | os.PathLike | ObjectPath) -> IO[bytes]:
     if not is_remote(path):
         return open(local_path(path), "rb")  # noqa: SIM115 - the caller closes it
     fs, key = filesystem(str(path))
-    with _access(str(path)):
+    with access(str(path)):
         return fs.open(key, "rb")
 
 
@@ -241,7 +230,7 @@ def head_identity(url: str) -> dict[str, Any]:
     import hashlib
 
     fs, path = filesystem(url)
-    with _access(url):
+    with access(url):
         if fs.isdir(path):
             path = f"{path}/zarr.json" if fs.exists(f"{path}/zarr.json") else path
         info = fs.info(path)
@@ -275,188 +264,8 @@ def check_output_location(url: str, overwrite: bool) -> None:
     (unless --overwrite)."""
     fs, path = filesystem(url)
     bucket = path.split("/", 1)[0]
-    with _access(url):
+    with access(url):
         if not fs.exists(bucket):
             raise UserError(f"bucket {bucket} of {url} does not exist; create it first")
         if fs.exists(path) and not overwrite:
             raise UserError(f"{url} already exists; pass --overwrite to replace it")
-
-
-def publish_file(local: str | os.PathLike, url: str, part_bytes: int = PART_BYTES) -> None:
-    """Upload a finished local file. Large files go as a multipart upload, which the
-    store makes visible only when it completes: a reader never sees a partial object."""
-    fs, path = filesystem(url)
-    kwargs = {"chunksize": part_bytes} if scheme(url) in ("s3", "s3a") else {}
-    with _access(url):
-        fs.put_file(str(local), path, **kwargs)
-
-
-def _remove_tree(fs: Any, path: str) -> None:
-    """Root ``zarr.json`` first, so a reader sees no group rather than half of one."""
-    if fs.exists(f"{path}/zarr.json"):
-        fs.rm_file(f"{path}/zarr.json")
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
-
-
-def publish_tree(src: str, url: str) -> None:
-    """Copy a finished Zarr tree (local directory or URL prefix) to ``url``, replacing
-    what is there, with the root ``zarr.json`` copied last: until then ``url`` is not a
-    group, so nobody opens a half-written output."""
-    fs, dst = filesystem(url)
-    with _access(url):
-        _remove_tree(fs, dst)
-        if is_remote(src):
-            src_fs, root = filesystem(src)
-            keys = sorted(src_fs.find(root))
-            rel = [k[len(root) + 1 :] for k in keys]
-            body = [r for r in rel if r != "zarr.json"]
-            if body:
-                fs.copy([f"{root}/{r}" for r in body], [f"{dst}/{r}" for r in body])
-            fs.copy(f"{root}/zarr.json", f"{dst}/zarr.json")
-        else:
-            base = local_path(src)
-            files = sorted(p for p in base.rglob("*") if p.is_file())
-            body = [p for p in files if p != base / "zarr.json"]
-            if body:
-                fs.put([str(p) for p in body], [f"{dst}/{p.relative_to(base)}" for p in body])
-            fs.put_file(str(base / "zarr.json"), f"{dst}/zarr.json")
-
-
-def replace(tmp: str, final: str) -> None:
-    """Move a finished remote temporary into place: a file by a server-side copy (the
-    final object appears whole), a Zarr tree with its root last; then drop the temp."""
-    fs, src = filesystem(tmp)
-    _, dst = filesystem(final)
-    with _access(final):
-        if fs.isdir(src):
-            publish_tree(tmp, final)
-        else:
-            fs.copy(src, dst)
-    discard(tmp)
-
-
-def discard(path: Any) -> None:
-    """Delete a temporary output (file or tree, local or remote); missing is fine."""
-    if is_remote(path):
-        fs, key = filesystem(str(path))
-        with _access(str(path)):
-            if fs.exists(key):
-                fs.rm(key, recursive=True)
-        return
-    p = local_path(path)
-    if p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
-    elif p.exists():
-        p.unlink()
-
-
-def staging_path(target: str) -> str:
-    """Where a writer should write ``target``: the path itself when local; for a URL a
-    new temporary file on this node (``finish_staged`` uploads and deletes it)."""
-    if not is_remote(target):
-        return str(local_path(target))
-    fd, tmp = tempfile.mkstemp(prefix=".sr-pipeline-", suffix=ObjectPath(target).suffix)
-    os.close(fd)
-    return tmp
-
-
-def finish_staged(staged: str, target: str, ok: bool) -> None:
-    """Upload a staged file to its URL when the writer succeeded; drop it either way."""
-    if not is_remote(target):
-        return
-    try:
-        if ok:
-            publish_file(staged, target)
-    finally:
-        Path(staged).unlink(missing_ok=True)
-
-
-@contextmanager
-def local_target(target: str) -> Iterator[str]:
-    """``staging_path`` for a block that writes the file: uploaded if it succeeds."""
-    staged = staging_path(target)
-    ok = False
-    try:
-        yield staged
-        ok = True
-    finally:
-        finish_staged(staged, target, ok)
-
-
-# -------------------------------------------------------------------------- lease
-class Lease:
-    """Keeps a second driver off a remote job store, where no file lock exists.
-
-    An object ``driver.lease`` in the store holds the owner and a heartbeat time that a
-    background thread renews every LEASE_BEAT_S. A lease renewed within LEASE_TTL_S
-    refuses another driver; an older one (its driver died) is taken over. Object stores
-    have no compare-and-swap here, so two drivers starting within the same second could
-    both read "free": each re-reads after writing, and the one that lost steps back.
-    Heartbeats use the writers' clocks: keep them within LEASE_TTL_S of each other.
-    """
-
-    def __init__(self, store_url: str) -> None:
-        self.store_url = store_url
-        self.fs, root = filesystem(store_url)
-        self.path = f"{root}/driver.lease"
-        self.owner = f"pid {os.getpid()} on {socket.gethostname()}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _read(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.fs.cat_file(self.path))
-        except FileNotFoundError:
-            return None
-        except ValueError:  # a torn or foreign object: treat as stale
-            return {"token": "?", "owner": "unknown", "heartbeat": 0.0}
-
-    def _write(self) -> None:
-        record = {"token": DRIVER_TOKEN, "owner": self.owner, "heartbeat": time.time()}
-        self.fs.pipe_file(self.path, json.dumps(record).encode())
-
-    def _refuse(self, held: dict[str, Any], age_s: float) -> UserError:
-        return UserError(
-            f"job store {self.store_url} is in use by {held.get('owner', 'another driver')} "
-            f"(lease renewed {age_s:.0f} s ago); wait for it to finish (a dead driver's "
-            f"lease expires {LEASE_TTL_S:.0f} s after its last renewal)"
-        )
-
-    def acquire(self, settle_s: float = 0.5) -> None:
-        with _access(self.store_url):
-            held = self._read()
-            if held and held.get("token") != DRIVER_TOKEN:
-                age = time.time() - float(held.get("heartbeat", 0.0))
-                if age < LEASE_TTL_S:
-                    raise self._refuse(held, age)
-                log.warning("taking over the stale lease of %s on %s", held.get("owner"), self)
-            self._write()
-            time.sleep(settle_s)
-            now = self._read()
-        if not now or now.get("token") != DRIVER_TOKEN:
-            raise self._refuse(now or {}, 0.0)
-        self._thread = threading.Thread(target=self._beat, name="store-lease", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(LEASE_BEAT_S):
-            try:
-                self._write()
-            except Exception as exc:  # noqa: BLE001 - keep trying; the job itself goes on
-                log.warning("could not renew the lease on %s: %s", self.store_url, _reason(exc))
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        try:
-            held = self._read()
-            if held and held.get("token") == DRIVER_TOKEN:
-                self.fs.rm_file(self.path)
-        except Exception as exc:  # noqa: BLE001 - the store may be gone already
-            log.debug("lease release on %s: %s", self.store_url, _reason(exc))
-
-    def __str__(self) -> str:
-        return self.store_url

@@ -158,7 +158,7 @@ def check_pipeline_args(args: list[str]) -> None:
         raise UserError("submit: no pipeline command line given (run_pipeline.py submit -h)")
     if args[0] in ("sample", "weights"):
         return
-    from pipeline.cli import build_batch_parser, build_parser
+    from pipeline.arguments import build_batch_parser, build_parser
 
     if args[0] == "batch":  # a whole batch as one Ray job (scheduled remastering)
         parser, args = build_batch_parser(), args[1:]

@@ -269,8 +269,8 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
 def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
     """A record saying "running" from a process that no longer exists reads as
     interrupted; unknown targets are one-line errors."""
-    from pipeline.progress import PROGRESS_KEY
     from pipeline.status import format_store_status, store_status
+    from pipeline.store import PROGRESS_KEY
 
     src = _png(tmp_path / "in.png", 64, 64, seed=1)
     out = tmp_path / "out.tif"

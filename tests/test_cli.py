@@ -120,7 +120,8 @@ def test_presets_load():
 @pytest.mark.unit
 def test_driver_package_does_not_import_torch():
     modules = sorted(
-        f"pipeline.{p.stem}" for p in (ROOT / "pipeline").glob("*.py") if p.stem != "__init__"
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for p in (ROOT / "pipeline").rglob("*.py")
     ) + ["workers.region_worker"]
     code = (
         "import sys\n"

@@ -240,8 +240,7 @@ def test_bad_urls_exit_2_with_one_line(s3, tmp_path, capsys, args, text):
 
 
 def test_lease_refuses_a_second_driver_and_takes_over_a_stale_one(s3, monkeypatch):
-    from pipeline import storage
-    from pipeline.store import JobStore, Layout
+    from pipeline.store import JobStore, Layout, lock
 
     url = f"s3://{BUCKET}/lease/job.zarr"
     layout = Layout(1, 32, 32, 3, "uint8", 2, 64, 64)
@@ -249,15 +248,15 @@ def test_lease_refuses_a_second_driver_and_takes_over_a_stale_one(s3, monkeypatc
     first.lock()
     lease_key = f"{BUCKET}/lease/job.zarr/driver.lease"
     held = json.loads(s3.cat_file(lease_key))
-    mine = storage.DRIVER_TOKEN
+    mine = lock.DRIVER_TOKEN
     assert held["token"] == mine
-    monkeypatch.setattr(storage, "DRIVER_TOKEN", "other-driver")  # as if another process
+    monkeypatch.setattr(lock, "DRIVER_TOKEN", "other-driver")  # as if another process
     with pytest.raises(UserError, match="is in use by pid"):
         JobStore.open(url).lock()
-    monkeypatch.setattr(storage, "DRIVER_TOKEN", mine)
+    monkeypatch.setattr(lock, "DRIVER_TOKEN", mine)
     first.unlock()
     assert not s3.exists(lease_key)
-    monkeypatch.setattr(storage, "DRIVER_TOKEN", "other-driver")
+    monkeypatch.setattr(lock, "DRIVER_TOKEN", "other-driver")
 
     stale = {"token": "dead", "owner": "pid 1 on gone", "heartbeat": time.time() - 3600}
     s3.pipe_file(lease_key, json.dumps(stale).encode())
@@ -268,7 +267,7 @@ def test_lease_refuses_a_second_driver_and_takes_over_a_stale_one(s3, monkeypatc
 
 
 def test_large_upload_is_multipart_and_whole(s3, tmp_path):
-    from pipeline.storage import publish_file
+    from pipeline.publish.files import publish_file
 
     data = os.urandom(11 * 2**20)
     (tmp_path / "big.bin").write_bytes(data)

@@ -21,9 +21,9 @@ from pipeline.publish import (
     replace_output,
     temp_name,
 )
+from pipeline.publish.files import discard
 from pipeline.runner.stage import Call
 from pipeline.stages import INGEST, PYRAMID, WRITE_OME, WRITE_SMALL, WRITE_TIFF
-from pipeline.storage import discard
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,11 @@ from pipeline.config import parse_degradation
 from pipeline.errors import JobFailed, UserError, cause
 from pipeline.plan import Plan
 from pipeline.progress import Progress
+from pipeline.publish.files import discard
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
 from pipeline.stages import region_pool, region_stages
-from pipeline.storage import as_path, discard, list_prefix
+from pipeline.storage import as_path, list_prefix
 from pipeline.store import JobStore, open_for_job, remove_store
 from pipeline.tiling import plan_regions
 

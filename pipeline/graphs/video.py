@@ -15,9 +15,9 @@ from typing import Any
 
 from pipeline.graphs.job import JobGraph
 from pipeline.publish import replace_output, temp_name
+from pipeline.publish.files import discard
 from pipeline.runner.stage import Call
 from pipeline.stages import ENCODE, decode_stage, encoder_pool
-from pipeline.storage import discard
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,12 @@ Every array and attribute of a job store is declared here (DESIGN.md section 3):
 - ``progress.json``: the driver's progress record, for ``status``;
 - attributes: the format version, the job spec and the layout. Resume is
 "open the same store again": the spec must match, and regions without a flag are
-redone. A lock file keeps two drivers off one local store; a lease object
-(``storage.Lease``) does the same on an object store.
+redone. A lock file keeps two drivers off one local store; a lease object does the same on
+an object store (``store.lock``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -34,7 +33,8 @@ import numpy as np
 import zarr
 
 from pipeline.errors import UserError
-from pipeline.storage import Lease, filesystem, is_remote, local_path, zarr_kwargs
+from pipeline.storage import filesystem, is_remote, local_path, zarr_kwargs
+from pipeline.store.lock import FileLock, Lease
 from pipeline.tiling import region_counts
 
 FORMAT_VERSION = 2
@@ -108,8 +108,7 @@ class JobStore:
     def __init__(self, url: str, group: zarr.Group) -> None:
         self.url = url
         self.group = group
-        self._lock_fh = None
-        self._lease: Lease | None = None
+        self._lock: FileLock | Lease | None = None
 
     # ----------------------------------------------------------------- open/create
     @classmethod
@@ -168,9 +167,7 @@ class JobStore:
             "done", shape=(t, rows, cols), dtype="uint8", chunks=(1, rows, cols), fill_value=0
         )
         units = max(1, ingest_units)
-        group.create_array(
-            "ingested", shape=(units,), dtype="uint8", chunks=(units,), fill_value=0
-        )
+        group.create_array("ingested", shape=(units,), dtype="uint8", chunks=(units,), fill_value=0)
         group.attrs.update(
             {"format_version": FORMAT_VERSION, "spec": spec, "layout": layout.__dict__}
         )
@@ -250,37 +247,45 @@ class JobStore:
         """Refuse a second driver on the same store: a file lock on a local store (released
         when the process dies), a heartbeat lease on an object store (stale when not
         renewed)."""
-        if not is_local(self.url):
-            if self._lease is None:
-                lease = Lease(self.url)
-                lease.acquire()
-                self._lease = lease
-            return
-        path = local_path(self.url) / "driver.lock"
-        fh = open(path, "a+")  # noqa: SIM115 - held for the life of the job
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise UserError(
-                f"job store {self.url} is in use by {holder}; wait for it to finish "
-                "(two runs on one store at once would corrupt it)"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
-        fh.flush()
-        self._lock_fh = fh
+        if self._lock is None:
+            held = (
+                FileLock(local_path(self.url), self.url) if is_local(self.url) else Lease(self.url)
+            )
+            held.acquire()
+            self._lock = held
 
     def unlock(self) -> None:
-        if self._lease is not None:
-            self._lease.release()
-            self._lease = None
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # ------------------------------------------------------------------ progress
+    def write_progress(self, record: dict[str, Any]) -> None:
+        write_progress(self.url, record)
+
+
+def write_progress(store_url: str, record: dict[str, Any]) -> None:
+    """Replace the store's ``progress.json`` (an atomic rename locally, one PUT remotely)."""
+    text = json.dumps(record, indent=1, default=str)
+    if is_local(store_url):
+        path = local_path(store_url) / PROGRESS_KEY
+        tmp = path.with_name(f".{PROGRESS_KEY}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    else:
+        fs, root = filesystem(store_url)
+        fs.pipe(f"{root.rstrip('/')}/{PROGRESS_KEY}", text.encode())
+
+
+def read_progress(store_url: str) -> dict[str, Any] | None:
+    """The last progress record a driver wrote into this store, or None."""
+    try:
+        if is_local(store_url):
+            return json.loads((local_path(store_url) / PROGRESS_KEY).read_text())
+        fs, root = filesystem(store_url)
+        return json.loads(fs.cat(f"{root.rstrip('/')}/{PROGRESS_KEY}"))
+    except (OSError, ValueError):
+        return None
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -7,7 +7,7 @@ The pyramid is built level by level in Ray tasks that each own whole chunks. Out
 written under a temporary name and renamed only when complete. For an object-store
 output the temporary is a sibling object (or prefix, for OME-Zarr) that ``replace_output``
 copies into place, root ``zarr.json`` last; single-file writers write a local file on
-their node and upload it (``storage.local_target``).
+their node and upload it (``files.local_target``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 
 from pipeline.config import OutputConfig
 from pipeline.errors import UserError
-from pipeline.storage import ObjectPath, is_remote, local_target, replace, zarr_kwargs
+from pipeline.publish.files import local_target, replace
+from pipeline.storage import ObjectPath, is_remote, zarr_kwargs
 from pipeline.store import JobStore
 
 FORMATS = {
