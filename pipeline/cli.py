@@ -198,7 +198,9 @@ def _weights(argv: Sequence[str]) -> int:
         help="require the published full-size checkpoints, key by key",
     )
     args = p.parse_args(argv)
-    from workers.s3diff.weights import check_weights, convert_to_safetensors, resolve_weights_dir
+    from workers.s3diff.check import check_weights
+    from workers.s3diff.checkpoint import convert_to_safetensors
+    from workers.s3diff.locations import resolve_weights_dir
 
     root = resolve_weights_dir(args.dir)
     if args.action == "convert":

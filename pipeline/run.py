@@ -225,7 +225,8 @@ def run_item(
 def weights_problems_task(weights: str | None) -> list[str]:
     """Runs where the workers run (they need the weights there), before any work."""
     try:
-        from workers.s3diff.weights import check_weights, resolve_weights_dir
+        from workers.s3diff.check import check_weights
+        from workers.s3diff.locations import resolve_weights_dir
 
         return check_weights(resolve_weights_dir(weights))
     except UserError as exc:
