@@ -224,13 +224,10 @@ def run_item(
 
 def weights_problems_task(weights: str | None) -> list[str]:
     """Runs where the workers run (they need the weights there), before any work."""
-    try:
-        from workers.s3diff.check import check_weights
-        from workers.s3diff.locations import resolve_weights_dir
+    import importlib
 
-        return check_weights(resolve_weights_dir(weights))
-    except UserError as exc:
-        return [str(exc)]
+    module, _, name = "workers.s3diff.preflight:weights_problems".partition(":")
+    return getattr(importlib.import_module(module), name)(weights)
 
 
 def check_weights(plan: Plan) -> None:

@@ -4,7 +4,9 @@ builds (``upscaler.py``).
 
 Its weights: where they live (``locations.py``), reading them without running pickled
 code (``loading.py``), the checkpoints' layout and checks (``checkpoint.py``), the cached
-prompt embeddings (``prompts.py``) and the whole-directory check (``check.py``).
+prompt embeddings (``prompts.py``) and the whole-directory check (``check.py``). The
+driver reaches the ``weights`` subcommand (``command.py``) and the pre-run check
+(``preflight.py``) by dotted path only.
 
 Importing this package is cheap; torch, diffusers and peft load with the submodules.
 """
