@@ -9,6 +9,7 @@ synthetic test image; ``weights`` checks S3Diff weights. Errors print as one lin
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -20,6 +21,8 @@ from pipeline.errors import JobFailed, UserError
 from pipeline.stopping import Terminated, install_sigterm_handler
 
 log = logging.getLogger("pipeline")
+
+WEIGHTS_COMMAND = "workers.s3diff.command"  # main(argv) -> exit code
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -60,39 +63,9 @@ def _sample(argv: Sequence[str]) -> int:
 
 
 def _weights(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="run_pipeline.py weights",
-        description="check an S3Diff weights directory, or convert its pickles to "
-        "safetensors (sd-turbo/ from Hugging Face stabilityai/sd-turbo, s3diff.pkl and "
-        "de_net.pth from zhangap/S3Diff)",
-    )
-    p.add_argument("action", choices=["check", "convert"])
-    p.add_argument(
-        "dir",
-        nargs="?",
-        help="weights directory (default: $S3DIFF_WEIGHTS, then ~/.cache/s3diff-sr/weights)",
-    )
-    p.add_argument(
-        "--full-size",
-        action="store_true",
-        help="require the published full-size checkpoints, key by key",
-    )
-    args = p.parse_args(argv)
-    from workers.s3diff.weights import check_weights, convert_to_safetensors, resolve_weights_dir
-
-    root = resolve_weights_dir(args.dir)
-    if args.action == "convert":
-        for path in convert_to_safetensors(root):
-            print(f"wrote {path}")
-        return 0
-    problems = check_weights(root, True if args.full_size else None)
-    for problem in problems:
-        print(f"problem: {problem}")
-    if problems:
-        print(f"error: {len(problems)} problem(s) in {root}", file=sys.stderr)
-        return 2
-    print(f"ok: {root} holds usable S3Diff weights")
-    return 0
+    """The ``weights`` subcommand lives with the S3Diff worker code, named by its path so
+    that the driver imports no worker code."""
+    return importlib.import_module(WEIGHTS_COMMAND).main(list(argv))
 
 
 def _batch(argv: Sequence[str]) -> int:

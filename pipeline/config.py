@@ -82,7 +82,7 @@ class ModelConfig:
     name: str = "bicubic"
     scale: int = 4
     batch_size: int = 4
-    weights: str | None = None  # S3Diff weights directory (see workers/s3diff/weights.py)
+    weights: str | None = None  # S3Diff weights directory (see workers/s3diff/locations.py)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # S3Diff only; ignored by models that do not use them.
     color_fix: str = "wavelet"  # wavelet | adain | none

@@ -40,7 +40,7 @@ def edit_checkpoint(root: Path, edit) -> None:
 
 
 def test_resolution_order(tmp_path, monkeypatch):
-    from workers.s3diff.weights import default_cache_dir, resolve_weights_dir
+    from workers.s3diff.locations import default_cache_dir, resolve_weights_dir
 
     explicit, env, cache_home = tmp_path / "a", tmp_path / "b", tmp_path / "cache"
     explicit.mkdir()
@@ -61,7 +61,8 @@ def test_resolution_order(tmp_path, monkeypatch):
 
 
 def test_check_weights_on_golden_and_packaged_keys():
-    from workers.s3diff.weights import FULLSIZE_KEYS_FILE, check_weights
+    from workers.s3diff.check import check_weights
+    from workers.s3diff.checkpoint import FULLSIZE_KEYS_FILE
 
     assert check_weights(WEIGHTS) == []
     assert json.loads(FULLSIZE_KEYS_FILE.read_text()) == json.loads(
@@ -76,7 +77,7 @@ def test_check_weights_on_golden_and_packaged_keys():
 
 
 def test_check_weights_names_every_missing_file(tmp_path):
-    from workers.s3diff.weights import check_weights
+    from workers.s3diff.check import check_weights
 
     problems = check_weights(tmp_path)
     text = "\n".join(problems)
@@ -94,8 +95,9 @@ def test_check_weights_names_every_missing_file(tmp_path):
 
 
 def test_missing_and_extra_keys_give_clear_errors(tmp_path):
+    from workers.s3diff.check import check_weights
+    from workers.s3diff.checkpoint import load_s3diff_checkpoint
     from workers.s3diff.model import S3Diff
-    from workers.s3diff.weights import check_weights, load_s3diff_checkpoint
 
     root = make_weights_dir(tmp_path)
     key = "down_blocks.0.attentions.0.proj_in.lora_B.default.weight"
@@ -167,7 +169,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path, name):
 
 
 def test_damaged_file_is_reported(tmp_path):
-    from workers.s3diff.weights import load_s3diff_checkpoint
+    from workers.s3diff.checkpoint import load_s3diff_checkpoint
 
     root = make_weights_dir(tmp_path)
     (root / "s3diff.pkl").write_bytes(b"not a checkpoint at all")
@@ -220,15 +222,11 @@ def test_prompt_embeds_from_text_encoder_then_safetensors_only(tmp_path):
     and used from then on. Also: a directory holding only safetensors loads and runs."""
     from transformers import AutoTokenizer, CLIPTextModel
 
+    from workers.s3diff.check import check_weights
+    from workers.s3diff.checkpoint import convert_to_safetensors
+    from workers.s3diff.locations import WeightsPaths
     from workers.s3diff.model import S3Diff
-    from workers.s3diff.weights import (
-        NEGATIVE_PROMPT,
-        POSITIVE_PROMPT,
-        WeightsPaths,
-        check_weights,
-        convert_to_safetensors,
-        load_prompt_embeds,
-    )
+    from workers.s3diff.prompts import NEGATIVE_PROMPT, POSITIVE_PROMPT, load_prompt_embeds
 
     root = make_weights_dir(tmp_path, prompt_embeds=False)
     paths = WeightsPaths(root)

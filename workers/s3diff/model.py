@@ -44,9 +44,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import UserError
-from workers.s3diff import weights as weights_io
+from workers.s3diff.checkpoint import (
+    BLOCK_EMBED_DIM,
+    DE_EMBED_DIM,
+    DEFAULT_UNET_TARGETS,
+    DEFAULT_VAE_TARGETS,
+    NUM_FOURIER,
+    NUM_UNET_BLOCKS,
+    NUM_VAE_BLOCKS,
+    UNET_ADAPTER,
+    VAE_ADAPTER,
+    load_de_net_state,
+    load_s3diff_checkpoint,
+)
 from workers.s3diff.color import color_fix as apply_color_fix
 from workers.s3diff.degradation import DEResNet
+from workers.s3diff.locations import (
+    S3DIFF_REPO,
+    SD_TURBO_REPO,
+    WeightsPaths,
+    diffusers_variant,
+    resolve_weights_dir,
+)
+from workers.s3diff.prompts import load_prompt_embeds
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +76,8 @@ LORA_ALPHA = 8.0
 PAD_MULTIPLE = 64  # output pixels: 8 latent pixels times the UNet's 3 downsamplings
 TILE_WEIGHT_VAR = 0.01  # variance of the official latent-tile Gaussian (relative to T^2)
 
-NUM_FOURIER = weights_io.NUM_FOURIER
-DE_EMBED_DIM = weights_io.DE_EMBED_DIM
-BLOCK_EMBED_DIM = weights_io.BLOCK_EMBED_DIM
-NUM_VAE_BLOCKS = weights_io.NUM_VAE_BLOCKS
-NUM_UNET_BLOCKS = weights_io.NUM_UNET_BLOCKS
-UNET_ADAPTER = weights_io.UNET_ADAPTER
-VAE_ADAPTER = weights_io.VAE_ADAPTER
-UNET_LORA_TARGETS = weights_io.DEFAULT_UNET_TARGETS
-VAE_LORA_TARGETS = weights_io.DEFAULT_VAE_TARGETS
+UNET_LORA_TARGETS = DEFAULT_UNET_TARGETS
+VAE_LORA_TARGETS = DEFAULT_VAE_TARGETS
 
 
 # --------------------------------------------------------------------------- block ids
@@ -349,14 +362,14 @@ class LatentTiling:
 
 
 def _load_diffusers(cls: Any, folder: Path, part: str) -> nn.Module:
-    hint = f"download Hugging Face {weights_io.SD_TURBO_REPO} into {folder.parent}"
+    hint = f"download Hugging Face {SD_TURBO_REPO} into {folder.parent}"
     if not (folder / "config.json").is_file():
         # Checked here: for a path that is not a folder diffusers would try the Hub.
         raise UserError(f"{folder}/config.json is missing; {hint}")
     try:
         return cls.from_pretrained(
             str(folder),
-            variant=weights_io.diffusers_variant(folder),
+            variant=diffusers_variant(folder),
             use_safetensors=True,
             torch_dtype=torch.float32,
             local_files_only=True,
@@ -388,7 +401,7 @@ def _load_fragment(model: nn.Module, state: dict, part: str, source: Path) -> No
     if missing:
         raise UserError(
             f"{source} lacks {len(missing)} {part} LoRA tensors, e.g. {missing[0]}; download "
-            f"s3diff.pkl again from Hugging Face {weights_io.S3DIFF_REPO}"
+            f"s3diff.pkl again from Hugging Face {S3DIFF_REPO}"
         )
 
 
@@ -439,18 +452,18 @@ class S3Diff(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> S3Diff:
-        """Load from a weights directory (see ``weights.py`` for the layout and lookup)."""
+        """Load from a weights directory (see ``locations.py`` for the layout and lookup)."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-        paths = weights_io.WeightsPaths(weights_io.resolve_weights_dir(weights_dir))
-        checkpoint = weights_io.load_s3diff_checkpoint(paths.s3diff)
-        de_state = weights_io.load_de_net_state(paths.de_net)
-        positive, negative = weights_io.load_prompt_embeds(paths)
+        paths = WeightsPaths(resolve_weights_dir(weights_dir))
+        checkpoint = load_s3diff_checkpoint(paths.s3diff)
+        de_state = load_de_net_state(paths.de_net)
+        positive, negative = load_prompt_embeds(paths)
         scheduler_file = paths.scheduler / "scheduler_config.json"
         if not scheduler_file.is_file():
             raise UserError(
                 f"{scheduler_file} is missing; download Hugging Face "
-                f"{weights_io.SD_TURBO_REPO} into {paths.sd_turbo}"
+                f"{SD_TURBO_REPO} into {paths.sd_turbo}"
             )
         unet = _load_diffusers(UNet2DConditionModel, paths.unet, "unet")
         vae = _load_diffusers(AutoencoderKL, paths.vae, "vae")

@@ -1,26 +1,17 @@
-"""Finding, checking and safely reading S3Diff's weights.
+"""The S3Diff checkpoint (``s3diff.pkl``) and the DE network (``de_net.pth``): their
+layout, sanity checks, loading into plain tensors, and pickle-free conversion.
 
-A weights directory holds::
-
-    sd-turbo/unet/, sd-turbo/vae/, sd-turbo/scheduler/   Hugging Face stabilityai/sd-turbo
-    sd-turbo/text_encoder/, sd-turbo/tokenizer/          (only until prompt_embeds exists)
-    s3diff.pkl   (or s3diff.safetensors)                 Hugging Face zhangap/S3Diff
-    de_net.pth   (or de_net.safetensors)                 Hugging Face zhangap/S3Diff
-    prompt_embeds.safetensors                            written here on first use
-
-The directory is, in order: the explicit path (``model.weights``), ``$S3DIFF_WEIGHTS``,
-then ``~/.cache/s3diff-sr/weights``. Pickles are read with ``weights_only=True`` only: a
-file that would need to run code to load is refused. :func:`convert_to_safetensors`
-writes pickle-free copies; :func:`check_weights` lists every problem of a directory.
-This module reads files and returns plain tensors; the model is built in ``model.py``.
+``load_s3diff_checkpoint`` and ``load_de_net_state`` are what ``model.py`` builds the
+model from; ``checkpoint_problems`` holds for a checkpoint of any size, while
+``fullsize_checkpoint_problems`` compares key by key with the published files
+(``fullsize_keys.json``). ``convert_to_safetensors`` writes copies that later loads
+prefer. Files are read through ``loading.py``, so no pickled code ever runs.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,22 +19,8 @@ from typing import Any
 import torch
 
 from pipeline.errors import UserError
-
-logger = logging.getLogger(__name__)
-
-WEIGHTS_ENV = "S3DIFF_WEIGHTS"
-SD_TURBO_REPO = "stabilityai/sd-turbo"
-S3DIFF_REPO = "zhangap/S3Diff"
-
-POSITIVE_PROMPT = (
-    "A high-resolution, 8K, ultra-realistic image with sharp focus, vibrant colors, "
-    "and natural lighting."
-)
-NEGATIVE_PROMPT = (
-    "oil painting, cartoon, blur, dirty, messy, low quality, deformation, low resolution, "
-    "oversmooth"
-)
-PROMPT_TOKENS = 77
+from workers.s3diff.loading import read_safetensors, safe_torch_load
+from workers.s3diff.locations import S3DIFF_REPO, WeightsPaths
 
 FULLSIZE_KEYS_FILE = Path(__file__).with_name("fullsize_keys.json")
 
@@ -79,141 +56,6 @@ DEFAULT_VAE_TARGETS = (
 )
 UNET_ADAPTER = "default"
 VAE_ADAPTER = "vae_skip"
-
-
-# --------------------------------------------------------------------------- locations
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "s3diff-sr" / "weights"
-
-
-def _download_hint(root: Path | str) -> str:
-    return (
-        f"{root}/sd-turbo from Hugging Face {SD_TURBO_REPO}, {root}/s3diff.pkl and "
-        f"{root}/de_net.pth from {S3DIFF_REPO}"
-    )
-
-
-def resolve_weights_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The weights directory: ``explicit``, else ``$S3DIFF_WEIGHTS``, else the user cache."""
-    if explicit:
-        root, origin = Path(explicit).expanduser(), "model.weights"
-    elif os.environ.get(WEIGHTS_ENV):
-        root, origin = Path(os.environ[WEIGHTS_ENV]).expanduser(), f"${WEIGHTS_ENV}"
-    else:
-        root = default_cache_dir()
-        if not root.is_dir():
-            raise UserError(
-                "no S3Diff weights found: set model.weights (--set model.weights=DIR) or "
-                f"${WEIGHTS_ENV}, or download them: {_download_hint(root)}"
-            )
-        return root
-    if not root.is_dir():
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise UserError(
-            f"S3Diff weights directory {root} (from {origin}) {what}; "
-            f"point it at a folder holding {_download_hint('DIR')}"
-        )
-    return root
-
-
-@dataclass(frozen=True)
-class WeightsPaths:
-    """Where each part of a weights directory lives (files may be missing)."""
-
-    root: Path
-
-    @property
-    def sd_turbo(self) -> Path:
-        return self.root / "sd-turbo"
-
-    @property
-    def unet(self) -> Path:
-        return self.sd_turbo / "unet"
-
-    @property
-    def vae(self) -> Path:
-        return self.sd_turbo / "vae"
-
-    @property
-    def scheduler(self) -> Path:
-        return self.sd_turbo / "scheduler"
-
-    @property
-    def text_encoder(self) -> Path:
-        return self.sd_turbo / "text_encoder"
-
-    @property
-    def tokenizer(self) -> Path:
-        return self.sd_turbo / "tokenizer"
-
-    @property
-    def prompt_embeds(self) -> Path:
-        return self.root / "prompt_embeds.safetensors"
-
-    @property
-    def s3diff(self) -> Path:
-        """``s3diff.safetensors`` if present (no pickle), else ``s3diff.pkl``."""
-        safe = self.root / "s3diff.safetensors"
-        return safe if safe.is_file() else self.root / "s3diff.pkl"
-
-    @property
-    def de_net(self) -> Path:
-        safe = self.root / "de_net.safetensors"
-        return safe if safe.is_file() else self.root / "de_net.pth"
-
-
-def diffusers_variant(model_dir: Path) -> str | None:
-    """None when the full-precision safetensors file is there, "fp16" when only that is."""
-    if (model_dir / "diffusion_pytorch_model.safetensors").is_file():
-        return None
-    if (model_dir / "diffusion_pytorch_model.fp16.safetensors").is_file():
-        return "fp16"
-    return None
-
-
-# --------------------------------------------------------------------------- safe reading
-
-
-def safe_torch_load(path: Path) -> Any:
-    """``torch.load`` that never runs code from the file; refusals become a UserError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        code = [ln for ln in lines if "GLOBAL" in ln or "global" in ln.split(" ")[:3]]
-        if code:
-            raise UserError(
-                f"refusing to load {path}: it needs to run pickled code, which is never "
-                f"allowed ({code[0][:160]}); download the original from Hugging Face "
-                f"{S3DIFF_REPO} or, if you trust the file, convert it to .safetensors yourself"
-            ) from None
-        detail = next((ln for ln in lines if "Unsupported" in ln), lines[-1] if lines else "")
-        raise UserError(
-            f"cannot read {path} safely ({detail[:160]}): the file is damaged, not a torch "
-            f"checkpoint, or uses pickle features that are refused; download it again from "
-            f"Hugging Face {S3DIFF_REPO}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(
-            f"cannot read {path} as a torch checkpoint ({first[:160]}); the file is damaged "
-            f"or not a checkpoint: download it again from Hugging Face {S3DIFF_REPO}"
-        ) from None
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            metadata = dict(f.metadata() or {})
-    except (SafetensorError, OSError) as exc:
-        raise UserError(f"cannot read {path} as safetensors ({exc}); recreate it") from None
-    return tensors, metadata
 
 
 def _flatten_checkpoint(raw: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -269,7 +111,7 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
             f"{path.parent}"
         )
     if path.suffix == ".safetensors":
-        return _unflatten_checkpoint(*_read_safetensors(path))
+        return _unflatten_checkpoint(*read_safetensors(path))
     raw = safe_torch_load(path)
     if not isinstance(raw, dict):
         raise UserError(
@@ -277,9 +119,6 @@ def read_checkpoint_file(path: Path) -> dict[str, Any]:
             f"download s3diff.pkl from Hugging Face {S3DIFF_REPO}"
         )
     return raw
-
-
-# --------------------------------------------------------------------------- checkpoint
 
 
 @dataclass
@@ -503,9 +342,6 @@ def load_s3diff_checkpoint(path: Path) -> S3DiffCheckpoint:
     return _to_checkpoint(raw)
 
 
-# --------------------------------------------------------------------------- DE net
-
-
 def _de_net_expected() -> dict[str, list[int]]:
     spec = json.loads(FULLSIZE_KEYS_FILE.read_text())["de_net"]
     return {k: shape for k, shape, _ in spec["keys"]}
@@ -519,7 +355,7 @@ def load_de_net_state(path: Path) -> dict[str, torch.Tensor]:
             f"{path.parent}"
         )
     if path.suffix == ".safetensors":
-        state, _ = _read_safetensors(path)
+        state, _ = read_safetensors(path)
     else:
         state = safe_torch_load(path)
     problems = _expect_shapes(path.name, state, _de_net_expected())
@@ -530,181 +366,6 @@ def load_de_net_state(path: Path) -> dict[str, torch.Tensor]:
             f"download de_net.pth again from Hugging Face {S3DIFF_REPO}"
         )
     return {k: v.float() for k, v in state.items()}
-
-
-# --------------------------------------------------------------------------- prompts
-
-
-def compute_prompt_embeds(paths: WeightsPaths) -> tuple[torch.Tensor, torch.Tensor]:
-    """CLIP last_hidden_state (1, 77, D) of the official positive and negative prompts.
-
-    Loads sd-turbo's tokenizer and text encoder (once; the caller stores the result) and,
-    like the official code, feeds the padded ids without an attention mask.
-    """
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(paths.tokenizer), local_files_only=True)
-    encoder = CLIPTextModel.from_pretrained(
-        str(paths.text_encoder), use_safetensors=True, local_files_only=True
-    )
-    encoder.eval()
-    embeds = []
-    with torch.inference_mode():
-        for prompt in (POSITIVE_PROMPT, NEGATIVE_PROMPT):
-            ids = tokenizer(
-                prompt,
-                max_length=tokenizer.model_max_length,
-                padding="max_length",
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            embeds.append(encoder(ids)[0].float().clone())
-    return embeds[0], embeds[1]
-
-
-def save_prompt_embeds(path: Path, positive: torch.Tensor, negative: torch.Tensor) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {"positive": positive.contiguous(), "negative": negative.contiguous()},
-        str(tmp),
-        metadata={"positive_prompt": POSITIVE_PROMPT, "negative_prompt": NEGATIVE_PROMPT},
-    )
-    os.replace(tmp, path)
-
-
-def load_prompt_embeds(paths: WeightsPaths) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positive, negative), each (1, 77, D) float32; computed and cached on first use."""
-    if paths.prompt_embeds.is_file():
-        tensors, _ = _read_safetensors(paths.prompt_embeds)
-        problems = prompt_embeds_problems(tensors)
-        if problems:
-            raise UserError(
-                f"{paths.prompt_embeds}: {problems[0]}; delete it to recompute it from "
-                "sd-turbo/text_encoder"
-            )
-        return tensors["positive"].float(), tensors["negative"].float()
-    if not (paths.text_encoder.is_dir() and paths.tokenizer.is_dir()):
-        raise UserError(
-            f"{paths.prompt_embeds} is missing and so is sd-turbo/text_encoder or tokenizer "
-            f"to compute it; download them from Hugging Face {SD_TURBO_REPO} into "
-            f"{paths.sd_turbo}"
-        )
-    logger.info("computing S3Diff prompt embeddings with %s", paths.text_encoder)
-    positive, negative = compute_prompt_embeds(paths)
-    try:
-        save_prompt_embeds(paths.prompt_embeds, positive, negative)
-    except OSError as exc:
-        logger.warning("could not cache prompt embeddings at %s: %s", paths.prompt_embeds, exc)
-    return positive, negative
-
-
-def prompt_embeds_problems(tensors: dict[str, torch.Tensor], dim: int | None = None) -> list[str]:
-    problems = []
-    for key in ("positive", "negative"):
-        shape = _shape(tensors.get(key))
-        if shape is None:
-            problems.append(f"lacks the tensor {key!r}")
-        elif len(shape) != 3 or shape[:2] != [1, PROMPT_TOKENS] or (dim and shape[2] != dim):
-            want = f"[1, {PROMPT_TOKENS}, {dim or 'D'}]"
-            problems.append(f"tensor {key!r} has shape {shape}, expected {want}")
-    return problems
-
-
-# --------------------------------------------------------------------------- whole directory
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-_SD_TURBO_CONFIG = {
-    "unet": {
-        "block_out_channels": [320, 640, 1280, 1280],
-        "cross_attention_dim": 1024,
-        "layers_per_block": 2,
-        "in_channels": 4,
-        "out_channels": 4,
-    },
-    "vae": {"block_out_channels": [128, 256, 512, 512], "latent_channels": 4},
-}
-
-
-def check_weights(root: str | os.PathLike[str], full_size: bool | None = None) -> list[str]:
-    """Every problem of a weights directory, one actionable line each ([] when usable).
-
-    ``full_size`` True compares the checkpoints key by key with the published full-size
-    files and the SD-Turbo configs; None decides from ``sd-turbo/unet/config.json``.
-    """
-    paths = WeightsPaths(Path(root))
-    problems: list[str] = []
-    if not paths.root.is_dir():
-        return [f"{paths.root} does not exist; download {_download_hint(paths.root)}"]
-    sd_hint = f"download Hugging Face {SD_TURBO_REPO} into {paths.sd_turbo}"
-    configs: dict[str, dict[str, Any] | None] = {}
-    for part in ("unet", "vae"):
-        folder = getattr(paths, part)
-        configs[part] = _read_json(folder / "config.json")
-        if configs[part] is None:
-            problems.append(f"{folder}/config.json is missing or unreadable; {sd_hint}")
-        has_weights = (folder / "diffusion_pytorch_model.safetensors").is_file() or (
-            diffusers_variant(folder) is not None
-        )
-        if not has_weights:
-            problems.append(
-                f"{folder}/diffusion_pytorch_model.safetensors is missing; {sd_hint} "
-                "(.bin pickles are not loaded)"
-            )
-    if _read_json(paths.scheduler / "scheduler_config.json") is None:
-        problems.append(f"{paths.scheduler}/scheduler_config.json is missing; {sd_hint}")
-    if full_size is None:
-        blocks = (configs["unet"] or {}).get("block_out_channels")
-        full_size = blocks == _SD_TURBO_CONFIG["unet"]["block_out_channels"]
-    if full_size:
-        for part, expected in _SD_TURBO_CONFIG.items():
-            config = configs[part] or {}
-            for key, value in expected.items():
-                if configs[part] is not None and config.get(key) != value:
-                    problems.append(
-                        f"{getattr(paths, part)}/config.json has {key}={config.get(key)!r}, "
-                        f"SD-Turbo has {value!r}; {sd_hint}"
-                    )
-    dim = (configs["unet"] or {}).get("cross_attention_dim")
-
-    if paths.prompt_embeds.is_file():
-        try:
-            tensors, _ = _read_safetensors(paths.prompt_embeds)
-            problems += [
-                f"{paths.prompt_embeds}: {p}" for p in prompt_embeds_problems(tensors, dim)
-            ]
-        except UserError as exc:
-            problems.append(str(exc))
-    elif not (paths.text_encoder.is_dir() and paths.tokenizer.is_dir()):
-        problems.append(
-            f"{paths.prompt_embeds} is missing, and so is sd-turbo/text_encoder or "
-            f"sd-turbo/tokenizer to compute it; {sd_hint}"
-        )
-
-    try:
-        raw = read_checkpoint_file(paths.s3diff)
-    except UserError as exc:
-        problems.append(str(exc))
-    else:
-        hint = f"download s3diff.pkl again from Hugging Face {S3DIFF_REPO}"
-        found = checkpoint_problems(raw)
-        if full_size:
-            found += fullsize_checkpoint_problems(raw)
-        problems += [f"{paths.s3diff.name}: {p}; {hint}" for p in dict.fromkeys(found)]
-
-    try:
-        load_de_net_state(paths.de_net)
-    except UserError as exc:
-        problems.append(str(exc))
-    return problems
 
 
 def convert_to_safetensors(root: str | os.PathLike[str]) -> list[Path]:
