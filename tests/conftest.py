@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LOCAL_RAY, synth_image
+# helpers.py asserts on behalf of the tests (assert_one_line_error): rewritten like a
+# test module, so a failure shows the values. Registered before its first import.
+pytest.register_assert_rewrite("tests.helpers")
+
+from tests.helpers import LOCAL_RAY, synth_image  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Every Ray of the test session (local, multi-node, the job server) on loopback only:
