@@ -254,7 +254,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     assert np.array_equal(tifffile.imread(out), expected)
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
     """A record saying "running" from a process that no longer exists reads as
     interrupted; unknown targets are one-line errors."""

@@ -40,7 +40,7 @@ def test_sample_then_upscale_end_to_end(tmp_path):
     assert not list(tmp_path.glob(".out.partial*"))
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
     png = tmp_path / "in.png"
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(png)
@@ -103,7 +103,7 @@ def test_presets_load():
         load_config(preset)
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # a fresh interpreter: this one has torch imported already
 def test_driver_package_does_not_import_torch():
     modules = sorted(
         f"pipeline.{p.stem}" for p in (ROOT / "pipeline").glob("*.py") if p.stem != "__init__"

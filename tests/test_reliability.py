@@ -243,7 +243,6 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
-@pytest.mark.model
 @pytest.mark.integration
 def test_killed_cli_resumes_tiny_s3diff(tmp_path, ray_local):
     """The tiny S3Diff (degradation estimate, then regions): SIGKILL after the first
@@ -404,7 +403,6 @@ def test_out_of_memory_halves_the_batch_and_drops_no_tile(tmp_path, ray_local, c
     assert sum(t for _, t, _, o in calls if o == "ok") == expected
 
 
-@pytest.mark.model
 @pytest.mark.integration
 def test_out_of_memory_in_tiny_s3diff_video_keeps_every_frame(tmp_path, ray_local, faulty):
     """The tiny S3Diff with an injected OOM, on a video: the workers shrink their batch,
@@ -572,7 +570,7 @@ def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path):
     assert not marker.exists()  # the pickle's code never ran
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_foreign_directory_at_the_store_path_is_left_alone(tmp_path):
     """A directory of the user's where the job store would go is never reused, cleared
     or deleted, not even with --restart."""
@@ -588,7 +586,7 @@ def test_foreign_directory_at_the_store_path_is_left_alone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "o.tif.job.zarr"]
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_unwritable_output_directory_is_refused(tmp_path):
     src = tmp_path / "in.png"
@@ -602,7 +600,7 @@ def test_unwritable_output_directory_is_refused(tmp_path):
         locked.chmod(0o755)
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_one_pixel_image_is_valid_input(tmp_path):
     """A 1x1 image is not an error: it is upscaled exactly (one tile of its own size)."""
     src = tmp_path / "dot.png"

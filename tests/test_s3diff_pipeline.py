@@ -14,7 +14,7 @@ from pipeline.run import run_job
 from pipeline.store import JobStore, default_store_url
 from tests.helpers import make_config, run_cli, synth_image
 
-pytestmark = [pytest.mark.model, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 WEIGHTS = Path(__file__).parent / "data" / "golden" / "weights"
 
 

@@ -22,7 +22,6 @@ from PIL import Image
 from pipeline.errors import UserError
 from tests.helpers import run_cli, synth_image
 
-pytestmark = pytest.mark.integration
 RAY = Path(sys.executable).parent / "ray"
 
 
@@ -127,6 +126,7 @@ def _job_api_up(url: str) -> bool:
         return False
 
 
+@pytest.mark.integration
 def test_submit_follow_runs_the_job_on_the_cluster(tmp_path: Path, job_server: str):
     from pipeline.submit import ray_job_status
 
@@ -154,6 +154,7 @@ def test_submit_follow_runs_the_job_on_the_cluster(tmp_path: Path, job_server: s
         ray_job_status(job_server, "raysubmit_nosuchjob")
 
 
+@pytest.mark.integration
 def test_submit_bad_input_fails_with_its_error_line(tmp_path: Path, job_server: str):
     missing = tmp_path / "missing.png"
     proc = run_cli(
@@ -167,6 +168,7 @@ def test_submit_bad_input_fails_with_its_error_line(tmp_path: Path, job_server: 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.integration
 def test_submit_to_nothing_is_one_line(tmp_path: Path):
     nowhere = f"http://127.0.0.1:{free_port()}"
     proc = run_cli("submit", "--address", nowhere, "in.png", "-o", "o.png", timeout=240)
@@ -175,6 +177,7 @@ def test_submit_to_nothing_is_one_line(tmp_path: Path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.unit
 def test_submit_checks_the_command_line_before_uploading():
     """Single jobs and batches are parsed here first: a typo exits 2 before any upload."""
     from pipeline.submit import check_pipeline_args
@@ -189,6 +192,7 @@ def test_submit_checks_the_command_line_before_uploading():
         check_pipeline_args([])
 
 
+@pytest.mark.unit
 def test_submit_exit_code_is_the_pipelines_own():
     from pipeline.submit import job_exit_code
 
