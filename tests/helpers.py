@@ -1,8 +1,18 @@
-"""Helpers shared by the tests: synthetic images, the bicubic reference, configs."""
+"""Helpers shared by the tests: the CLI as a user runs it, synthetic images, the bicubic
+reference, configs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = ROOT / "run_pipeline.py"
 
 # The test session's local Ray (conftest's ray_local): 2 logical GPUs so GPU actors
 # (num_cpus=0) are scheduled as on a GPU machine while torch runs on the CPU. Tests
@@ -16,6 +26,48 @@ LOCAL_RAY = dict(
     logging_level="ERROR",
     log_to_driver=False,
 )
+
+
+def cli_argv(*args: object) -> list[str]:
+    """The command line of ``run_pipeline.py`` with ``args`` (paths and numbers as text),
+    run by this test session's interpreter."""
+    return [sys.executable, str(CLI), *map(str, args)]
+
+
+def run_cli(
+    *args: object,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to the end in a subprocess; stdout and stderr captured as text.
+    ``env=None`` inherits this process's environment (as monkeypatched by the test)."""
+    return subprocess.run(
+        cli_argv(*args), capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def launch_cli(
+    *args: object,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+    stdout: int | IO[Any] | None = subprocess.PIPE,
+    stderr: int | IO[Any] | None = subprocess.PIPE,
+) -> subprocess.Popen[str]:
+    """Start the CLI in a subprocess and return at once (to signal or kill it mid-run);
+    its pipes are text. The caller waits for it."""
+    return subprocess.Popen(
+        cli_argv(*args), stdout=stdout, stderr=stderr, text=True, cwd=cwd, env=env
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:
+    """The CLI failed with ``code`` and a last stderr line ``error: ...`` holding ``text``,
+    without a traceback."""
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines and lines[-1].startswith("error: ") and text in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def synth_image(height: int, width: int, channels: int = 3, dtype=np.uint8, seed: int = 0):

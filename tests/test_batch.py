@@ -25,8 +25,7 @@ from pipeline.batch import BatchItem, exit_code, format_table, read_manifest, ru
 from pipeline.errors import UserError
 from pipeline.run import run_job
 from tests import faulty_model as fm
-from tests.helpers import make_config, synth_image
-from tests.test_cli import ROOT, cli
+from tests.helpers import launch_cli, make_config, run_cli, synth_image
 
 SMALL = {"scale": 2, "tile": 32, "overlap": 8, "region_out_px": 128, "chunk_out_px": 64}
 SMALL_SET = (
@@ -176,32 +175,22 @@ def test_batch_cli_directory_exit_codes_and_status(tmp_path):
     report = tmp_path / "r.json"
     args = ["batch", src, "--output-pattern", str(tmp_path / "up" / "{stem}_x2.png")]
     args += ["--scale", "2", "--report", report, "--quiet"]
-    first = cli(*args)
+    first = run_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "2 done" in first.stdout and "Traceback" not in first.stderr
     for i in range(2):
         assert Image.open(tmp_path / "up" / f"img{i}_x2.png").size == (160, 128)
-    again = cli(*args)
+    again = run_cli(*args)
     assert again.returncode == 0 and "2 skipped" in again.stdout
-    shown = cli("status", report)
+    shown = run_cli("status", report)
     assert shown.returncode == 0 and "2 skipped" in shown.stdout
 
-    bad = cli("batch", tmp_path / "nothing.yaml", "--quiet")
+    bad = run_cli("batch", tmp_path / "nothing.yaml", "--quiet")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
     assert "Traceback" not in bad.stderr
 
 
 # ------------------------------------------------------------------------ SIGTERM
-def _launch(*args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-
-
 def _sigterm_at(proc: subprocess.Popen, bar: str, count: int) -> tuple[int, str]:
     """SIGTERM ``proc`` once its ``bar`` progress bar shows at least ``count`` regions
     (tqdm redraws with \\r, so stderr is read a character at a time). Returns (the
@@ -231,7 +220,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8", "--batch-size", "1"]
     args += ["--set", "store.region_out_px=64", "--set", "store.chunk_out_px=64"]
     args += ["--set", "run.term_grace_s=30"]
-    proc = _launch(*args)
+    proc = launch_cli(*args)
     done, rest = _sigterm_at(proc, "upscale", 20)
     assert proc.wait(timeout=120) == 75, rest
     assert done, "the job never reached the upscale stage"
@@ -244,7 +233,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     status = store_status(str(store))
     assert status["state"] == "terminated"
     assert done <= status["regions_done"] < status["regions_total"]
-    shown = cli("status", out)
+    shown = run_cli("status", out)
     assert shown.returncode == 0 and "terminated" in shown.stdout
 
     clean = tmp_path / "clean.tif"
@@ -259,13 +248,13 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
         cut = np.s_[row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64]
         assert np.array_equal(partial[cut], expected[cut])
 
-    resumed = cli(*args, "--quiet")
+    resumed = run_cli(*args, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert f"{int(flags.sum())} resumed from the store" in resumed.stdout
     assert np.array_equal(tifffile.imread(out), expected)
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
     """A record saying "running" from a process that no longer exists reads as
     interrupted; unknown targets are one-line errors."""
@@ -286,9 +275,9 @@ def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
     assert status["state"] == "interrupted"
     assert "run the same command again to resume" in format_store_status(status)
 
-    missing = cli("status", tmp_path / "nope.tif")
+    missing = run_cli("status", tmp_path / "nope.tif")
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
-    finished = cli("status", src)  # exists, no store beside it
+    finished = run_cli("status", src)  # exists, no store beside it
     assert finished.returncode == 2 and "no job store beside it" in finished.stderr
 
 
@@ -307,7 +296,7 @@ def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
     args += ["--scale", "2", "--tile", "32", "--overlap", "8", "--batch-size", "1"]
     args += ["--report", report, "--set", "store.region_out_px=64"]
     args += ["--set", "store.chunk_out_px=64", "--set", "run.active_jobs=2"]
-    proc = _launch(*args)
+    proc = launch_cli(*args)
     seen, rest = _sigterm_at(proc, "batch", 10)
     assert proc.wait(timeout=120) == 75, rest
     assert seen, "the batch never reached the upscale stage"
@@ -321,7 +310,7 @@ def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
     assert left == ["img0_x2.tif.job.zarr", "img1_x2.tif.job.zarr"]
     assert [Path(i["store"]).name for i in items[:2]] == left
 
-    again = cli(*[str(a) for a in args], "--quiet")
+    again = run_cli(*[str(a) for a in args], "--quiet")
     assert again.returncode == 0, again.stderr
     final = json.loads(report.read_text())["items"]
     assert [i["status"] for i in final] == ["done"] * 4

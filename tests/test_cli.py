@@ -4,33 +4,22 @@ import struct
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=cwd or ROOT,
-        timeout=300,
-    )
+from tests.helpers import ROOT, assert_one_line_error, launch_cli, run_cli
 
 
 @pytest.mark.integration
 def test_sample_then_upscale_end_to_end(tmp_path):
     sample = tmp_path / "sample.png"
-    made = cli("sample", sample, "--size", "300x200")
+    made = run_cli("sample", sample, "--size", "300x200")
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out.tif"
-    run = cli(
+    run = run_cli(
         sample,
         "-o",
         out,
@@ -51,14 +40,7 @@ def test_sample_then_upscale_end_to_end(tmp_path):
     assert not list(tmp_path.glob(".out.partial*"))
 
 
-def _one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:
-    assert result.returncode == code, (result.stdout, result.stderr)
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("error: ") and text in lines[-1], result.stderr
-    assert "Traceback" not in result.stderr
-
-
-@pytest.mark.unit
+@pytest.mark.integration
 def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
     png = tmp_path / "in.png"
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(png)
@@ -68,25 +50,29 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
     empty.write_bytes(b"")
     text_mp4 = tmp_path / "movie.mp4"
     text_mp4.write_text("hello")
-    _one_line_error(cli(tmp_path / "nope.png", "-o", tmp_path / "o.tif"), 2, "does not exist")
-    _one_line_error(cli(png, "-o", existing), 2, "already exists; pass --overwrite")
+    assert_one_line_error(
+        run_cli(tmp_path / "nope.png", "-o", tmp_path / "o.tif"), 2, "does not exist"
+    )
+    assert_one_line_error(run_cli(png, "-o", existing), 2, "already exists; pass --overwrite")
     assert existing.read_bytes() == b"precious"
-    _one_line_error(cli(empty, "-o", tmp_path / "o.tif"), 2, "is empty (0 bytes)")
-    _one_line_error(cli(text_mp4, "-o", tmp_path / "o.tif"), 2, "not a supported input")
-    _one_line_error(cli(png, "-o", png, "--overwrite"), 2, "the output path is the input path")
-    _one_line_error(cli(png, "-o", tmp_path / "missing" / "o.tif"), 2, "output directory")
-    _one_line_error(
-        cli(png, "-o", tmp_path / "o.tif", "--set", "tiling.bogus=1"),
+    assert_one_line_error(run_cli(empty, "-o", tmp_path / "o.tif"), 2, "is empty (0 bytes)")
+    assert_one_line_error(run_cli(text_mp4, "-o", tmp_path / "o.tif"), 2, "not a supported input")
+    assert_one_line_error(
+        run_cli(png, "-o", png, "--overwrite"), 2, "the output path is the input path"
+    )
+    assert_one_line_error(run_cli(png, "-o", tmp_path / "missing" / "o.tif"), 2, "output directory")
+    assert_one_line_error(
+        run_cli(png, "-o", tmp_path / "o.tif", "--set", "tiling.bogus=1"),
         2,
         "unknown config key tiling.bogus",
     )
-    _one_line_error(
-        cli(png, "-o", tmp_path / "o.tif", "--tile", "64", "--overlap", "64"),
+    assert_one_line_error(
+        run_cli(png, "-o", tmp_path / "o.tif", "--tile", "64", "--overlap", "64"),
         2,
         "must be smaller than --tile",
     )
-    _one_line_error(
-        cli(png, "-o", tmp_path / "o.tif", "--config", tmp_path / "x.yaml"), 2, "does not exist"
+    assert_one_line_error(
+        run_cli(png, "-o", tmp_path / "o.tif", "--config", tmp_path / "x.yaml"), 2, "does not exist"
     )
     bomb = tmp_path / "bomb.png"  # header claims 100000x100000; no pixel data
     header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
@@ -97,7 +83,7 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
         + header
         + struct.pack(">I", zlib.crc32(b"IHDR" + header))
     )
-    _one_line_error(cli(bomb, "-o", tmp_path / "o.tif"), 2, "over the 2048 MiB limit")
+    assert_one_line_error(run_cli(bomb, "-o", tmp_path / "o.tif"), 2, "over the 2048 MiB limit")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bomb.png",
         "empty.png",
@@ -105,7 +91,7 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
         "in.png",
         "movie.mp4",
     ]
-    debug = cli(png, "-o", existing, "--debug")
+    debug = run_cli(png, "-o", existing, "--debug")
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
@@ -117,7 +103,7 @@ def test_presets_load():
         load_config(preset)
 
 
-@pytest.mark.unit
+@pytest.mark.integration  # a fresh interpreter: this one has torch imported already
 def test_driver_package_does_not_import_torch():
     modules = sorted(
         ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
@@ -146,26 +132,19 @@ def test_killed_driver_leaves_no_ray_processes(tmp_path):
 
     src = tmp_path / "big.tif"
     tifffile.imwrite(src, np.zeros((3000, 3000, 3), np.uint8), tile=(256, 256), photometric="rgb")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "run_pipeline.py"),
-            str(src),
-            "-o",
-            str(tmp_path / "o.tif"),
-            "--scale",
-            "4",
-            "--tile",
-            "64",
-            "--overlap",
-            "8",
-            "--set",
-            "run.region_retries=0",
-        ],
-        cwd=ROOT,
+    proc = launch_cli(
+        src,
+        "-o",
+        tmp_path / "o.tif",
+        "--scale",
+        "4",
+        "--tile",
+        "64",
+        "--overlap",
+        "8",
+        "--set",
+        "run.region_retries=0",
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     for line in proc.stderr:  # wait until actors are working
         if line.startswith("upscale:"):
@@ -188,7 +167,7 @@ def test_video_through_the_cli(tmp_path):
 
     src = make_clip(tmp_path / "clip.mp4", frames=12)
     out = tmp_path / "clip_x2.mkv"
-    run = cli(
+    run = run_cli(
         src,
         "-o",
         out,
@@ -209,7 +188,7 @@ def test_video_through_the_cli(tmp_path):
     assert "12 frames" in run.stdout
     video = [s for s in probe_summary(out)["streams"] if s["type"] == "video"][0]
     assert (video["packets"], video["width"], video["codec"]) == (12, 192, "hevc")
-    bad = cli(src, "-o", tmp_path / "x.mp4", "--frames", "9:3")
-    _one_line_error(bad, 2, "the selected range holds no frames")
-    image_out = cli(src, "-o", tmp_path / "x.png")
-    _one_line_error(image_out, 2, "is a video; give a video output")
+    bad = run_cli(src, "-o", tmp_path / "x.mp4", "--frames", "9:3")
+    assert_one_line_error(bad, 2, "the selected range holds no frames")
+    image_out = run_cli(src, "-o", tmp_path / "x.png")
+    assert_one_line_error(image_out, 2, "is a video; give a video output")

@@ -7,8 +7,6 @@ GPU nodes, the CPU stages on the head, and the output must equal a single-proces
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,11 +15,10 @@ import pytest
 import tifffile
 
 from pipeline.run import run_job
-from tests.helpers import LOCAL_RAY, make_config, synth_image
+from tests.helpers import LOCAL_RAY, make_config, run_cli, synth_image
 from tests.video_fixtures import decode_frames, make_clip
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +106,7 @@ def test_unreachable_address_is_one_line(tmp_path: Path):
 
     src = tmp_path / "in.png"
     Image.fromarray(synth_image(40, 50)).save(src)
-    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), str(src), "-o", str(tmp_path / "o.png")]
-    proc = subprocess.run(
-        cmd + ["--address", "127.0.0.1:1"], capture_output=True, text=True, timeout=60
-    )
+    proc = run_cli(src, "-o", tmp_path / "o.png", "--address", "127.0.0.1:1", timeout=60)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: cannot reach the Ray cluster at 127.0.0.1:1"), lines

@@ -25,12 +25,11 @@ from pipeline.errors import JobFailed, UserError
 from pipeline.run import run_job
 from pipeline.status import status_command
 from tests import faulty_model as fm
-from tests.helpers import make_config, synth_image
+from tests.helpers import make_config, run_cli, synth_image
 from tests.test_video import assert_video_preserved
 from tests.video_fixtures import make_clip
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "sr-test"
 SMALL = {"scale": 2, "tile": 32, "overlap": 8, "region_out_px": 128, "chunk_out_px": 64}
 
@@ -86,16 +85,6 @@ def keys(fs, prefix: str) -> list[str]:
     return sorted(fs.find(f"{BUCKET}/{prefix}"))
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-
-
 def reference(tmp_path: Path, src: Path) -> np.ndarray:
     """The same job on local files, in-process."""
     out = tmp_path / "ref.tif"
@@ -107,7 +96,7 @@ def test_image_from_s3_to_s3_with_store_on_s3_matches_local_run(s3, tmp_path):
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, synth_image(150, 200), photometric="rgb", tile=(64, 64))
     s3.put_file(str(src), f"{BUCKET}/cli/in.tif")
-    run = cli(
+    run = run_cli(
         f"s3://{BUCKET}/cli/in.tif",
         "-o",
         f"s3://{BUCKET}/cli/out/up.tif",
@@ -298,7 +287,7 @@ def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, t
         *("--scale", "2", "--tile", "32", "--overlap", "8"),
         *("--set", "store.region_out_px=128", "--set", "store.chunk_out_px=64"),
     )
-    run = cli(*args)
+    run = run_cli(*args)
     assert run.returncode == 0, run.stderr
     items = json.loads(report.read_text())["items"]
     assert [(i["input"], i["status"]) for i in items] == [
@@ -311,6 +300,6 @@ def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, t
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "got.tif"), want)
     assert keys(s3, "batch/out") == [f"{BUCKET}/batch/out/scan{i}_x2.tif" for i in range(2)]
 
-    again = cli(*args)
+    again = run_cli(*args)
     assert again.returncode == 0, again.stderr
     assert [i["status"] for i in json.loads(report.read_text())["items"]] == ["skipped"] * 2

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,8 +29,15 @@ from pipeline.errors import JobFailed, UserError
 from pipeline.run import run_job
 from pipeline.store import JobStore, default_store_url
 from tests import faulty_model as fm
-from tests.helpers import bicubic_reference, make_config, synth_image
-from tests.test_cli import ROOT, _one_line_error, cli
+from tests.helpers import (
+    ROOT,
+    assert_one_line_error,
+    bicubic_reference,
+    launch_cli,
+    make_config,
+    run_cli,
+    synth_image,
+)
 
 WEIGHTS = ROOT / "tests" / "data" / "golden" / "weights"
 
@@ -43,20 +49,10 @@ POISON_REGION = "frame 0 region (row 1, col 1)"
 
 
 # ----------------------------------------------------------------------------- helpers
-def launch(*args) -> subprocess.Popen:
-    """The CLI as a user starts it; stderr is read line by line (tqdm's \\r splits too)."""
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def kill_when(proc: subprocess.Popen, point: Callable[[str], bool], inspect=None) -> str:
-    """SIGKILL the CLI at the first stderr line where ``point`` holds, then wait until
-    its local Ray is gone (the reaper's job), so a rerun cannot meet a stale worker."""
+    """SIGKILL the CLI (``launch_cli``; stderr is read line by line, tqdm's \\r splits
+    too) at the first stderr line where ``point`` holds, then wait until its local Ray
+    is gone (the reaper's job), so a rerun cannot meet a stale worker."""
     seen = []
     for line in proc.stderr:
         seen.append(line)
@@ -154,7 +150,7 @@ def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_lo
     args += ["--set", "store.region_out_px=256", "--set", "store.chunk_out_px=128"]
     url = default_store_url(str(src), str(out), None)
 
-    kill_when(launch(*args), lambda ln: ln.startswith("ingest:"))
+    kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), lambda ln: ln.startswith("ingest:"))
     no_finished_looking_output(out)
     assert not JobStore.open(url, mode="r").ingested_mask().any()
     assert check_flags(url, clean)[0] == 0
@@ -170,7 +166,7 @@ def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_lo
                 if conn.status == psutil.CONN_LISTEN:
                     listening.append((conn.laddr.ip, conn.laddr.port, cmd[:60]))
 
-    kill_when(launch(*args), bar_at_least(16), inspect=sockets)
+    kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), bar_at_least(16), inspect=sockets)
     no_finished_looking_output(out)
     done, total = check_flags(url, clean)
     assert 0 < done < total
@@ -189,12 +185,12 @@ def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_lo
             time.sleep(0.005)
         return False
 
-    kill_when(launch(*args), partial_written)
+    kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), partial_written)
     no_finished_looking_output(out)
     assert list(tmp_path.glob(".out.partial-*.tif"))  # an unfinished, hidden temporary
     assert check_flags(url, clean) == (total, total)
 
-    final = cli(*args)
+    final = run_cli(*args)
     assert final.returncode == 0, final.stderr
     assert f"0/{total} regions run, {total} resumed" in final.stdout
     np.testing.assert_array_equal(tifffile.imread(out), clean[0])
@@ -224,7 +220,7 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
     args += ["--set", "video.segment_frames=12", "--codec", "ffv1"]
     url = default_store_url(str(src), str(out), None)
 
-    kill_when(launch(*args), lambda ln: ln.startswith("ingest:"))
+    kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), lambda ln: ln.startswith("ingest:"))
     no_finished_looking_output(out)
     assert not JobStore.open(url, mode="r").ingested_mask().all()
 
@@ -233,11 +229,11 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
         # In the first half, so that plenty of work is left when the kill lands.
         return bool(m) and 0 < int(m.group(1)) <= int(m.group(2)) // 2
 
-    kill_when(launch(*args), encoding)
+    kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), encoding)
     no_finished_looking_output(out)
     assert 0 < check_flags(url, clean_stored)[0]
 
-    final = cli(*args)
+    final = run_cli(*args)
     assert final.returncode == 0, final.stderr
     assert "resumed from the store" in final.stdout
     got, want = decode_frames(out), decode_frames(clean)
@@ -247,7 +243,6 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
-@pytest.mark.model
 @pytest.mark.integration
 def test_killed_cli_resumes_tiny_s3diff(tmp_path, ray_local):
     """The tiny S3Diff (degradation estimate, then regions): SIGKILL after the first
@@ -265,12 +260,12 @@ def test_killed_cli_resumes_tiny_s3diff(tmp_path, ray_local):
     args += ["--overlap", "24", "--batch-size", "2", "--set", f"model.weights={WEIGHTS}"]
     args += ["--set", "store.region_out_px=128", "--set", "store.chunk_out_px=64"]
     args += ["--actors", "1"]
-    kill_when(launch(*args), bar_at_least(1))
+    kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), bar_at_least(1))
     no_finished_looking_output(out)
     url = default_store_url(str(src), str(out), None)
     done, total = check_flags(url, clean)
     assert 0 < done < total == 4
-    final = cli(*args)
+    final = run_cli(*args)
     assert final.returncode == 0, final.stderr
     np.testing.assert_array_equal(tifffile.imread(out), clean[0])
 
@@ -408,7 +403,6 @@ def test_out_of_memory_halves_the_batch_and_drops_no_tile(tmp_path, ray_local, c
     assert sum(t for _, t, _, o in calls if o == "ok") == expected
 
 
-@pytest.mark.model
 @pytest.mark.integration
 def test_out_of_memory_in_tiny_s3diff_video_keeps_every_frame(tmp_path, ray_local, faulty):
     """The tiny S3Diff with an injected OOM, on a video: the workers shrink their batch,
@@ -569,14 +563,14 @@ def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path):
     ]
     before_bad, before_out = _snapshot(bad), _snapshot(out)
     for src, target, extra, text in cases:
-        result = cli(src, "-o", out / target, "--overwrite", *extra)
-        _one_line_error(result, 2, text)
+        result = run_cli(src, "-o", out / target, "--overwrite", *extra)
+        assert_one_line_error(result, 2, text)
         assert _snapshot(bad) == before_bad, src
         assert _snapshot(out) == before_out, src  # no store, no temporary, output intact
     assert not marker.exists()  # the pickle's code never ran
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_foreign_directory_at_the_store_path_is_left_alone(tmp_path):
     """A directory of the user's where the job store would go is never reused, cleared
     or deleted, not even with --restart."""
@@ -586,13 +580,13 @@ def test_foreign_directory_at_the_store_path_is_left_alone(tmp_path):
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
     for extra in ([], ["--restart"]):
-        result = cli(src, "-o", tmp_path / "o.tif", "--set", "run.runner=local", *extra)
-        _one_line_error(result, 2, "exists and is not a job store; it is left alone")
+        result = run_cli(src, "-o", tmp_path / "o.tif", "--set", "run.runner=local", *extra)
+        assert_one_line_error(result, 2, "exists and is not a job store; it is left alone")
     assert (theirs / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "o.tif.job.zarr"]
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
 def test_unwritable_output_directory_is_refused(tmp_path):
     src = tmp_path / "in.png"
@@ -601,12 +595,12 @@ def test_unwritable_output_directory_is_refused(tmp_path):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        _one_line_error(cli(src, "-o", locked / "o.tif"), 2, "is not writable")
+        assert_one_line_error(run_cli(src, "-o", locked / "o.tif"), 2, "is not writable")
     finally:
         locked.chmod(0o755)
 
 
-@pytest.mark.unit
+@pytest.mark.integration
 def test_one_pixel_image_is_valid_input(tmp_path):
     """A 1x1 image is not an error: it is upscaled exactly (one tile of its own size)."""
     src = tmp_path / "dot.png"

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.model
-
 WEIGHTS = Path(__file__).parent / "data" / "golden" / "weights"
 SCORES = torch.tensor([0.3, 0.6])
 
@@ -46,6 +44,7 @@ def tiles() -> torch.Tensor:
     return torch.stack(out)
 
 
+@pytest.mark.model
 def test_fold_equals_unfold_and_restores_weights(upscaler, tiles):
     model = upscaler.model
     model.unfold()
@@ -60,6 +59,7 @@ def test_fold_equals_unfold_and_restores_weights(upscaler, tiles):
     assert torch.equal(model(tiles, SCORES, fold=False), unfolded)
 
 
+@pytest.mark.model
 def test_fold_orientation_matches_modulated_layer(upscaler):
     """delta W = scaling * B M^T A reproduces base(x) + scaling * B(A(x) @ M) per layer."""
     model = upscaler.model
@@ -85,6 +85,7 @@ def test_fold_orientation_matches_modulated_layer(upscaler):
             model.unet_lora.unfold()
 
 
+@pytest.mark.model
 def test_folded_state_is_cached_per_scores(upscaler, tiles, monkeypatch):
     model = upscaler.model
     calls = []
@@ -98,6 +99,7 @@ def test_folded_state_is_cached_per_scores(upscaler, tiles, monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.model
 def test_batched_cfg_equals_two_unet_calls(upscaler):
     model = upscaler.model
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 0.2
@@ -115,6 +117,7 @@ def test_batched_cfg_equals_two_unet_calls(upscaler):
         assert max_diff(one, two) < 1e-5
 
 
+@pytest.mark.model
 def test_batch_of_tiles_equals_single_tiles(upscaler, tiles):
     batch = upscaler.upscale(tiles, SCORES)
     assert batch.shape == (3, 3, 64, 64) and batch.dtype == torch.float32
@@ -123,6 +126,7 @@ def test_batch_of_tiles_equals_single_tiles(upscaler, tiles):
     assert max_diff(batch, singles) < 1e-4
 
 
+@pytest.mark.model
 def test_per_tile_conditioning(upscaler, tiles):
     """(N, 2) scores run the unfolded path in one batch and match per-tile runs."""
     scores = torch.tensor([[0.2, 0.4], [0.5, 0.5], [0.9, 0.1]])
@@ -135,6 +139,7 @@ def test_per_tile_conditioning(upscaler, tiles):
     assert upscaler.model.unet_lora.folded
 
 
+@pytest.mark.model
 def test_conditioning_fallback_and_validation(upscaler, tiles):
     estimated = upscaler.estimate_degradation(tiles[:2])
     assert estimated.shape == (2,) and ((estimated > 0) & (estimated < 1)).all()
@@ -147,6 +152,7 @@ def test_conditioning_fallback_and_validation(upscaler, tiles):
         upscaler.upscale(tiles[:, :1])
 
 
+@pytest.mark.model
 def test_fixed_degradation_and_options_from_config(upscaler, tiles):
     from workers.s3diff.upscaler import S3DiffUpscaler
 
@@ -159,6 +165,7 @@ def test_fixed_degradation_and_options_from_config(upscaler, tiles):
     assert max_diff(out, expected) < 1e-5
 
 
+@pytest.mark.model
 def test_compiled_model_sees_only_full_batches(upscaler, tiles):
     """With compile on, a partial last batch is padded (no recompilation for a new
     shape) and the padding never reaches the output."""
@@ -185,6 +192,7 @@ def test_compiled_model_sees_only_full_batches(upscaler, tiles):
     assert torch.equal(pad_batch(tiles[:1], 3), tiles[[0, 0, 0]])
 
 
+@pytest.mark.model
 def test_scale_two_and_odd_tile_size(upscaler):
     """Any scale and tile size: padded to 64 output px internally, cropped back."""
     lr = torch.rand(2, 3, 13, 21, generator=torch.Generator().manual_seed(3))
@@ -198,6 +206,7 @@ def test_scale_two_and_odd_tile_size(upscaler):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.model
 def test_inference_mode_then_grad_mode(upscaler, tiles):
     """The region worker calls inside inference_mode; folding must survive leaving it."""
     with torch.inference_mode():
@@ -206,6 +215,7 @@ def test_inference_mode_then_grad_mode(upscaler, tiles):
     assert max_diff(a, b) < 1e-4
 
 
+@pytest.mark.unit
 def test_reflect_pad_to_multiple():
     import torch.nn.functional as F
 
@@ -218,6 +228,7 @@ def test_reflect_pad_to_multiple():
     assert reflect_pad_to_multiple(x[..., :64, :64], 64).shape == (1, 3, 64, 64)
 
 
+@pytest.mark.unit
 def test_latent_tile_geometry():
     from workers.s3diff.model import latent_tile_starts, latent_tile_weights
 
@@ -231,6 +242,7 @@ def test_latent_tile_geometry():
     assert torch.allclose(w, w.flip(1)) and not torch.allclose(w, w.flip(0))
 
 
+@pytest.mark.unit
 def test_plan_degradation_crops():
     from workers.s3diff.degradation import extract_crops, plan_degradation_crops
 
@@ -251,6 +263,7 @@ def test_plan_degradation_crops():
     assert crops.shape[1:] == (3, 50, 128)
 
 
+@pytest.mark.unit
 def test_color_fix_properties():
     from workers.s3diff.color import color_fix, wavelet_split
 
@@ -266,6 +279,7 @@ def test_color_fix_properties():
         color_fix(x, x, "bogus")
 
 
+@pytest.mark.unit
 def test_registry_entry():
     import importlib
 
@@ -279,6 +293,7 @@ def test_registry_entry():
     assert getattr(importlib.import_module(module), cls).__name__ == "S3DiffUpscaler"
 
 
+@pytest.mark.unit
 def test_precision_resolution():
     from pipeline.errors import UserError
     from workers.s3diff.upscaler import resolve_precision
@@ -290,6 +305,7 @@ def test_precision_resolution():
         resolve_precision("fp16", cpu)
 
 
+@pytest.mark.model
 def test_reduced_precision_on_cpu(tiles):
     """bf16 weights with the modulation in fp32: close to fp32 (the tiny random model
     amplifies noise: x0 = 14.6 z - 14.6 eps), fold and unfold agree to bf16 noise."""
@@ -311,6 +327,7 @@ def test_reduced_precision_on_cpu(tiles):
         assert max_diff(out, reference) < 0.3
 
 
+@pytest.mark.model
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_precisions_close_to_fp32_and_fold_matches(tiles):

@@ -12,10 +12,9 @@ from PIL import Image
 from pipeline.errors import UserError
 from pipeline.run import run_job
 from pipeline.store import JobStore, default_store_url
-from tests.helpers import make_config, synth_image
-from tests.test_cli import cli
+from tests.helpers import make_config, run_cli, synth_image
 
-pytestmark = [pytest.mark.model, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 WEIGHTS = Path(__file__).parent / "data" / "golden" / "weights"
 
 
@@ -92,7 +91,7 @@ def test_s3diff_video_through_the_cli(tmp_path):
 
     src = make_clip(tmp_path / "clip.mp4", width=48, height=32, frames=6, gop=3)
     out = tmp_path / "x4.mp4"
-    run = cli(
+    run = run_cli(
         src,
         "-o",
         out,
@@ -117,18 +116,18 @@ def test_s3diff_video_through_the_cli(tmp_path):
 
 
 def test_weights_subcommand(tmp_path):
-    ok = cli("weights", "check", WEIGHTS)
+    ok = run_cli("weights", "check", WEIGHTS)
     assert ok.returncode == 0 and "usable" in ok.stdout, ok.stderr
     import shutil
 
     copy = tmp_path / "w"
     shutil.copytree(WEIGHTS, copy)
-    converted = cli("weights", "convert", copy)
+    converted = run_cli("weights", "convert", copy)
     assert converted.returncode == 0, converted.stderr
     assert (copy / "s3diff.safetensors").is_file() and (copy / "de_net.safetensors").is_file()
     (copy / "s3diff.pkl").unlink()
     (copy / "de_net.pth").unlink()
-    assert cli("weights", "check", copy).returncode == 0  # the safetensors copies suffice
+    assert run_cli("weights", "check", copy).returncode == 0  # the safetensors copies suffice
     (copy / "s3diff.safetensors").unlink()
-    bad = cli("weights", "check", copy)
+    bad = run_cli("weights", "check", copy)
     assert bad.returncode == 2 and "s3diff" in bad.stdout and "zhangap/S3Diff" in bad.stdout

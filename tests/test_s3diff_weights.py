@@ -14,8 +14,6 @@ import torch
 
 from pipeline.errors import UserError
 
-pytestmark = pytest.mark.model
-
 GOLDEN = Path(__file__).parent / "data" / "golden"
 WEIGHTS = GOLDEN / "weights"
 
@@ -39,6 +37,7 @@ def edit_checkpoint(root: Path, edit) -> None:
     torch.save(raw, path)
 
 
+@pytest.mark.unit
 def test_resolution_order(tmp_path, monkeypatch):
     from workers.s3diff.locations import default_cache_dir, resolve_weights_dir
 
@@ -60,6 +59,7 @@ def test_resolution_order(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.model
 def test_check_weights_on_golden_and_packaged_keys():
     from workers.s3diff.check import check_weights
     from workers.s3diff.checkpoint import FULLSIZE_KEYS_FILE
@@ -76,6 +76,7 @@ def test_check_weights_on_golden_and_packaged_keys():
     assert all("\n" not in p for p in problems)
 
 
+@pytest.mark.unit
 def test_check_weights_names_every_missing_file(tmp_path):
     from workers.s3diff.check import check_weights
 
@@ -94,6 +95,7 @@ def test_check_weights_names_every_missing_file(tmp_path):
         assert needle in text, needle
 
 
+@pytest.mark.model
 def test_missing_and_extra_keys_give_clear_errors(tmp_path):
     from workers.s3diff.check import check_weights
     from workers.s3diff.checkpoint import load_s3diff_checkpoint
@@ -147,6 +149,7 @@ class _Payload:
         return (os.mkdir, (str(self.marker),))
 
 
+@pytest.mark.model
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("name", ["s3diff.pkl", "de_net.pth"])
 def test_pickle_that_runs_code_is_refused(tmp_path, name):
@@ -168,6 +171,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path, name):
     assert not marker.exists()
 
 
+@pytest.mark.model
 def test_damaged_file_is_reported(tmp_path):
     from workers.s3diff.checkpoint import load_s3diff_checkpoint
 
@@ -217,6 +221,7 @@ def _tiny_clip(sd_turbo: Path, hidden: int) -> None:
     CLIPTextModel(config).save_pretrained(str(sd_turbo / "text_encoder"))
 
 
+@pytest.mark.model
 def test_prompt_embeds_from_text_encoder_then_safetensors_only(tmp_path):
     """No prompt_embeds.safetensors: computed once from sd-turbo's text encoder, written,
     and used from then on. Also: a directory holding only safetensors loads and runs."""

@@ -20,10 +20,8 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import UserError
-from tests.helpers import synth_image
+from tests.helpers import run_cli, synth_image
 
-pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parent.parent
 RAY = Path(sys.executable).parent / "ray"
 
 
@@ -128,24 +126,16 @@ def _job_api_up(url: str) -> bool:
         return False
 
 
-def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run_pipeline.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
-
-
+@pytest.mark.integration
 def test_submit_follow_runs_the_job_on_the_cluster(tmp_path: Path, job_server: str):
     from pipeline.submit import ray_job_status
 
     src, out = tmp_path / "in.png", tmp_path / "out.png"
     Image.fromarray(synth_image(60, 80)).save(src)
-    proc = cli(
+    proc = run_cli(
         "submit", "--address", job_server, "--follow", "--",
         str(src), "-o", str(out), "--scale", "2", "--tile", "32", "--overlap", "8",
+        timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     first = proc.stdout.splitlines()[0]
@@ -164,9 +154,12 @@ def test_submit_follow_runs_the_job_on_the_cluster(tmp_path: Path, job_server: s
         ray_job_status(job_server, "raysubmit_nosuchjob")
 
 
+@pytest.mark.integration
 def test_submit_bad_input_fails_with_its_error_line(tmp_path: Path, job_server: str):
     missing = tmp_path / "missing.png"
-    proc = cli("submit", "--address", job_server, str(missing), "-o", str(tmp_path / "o.png"))
+    proc = run_cli(
+        "submit", "--address", job_server, str(missing), "-o", str(tmp_path / "o.png"), timeout=240
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr  # the pipeline's own: bad input
     assert proc.stdout.startswith("submitted Ray job raysubmit_")
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
@@ -175,13 +168,16 @@ def test_submit_bad_input_fails_with_its_error_line(tmp_path: Path, job_server: 
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.integration
 def test_submit_to_nothing_is_one_line(tmp_path: Path):
-    proc = cli("submit", "--address", f"http://127.0.0.1:{free_port()}", "in.png", "-o", "o.png")
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    proc = run_cli("submit", "--address", nowhere, "in.png", "-o", "o.png", timeout=240)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: cannot reach the Ray job server")
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.unit
 def test_submit_checks_the_command_line_before_uploading():
     """Single jobs and batches are parsed here first: a typo exits 2 before any upload."""
     from pipeline.submit import check_pipeline_args
@@ -196,6 +192,7 @@ def test_submit_checks_the_command_line_before_uploading():
         check_pipeline_args([])
 
 
+@pytest.mark.unit
 def test_submit_exit_code_is_the_pipelines_own():
     from pipeline.submit import job_exit_code
 
