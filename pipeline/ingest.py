@@ -118,10 +118,14 @@ def decode_pillow(info: ImageInfo) -> np.ndarray:
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
             im = im.convert("RGB")
         arr = np.asarray(im)
+        transparent = im.info.get("transparency")
     if arr.dtype != np.uint8 and arr.dtype != np.uint16:
         arr = np.clip(arr, 0, 65535).astype(np.uint16)
     if arr.ndim == 2:
         arr = arr[:, :, None]
+    if mode.startswith("I") and info.alpha:  # 16-bit gray with a tRNS value
+        alpha = np.where(arr[:, :, :1] == transparent, 0, 65535).astype(np.uint16)
+        arr = np.concatenate([arr, alpha], axis=-1)
     return np.ascontiguousarray(orient(arr, info.orientation))
 
 

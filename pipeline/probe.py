@@ -224,8 +224,8 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
 def pillow_channels(mode: str, transparent: bool) -> tuple[int, bool, bool]:
     """(channels, alpha, palette) that ingest's ``decode_pillow`` gives for a Pillow mode.
 
-    A palette is expanded to RGB, or RGBA when it has transparency; a tRNS colour of an
-    8-bit gray or RGB PNG becomes an alpha channel, as PNG viewers show it.
+    A palette is expanded to RGB, or RGBA when it has transparency; a tRNS colour of a
+    gray or RGB PNG becomes an alpha channel, as PNG viewers show it.
     """
     if mode in ("P", "PA"):
         alpha = mode == "PA" or transparent
@@ -233,7 +233,7 @@ def pillow_channels(mode: str, transparent: bool) -> tuple[int, bool, bool]:
     if mode in ("L", "1"):
         return (2, True, False) if transparent and mode == "L" else (1, False, False)
     if mode.startswith("I"):
-        return 1, False, False
+        return (2, True, False) if transparent else (1, False, False)
     if mode == "LA":
         return 2, True, False
     if mode == "RGBA" or (mode == "RGB" and transparent):

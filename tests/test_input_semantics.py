@@ -299,6 +299,25 @@ def test_png_palette_with_transparency_becomes_rgba(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16"])
+def test_png_trns_colour_becomes_alpha(tmp_path, mode):
+    dtype = np.uint16 if mode == "I;16" else np.uint8
+    image = synth_image(30, 40, channels=3 if mode == "RGB" else 1, dtype=dtype)
+    key = tuple(int(v) for v in image[5, 7]) if mode == "RGB" else int(image[5, 7, 0])
+    src = tmp_path / "keyed.png"
+    Image.fromarray(image if mode == "RGB" else image[..., 0]).save(src, transparency=key)
+    with Image.open(src) as back:
+        assert "transparency" in back.info
+    hit = (image == np.asarray(key, dtype)).all(axis=-1, keepdims=True)
+    maxval = np.iinfo(dtype).max
+    expect = np.concatenate([image, np.where(hit, 0, maxval).astype(dtype)], axis=-1)
+    upscale(src, tmp_path / "out.tif")
+    out, page = read_tiff(tmp_path / "out.tif")
+    assert tuple(int(e) for e in page.extrasamples) == (2,)
+    assert max_diff(out, bicubic_reference(expect, 2)) <= 1
+
+
+@pytest.mark.integration
 def test_two_bands_are_not_gray_alpha(tmp_path):
     bands = synth_image(40, 50, channels=2, dtype=np.uint16)
     src = tmp_path / "cyx.ome.tif"
@@ -354,6 +373,12 @@ def test_float_elevation_keeps_its_values(tmp_path):
     assert max_diff(out, bicubic_float(dem[..., None], 2)) <= 1e-2  # of a 3000 m range
     with pytest.raises(UserError, match="PNG holds unsigned samples only"):
         upscale(src, tmp_path / "o.png")
+    # A display range maps MIN..MAX to the model's 0..1; what lies outside is clipped.
+    upscale(src, tmp_path / "ranged.tif", model__value_range="0,1000")
+    ranged, _ = read_tiff(tmp_path / "ranged.tif")
+    expect = np.clip(bicubic_float(np.clip(dem, 0, 1000)[..., None], 2), 0, 1000)
+    assert ranged.min() >= 0 and ranged.max() <= 1000
+    assert max_diff(ranged, expect) <= 1e-2
 
 
 @pytest.mark.integration

@@ -182,7 +182,8 @@ class RegionWorker:
         out = np.zeros((len(frames), 2), np.float32)
         for i, f in enumerate(frames):
             crops = np.stack([self.input[f, y : y + ch, x : x + cw, :] for y, x in corners])
-            crops_t = torch.from_numpy(to_unit(crops, low, span)).permute(0, 3, 1, 2)
+            crops_t = torch.from_numpy(to_unit(crops, low, span)).clamp_(0.0, 1.0)
+            crops_t = crops_t.permute(0, 3, 1, 2)
             # Colour images as RGB; otherwise the first band, as gray.
             crops_t = crops_t[:, :3] if lay.colour else crops_t[:, :1].expand(-1, 3, -1, -1)
             with torch.inference_mode():
@@ -222,7 +223,10 @@ class RegionWorker:
         bx1 = max(x for _, x in tiles) + g.tile_w
         low, span, bounded = self._range()
         halo = np.asarray(self.input[task.frame, by0:by1, bx0:bx1, :])
-        halo_t = torch.from_numpy(to_unit(halo, low, span)).permute(2, 0, 1)
+        halo_unit = to_unit(halo, low, span)
+        if bounded:  # samples outside model.value_range are its black or white
+            np.clip(halo_unit, 0.0, 1.0, out=halo_unit)
+        halo_t = torch.from_numpy(halo_unit).permute(2, 0, 1)
 
         oy0, ox0 = region.y0 * s, region.x0 * s
         oh, ow = (region.y1 - region.y0) * s, (region.x1 - region.x0) * s
