@@ -253,7 +253,7 @@ class RegionWorker:
             if (ph, pw) != (g.tile_h, g.tile_w):
                 images = _pad(images, ph, pw)
             t0 = time.perf_counter()
-            sr = self._upscale_or_shrink(images.contiguous(), conditioning, task)
+            sr = self._run_model(images, conditioning, task)
             model_s += time.perf_counter() - t0
             if sr is None:
                 continue  # out of memory: the same tiles again, in a smaller batch
@@ -290,6 +290,21 @@ class RegionWorker:
         path = self.output.store_path
         key = self.output.metadata.encode_chunk_key((task.frame, task.row, task.col, 0))
         sync(path.store.delete(f"{path.path}/{key}" if path.path else key))
+
+    def _run_model(self, images_nchw, conditioning, task: RegionTask):
+        """The model's output for these images, at most ``batch_size`` per call (a tile
+        of many bands is many images), or None after running out of memory."""
+        import torch
+
+        outs = []
+        for i in range(0, len(images_nchw), self.batch_size):
+            out = self._upscale_or_shrink(
+                images_nchw[i : i + self.batch_size].contiguous(), conditioning, task
+            )
+            if out is None:
+                return None
+            outs.append(out)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _upscale_or_shrink(self, tiles_nchw, conditioning, task: RegionTask):
         """The model's output for these tiles, or None after an out-of-memory error
