@@ -147,6 +147,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             info.dtype,
             cfg.output,
             alpha=info.alpha,
+            rgb=info.rgb,
         )
         shard, chunk = shard_geometry(scale, cfg.store.region_out_px, cfg.store.chunk_out_px)
         frames = 1

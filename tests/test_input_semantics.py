@@ -324,11 +324,15 @@ def test_two_bands_are_not_gray_alpha(tmp_path):
     tifffile.imwrite(src, np.moveaxis(bands, -1, 0), ome=True, metadata={"axes": "CYX"})
     upscale(src, tmp_path / "out.tif")
     out, page = read_tiff(tmp_path / "out.tif")
-    assert out.shape == (80, 100, 2)
+    assert page.photometric == tifffile.PHOTOMETRIC.MINISBLACK and out.shape == (80, 100, 2)
     assert tuple(int(e) for e in page.extrasamples) == (0,)  # unspecified, not alpha
     assert max_diff(out, bicubic_reference(bands, 2)) <= 1
     with pytest.raises(UserError, match="PNG holds gray, RGB and their alpha only"):
         upscale(src, tmp_path / "o.png")
+    three = tmp_path / "three.ome.tif"  # three fluorescence channels are not RGB either
+    tifffile.imwrite(three, np.zeros((3, 16, 16), np.uint8), ome=True, metadata={"axes": "CYX"})
+    with pytest.raises(UserError, match="JPEG holds gray, RGB and their alpha only"):
+        upscale(three, tmp_path / "o.jpg")
     # Where the file does say alpha (TIFF ExtraSamples), alpha it stays.
     alpha_src = tmp_path / "gray_alpha.tif"
     tifffile.imwrite(alpha_src, bands, photometric="minisblack", extrasamples=["unassalpha"])

@@ -46,13 +46,16 @@ def check_output(
     dtype: str,
     cfg: OutputConfig,
     alpha: bool | None = None,
+    rgb: bool = True,
 ) -> None:
     """Refuse, before any work, an output the chosen format cannot hold. ``alpha``:
-    whether the last channel is alpha (None: 2 and 4 channels are taken as with alpha)."""
+    whether the last channel is alpha (None: 2 and 4 channels are taken as with alpha);
+    ``rgb``: whether three image channels are RGB (else independent bands)."""
     h, w = out_hw
     alpha = channels in (2, 4) if alpha is None else alpha
     if fmt in ("png", "jpeg"):
-        if channels > 4 or (channels in (2, 4) and not alpha):
+        image = channels - alpha
+        if image > 3 or (image > 1 and not (rgb and image == 3)):
             raise UserError(
                 f"{fmt.upper()} holds gray, RGB and their alpha only; these {channels} "
                 "channels are independent bands: write .tif or .zarr, which keep them"
