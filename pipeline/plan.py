@@ -148,6 +148,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             cfg.output,
             alpha=info.alpha,
             rgb=info.rgb,
+            premultiplied=info.premultiplied,
         )
         shard, chunk = shard_geometry(scale, cfg.store.region_out_px, cfg.store.chunk_out_px)
         frames = 1
@@ -173,7 +174,11 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         scale=scale,
         region_out_px=shard,
         chunk_out_px=chunk,
-        **({"alpha": info.alpha, "rgb": info.rgb} if is_image else {}),
+        **(
+            {"alpha": info.alpha, "rgb": info.rgb, "premultiplied": info.premultiplied}
+            if is_image
+            else {}
+        ),
     )
     # What must match for a store to be resumed: the input and everything that changes
     # the stored pixels. Actor counts, batch sizes and encoder settings may change.

@@ -42,6 +42,7 @@ class ImageInfo:
     geo_tags: dict[int, Any] = field(default_factory=dict)
     # Pixel semantics, from what the file says (never guessed from the channel count):
     alpha: bool = False  # the last channel is alpha (TIFF ExtraSamples, PNG LA/RGBA/tRNS)
+    premultiplied: bool = False  # that alpha is associated (TIFF ExtraSamples = 1)
     rgb: bool = True  # three colour channels are RGB; False: independent bands (per channel)
     orientation: int = 1  # EXIF/TIFF Orientation (1-8); height/width are the upright size
     palette: str = ""  # "": none; "tiff": expand the TIFF colour map; "png": Pillow's
@@ -334,6 +335,7 @@ def _probe_tiff(path: Path) -> ImageInfo:
         if _colormap_is_16bit(path):
             dtype = "uint16"
     alpha, rgb = tiff_semantics(photometric, extrasamples, channels)
+    premultiplied = alpha and extrasamples[-1] == 1
     if palette:
         alpha, rgb = False, True
     _check_size(path, height, width, channels)
@@ -352,6 +354,7 @@ def _probe_tiff(path: Path) -> ImageInfo:
         lead=lead,
         geo_tags=geo,
         alpha=alpha,
+        premultiplied=premultiplied,
         rgb=rgb,
         orientation=orientation,
         palette=palette,

@@ -173,6 +173,7 @@ def test_tiff_photometric_follows_channel_roles():
     assert _photometric(2, alpha=False, rgb=False) == ("minisblack", ["unspecified"])
     assert _photometric(3, rgb=False) == ("minisblack", ["unspecified"] * 2)
     assert _photometric(6, rgb=False) == ("minisblack", ["unspecified"] * 5)
+    assert _photometric(4, alpha=True, premultiplied=True) == ("rgb", ["assocalpha"])
 
 
 @pytest.mark.unit
@@ -340,6 +341,16 @@ def test_two_bands_are_not_gray_alpha(tmp_path):
     out, page = read_tiff(tmp_path / "alpha.tif")
     assert tuple(int(e) for e in page.extrasamples) == (2,)
     assert max_diff(out, bicubic_reference(bands, 2)) <= 1
+    # Associated (premultiplied) alpha stays associated; PNG cannot say it.
+    rgba = synth_image(30, 40, channels=4)
+    assoc = tmp_path / "premultiplied.tif"
+    tifffile.imwrite(assoc, rgba, photometric="rgb", extrasamples=["assocalpha"])
+    upscale(assoc, tmp_path / "assoc.tif")
+    out, page = read_tiff(tmp_path / "assoc.tif")
+    assert tuple(int(e) for e in page.extrasamples) == (1,)
+    assert max_diff(out, bicubic_reference(rgba, 2)) <= 1
+    with pytest.raises(UserError, match="PNG alpha is unassociated"):
+        upscale(assoc, tmp_path / "o.png")
 
 
 @pytest.mark.integration

@@ -47,6 +47,7 @@ def check_output(
     cfg: OutputConfig,
     alpha: bool | None = None,
     rgb: bool = True,
+    premultiplied: bool = False,
 ) -> None:
     """Refuse, before any work, an output the chosen format cannot hold. ``alpha``:
     whether the last channel is alpha (None: 2 and 4 channels are taken as with alpha);
@@ -59,6 +60,11 @@ def check_output(
             raise UserError(
                 f"{fmt.upper()} holds gray, RGB and their alpha only; these {channels} "
                 "channels are independent bands: write .tif or .zarr, which keep them"
+            )
+        if premultiplied:
+            raise UserError(
+                f"{fmt.upper()} alpha is unassociated, and this image's colours are "
+                "premultiplied by its alpha (TIFF associated alpha): write .tif, which keeps it"
             )
         if np.dtype(dtype).kind != "u":
             raise UserError(
@@ -215,13 +221,15 @@ def copy_to_ome_task(
 
 
 def _photometric(
-    channels: int, alpha: bool = False, rgb: bool = True
+    channels: int, alpha: bool = False, rgb: bool = True, premultiplied: bool = False
 ) -> tuple[str, list[str] | None]:
     """(photometric, extrasamples): RGB only for three colour channels, alpha only where
-    the input had one; every other channel an "unspecified" extra sample (a band)."""
+    the input had one (associated if it was); every other channel an "unspecified" extra
+    sample (a band)."""
     colour = rgb and channels - alpha == 3
     first = 3 if colour else 1
-    extras = ["unspecified"] * (channels - first - alpha) + (["unassalpha"] if alpha else [])
+    kind = "assocalpha" if premultiplied else "unassalpha"
+    extras = ["unspecified"] * (channels - first - alpha) + ([kind] if alpha else [])
     return ("rgb" if colour else "minisblack"), (extras or None)
 
 
@@ -269,7 +277,7 @@ def write_tiff_task(
 
     store = JobStore.open(store_url)
     lay = store.layout
-    photometric, extrasamples = _photometric(lay.channels, lay.alpha, lay.rgb)
+    photometric, extrasamples = _photometric(lay.channels, lay.alpha, lay.rgb, lay.premultiplied)
     gray = lay.channels == 1  # a plain (H, W) page, no samples axis
 
     def tiles(level: int):

@@ -93,6 +93,7 @@ class Layout:
     chunk_out_px: int
     alpha: bool = False
     rgb: bool = True
+    premultiplied: bool = False  # the alpha is associated (colours premultiplied by it)
 
     @property
     def colour(self) -> bool:
