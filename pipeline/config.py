@@ -27,6 +27,7 @@ WINDOWS = ("gaussian", "cosine")
 RUNNERS = ("ray", "local")
 COLOR_FIXES = ("wavelet", "adain", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PALETTES = ("expand", "refuse")
 
 
 # The config keys that have a dedicated flag (cli.py builds its overrides from this);
@@ -66,6 +67,20 @@ def parse_degradation(text: str) -> tuple[float, float]:
     return a, b
 
 
+def parse_value_range(text: str) -> tuple[float, float]:
+    """'-100,3000' -> (-100.0, 3000.0): the sample values shown as black and white."""
+    try:
+        lo, hi = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise UserError(
+            f"model.value_range expects MIN,MAX (two numbers, MIN < MAX) like -100,3000, "
+            f"got {text!r}"
+        ) from None
+    if not lo < hi:
+        raise UserError(f"model.value_range needs MIN < MAX, got {text!r}")
+    return lo, hi
+
+
 def parse_frames(text: str) -> tuple[int | None, int | None]:
     """'10:20' -> (10, 20), ':20' -> (None, 20): source frame indices [A, B); None: open."""
     try:
@@ -91,6 +106,10 @@ class ModelConfig:
     compile: bool = False  # torch.compile the UNet/VAE (GPU)
     degradation: str | None = None  # fixed scores "B,N" in [0,1] instead of estimating them
     degradation_window: int = 0  # video: average the scores over +-N frames
+    # "MIN,MAX": the sample values the model sees as 0 and 1 (needed by models other
+    # than bicubic for signed/float inputs); outputs are clipped to it. None: the
+    # type's range (unsigned, signed), or the values as they are (float).
+    value_range: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +148,9 @@ class OutputConfig:
     pyramid_min_px: int = 256
     tile_px: int = 512
     jpeg_quality: int = 95
+    # Palette (colour-table) inputs: "expand" to RGB(A) colours; "refuse" them (their
+    # values are class codes, and every model interpolates, inventing codes).
+    palette: str = "expand"
 
 
 @dataclass(frozen=True)
@@ -333,6 +355,8 @@ def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
     )
     if m.degradation is not None:
         parse_degradation(m.degradation)
+    if m.value_range is not None:
+        parse_value_range(m.value_range)
     _require(
         m.degradation_window >= 0,
         "model.degradation_window",
@@ -378,6 +402,11 @@ def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
         o.tile_px >= 16 and o.tile_px % 16 == 0,
         "output.tile_px",
         f"must be a positive multiple of 16, got {o.tile_px}",
+    )
+    _require(
+        o.palette in PALETTES,
+        "output.palette",
+        f"must be one of {', '.join(PALETTES)}, got {o.palette!r}",
     )
     v.options_dict()
     _require(

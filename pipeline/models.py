@@ -24,6 +24,9 @@ class ModelSpec:
     # Conditioned on per-frame degradation scores (the estimate stage runs first).
     needs_degradation: bool = False
     needs_weights: bool = False  # checked where the workers run, before any work
+    # Works in any sample range (linear): takes signed/float samples without a
+    # model.value_range. Others expect a display range mapped to [0, 1].
+    any_range: bool = False
     description: str = ""
 
     @property
@@ -42,6 +45,7 @@ MODELS: dict[str, ModelSpec] = {
         size_multiple=1,
         # torch's bicubic reads 2 pixels either side; 1.5 px at a tile edge differ.
         context_px=2,
+        any_range=True,
         description="torch bicubic (align_corners=False), clamped; no weights needed",
     ),
     "s3diff": ModelSpec(

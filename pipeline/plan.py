@@ -6,6 +6,7 @@ starts or any file is written.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,13 @@ from pipeline.errors import UserError
 from pipeline.models import ModelSpec, get_spec
 from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
 from pipeline.publish import FORMATS, check_output
+from pipeline.samples import has_natural_range
 from pipeline.storage import ObjectPath, as_path, check_output_location
 from pipeline.store import Layout, default_store_url
 from pipeline.tiling import shard_geometry
 from pipeline.video import VideoInfo, plan_segments, probe_video
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,47 @@ def _output_kind(out: Path | ObjectPath) -> str:
     )
 
 
+def check_pixel_semantics(info: ImageInfo, cfg: JobConfig, model: ModelSpec) -> None:
+    """Refuse what the model would get wrong (class codes, samples without a display
+    range); say in one line what is converted (palette -> colours, orientation)."""
+    if info.palette:
+        if cfg.output.palette == "refuse":
+            raise UserError(
+                f"{info.path} is a palette (colour-table) image: its values are class codes, "
+                f"and model {model.name!r} interpolates, which would invent codes; "
+                "output.palette=refuse refuses it (--set output.palette=expand upscales its "
+                "colours instead)"
+            )
+        log.info(
+            "probe: %s has a colour table: expanded to %s colours before upscaling "
+            "(output.palette=expand; the output has no colour table)",
+            info.path,
+            "RGBA" if info.alpha else "RGB",
+        )
+    if info.orientation != 1:
+        log.info(
+            "probe: %s has orientation %d: stored upright (%dx%d), the output needs no tag",
+            info.path,
+            info.orientation,
+            info.width,
+            info.height,
+        )
+    if not has_natural_range(info.dtype) and not model.any_range and not cfg.model.value_range:
+        raise UserError(
+            f"{info.path} has {info.dtype} samples, which have no display range; model "
+            f"{model.name!r} needs one: pass --set model.value_range=MIN,MAX (the values "
+            "shown as black and white; the output is clipped to it), or use --model bicubic"
+        )
+    bands = info.channels - info.alpha
+    if bands > 1 and not (info.rgb and bands == 3):
+        log.info(
+            "probe: %s has %d channel(s)%s: each is upscaled on its own, as gray",
+            info.path,
+            bands,
+            " and alpha" if info.alpha else "",
+        )
+
+
 def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool) -> Plan:
     src, out = as_path(input_path), as_path(output_path)
     fmt = _output_kind(out)
@@ -93,6 +138,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         if fmt == "video":
             raise UserError(f"{src} is an image; give an image output (.zarr .tif .png .jpg)")
         info: ImageInfo | VideoInfo = probe(src, cfg.output.max_input_decode_mb)
+        check_pixel_semantics(info, cfg, model)
         check_output(
             out,
             fmt,
@@ -100,6 +146,9 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             info.channels,
             info.dtype,
             cfg.output,
+            alpha=info.alpha,
+            rgb=info.rgb,
+            premultiplied=info.premultiplied,
         )
         shard, chunk = shard_geometry(scale, cfg.store.region_out_px, cfg.store.chunk_out_px)
         frames = 1
@@ -125,6 +174,11 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         scale=scale,
         region_out_px=shard,
         chunk_out_px=chunk,
+        **(
+            {"alpha": info.alpha, "rgb": info.rgb, "premultiplied": info.premultiplied}
+            if is_image
+            else {}
+        ),
     )
     # What must match for a store to be resumed: the input and everything that changes
     # the stored pixels. Actor counts, batch sizes and encoder settings may change.

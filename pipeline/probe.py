@@ -13,10 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.errors import UserError
 from pipeline.storage import ObjectPath, as_path, head_identity, open_input, open_zarr
 
-SUPPORTED_DTYPES = ("uint8", "uint16")
+# Unsigned samples are scaled by their type's maximum; signed and float samples keep
+# their own range (the worker normalises by a range and writes the same dtype back).
+# All of these are exact in float32, the worker's arithmetic.
+SUPPORTED_DTYPES = ("uint8", "uint16", "int8", "int16", "float32")
 IMAGE_KINDS = ("png", "jpeg", "tiff", "zarr")
 GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
 
@@ -29,16 +34,29 @@ class ImageInfo:
     kind: str  # png | jpeg | tiff | zarr
     height: int
     width: int
-    channels: int  # 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA
-    dtype: str  # uint8 | uint16
+    channels: int  # as stored in the job store (a palette expanded to RGB(A))
+    dtype: str  # one of SUPPORTED_DTYPES
     layout: str = "hwc"  # hwc | hw | chw (Zarr/TIFF views)
     lead: int = 0  # leading singleton axes of a Zarr/TIFF view (OME TCZYX with T=Z=1)
     zarr_path: str = ""  # array inside a Zarr group ("0" for OME-Zarr)
     geo_tags: dict[int, Any] = field(default_factory=dict)
+    # Pixel semantics, from what the file says (never guessed from the channel count):
+    alpha: bool = False  # the last channel is alpha (TIFF ExtraSamples, PNG LA/RGBA/tRNS)
+    premultiplied: bool = False  # that alpha is associated (TIFF ExtraSamples = 1)
+    rgb: bool = True  # three colour channels are RGB; False: independent bands (per channel)
+    orientation: int = 1  # EXIF/TIFF Orientation (1-8); height/width are the upright size
+    palette: str = ""  # "": none; "tiff": expand the TIFF colour map; "png": Pillow's
 
     @property
     def frames(self) -> int:
         return 1
+
+    @property
+    def stored_hw(self) -> tuple[int, int]:
+        """(height, width) as the file stores them, before the orientation is applied."""
+        if self.orientation >= 5:
+            return self.width, self.height
+        return self.height, self.width
 
 
 def sniff(path: Path | ObjectPath) -> str:
@@ -83,11 +101,14 @@ def identity(path: Path | ObjectPath) -> dict[str, Any]:
     }
 
 
+MAX_CHANNELS = 64
+
+
 def _check_dtype(path: Path, dtype: str) -> str:
     if dtype not in SUPPORTED_DTYPES:
         raise UserError(
-            f"{path} has {dtype} samples; only 8- and 16-bit unsigned images are supported "
-            "(convert it to uint8 or uint16)"
+            f"{path} has {dtype} samples; supported are {', '.join(SUPPORTED_DTYPES)} "
+            "(convert it to one of them, e.g. float32 or int16)"
         )
     return dtype
 
@@ -95,11 +116,37 @@ def _check_dtype(path: Path, dtype: str) -> str:
 def _check_size(path: Path, height: int, width: int, channels: int) -> None:
     if height < 1 or width < 1:
         raise UserError(f"{path} has no pixels ({width}x{height})")
-    if channels not in (1, 2, 3, 4):
+    if not 1 <= channels <= MAX_CHANNELS:
         raise UserError(
-            f"{path} has {channels} channels; expected 1 (gray), 2 (gray+alpha), 3 (RGB) "
-            "or 4 (RGBA)"
+            f"{path} has {channels} channels; at most {MAX_CHANNELS} are supported "
+            "(each channel beyond RGB(A) is upscaled on its own)"
         )
+
+
+def exif_orientation(exif: Any) -> int:
+    """The EXIF Orientation (tag 274) as 1..8; 1 when absent or out of range."""
+    try:
+        value = int(exif.get(274, 1))
+    except (TypeError, ValueError):
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def compression_problem(code: int) -> str | None:
+    """Why TIFF compression ``code`` cannot be decoded here, or None when it can."""
+    import tifffile
+
+    if code in tifffile.TIFF.DECOMPRESSORS:
+        return None
+    try:
+        name = tifffile.COMPRESSION(code).name
+    except ValueError:
+        name = "unknown"
+    return (
+        f"its compression {name} (TIFF code {code}) cannot be decoded by tifffile with the "
+        "installed imagecodecs; convert it to an LZW, Deflate or ZSTD TIFF (or install an "
+        "imagecodecs build that has this codec)"
+    )
 
 
 def _png_header(path: Path) -> tuple[int, int, int, int]:
@@ -150,37 +197,81 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
         with open_input(path) as fh, Image.open(fh) as im:
             width, height = im.size
             mode = im.mode
+            transparent = "transparency" in im.info
+            orientation = exif_orientation(im.getexif())
     except OSError as exc:
         raise UserError(f"{path} could not be read as {kind.upper()}: {exc}") from None
-    channels = {"L": 1, "1": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "RGBA": 4, "PA": 4}
-    chans = channels.get(mode, 4 if mode == "P" else 3)
-    if mode == "P":
-        with open_input(path) as fh, Image.open(fh) as im:
-            chans = 4 if "transparency" in im.info else 3
+    chans, alpha, palette = pillow_channels(mode, transparent)
     dtype = "uint16" if mode.startswith("I") else "uint8"
     _check_decode_size(
         path, kind, width, height, chans, 2 if dtype == "uint16" else 1, max_decode_mb
     )
     _check_size(path, height, width, chans)
-    return ImageInfo(str(path), kind, height, width, chans, dtype)
+    if orientation >= 5:
+        width, height = height, width
+    return ImageInfo(
+        str(path),
+        kind,
+        height,
+        width,
+        chans,
+        dtype,
+        alpha=alpha,
+        orientation=orientation,
+        palette="png" if palette else "",
+    )
+
+
+def pillow_channels(mode: str, transparent: bool) -> tuple[int, bool, bool]:
+    """(channels, alpha, palette) that ingest's ``decode_pillow`` gives for a Pillow mode.
+
+    A palette is expanded to RGB, or RGBA when it has transparency; a tRNS colour of a
+    gray or RGB PNG becomes an alpha channel, as PNG viewers show it.
+    """
+    if mode in ("P", "PA"):
+        alpha = mode == "PA" or transparent
+        return (4 if alpha else 3), alpha, True
+    if mode in ("L", "1"):
+        return (2, True, False) if transparent and mode == "L" else (1, False, False)
+    if mode.startswith("I"):
+        return (2, True, False) if transparent else (1, False, False)
+    if mode == "LA":
+        return 2, True, False
+    if mode == "RGBA" or (mode == "RGB" and transparent):
+        return 4, True, False
+    return 3, False, False
 
 
 def _classify_array(
     path: Path, shape: tuple[int, ...], axes: str | None
 ) -> tuple[int, int, int, str]:
-    """(height, width, channels, layout) of a 2-D or 3-D array."""
+    """(height, width, channels, layout) of a 2-D or 3-D array.
+
+    With axes (TIFF series, OME-Zarr) a channel/sample axis (C, S) is the channel axis
+    and Z or T stacks are refused; otherwise (no axes, or tifffile's unknown I/Q) the
+    channel axis is the short one at either end.
+    """
     if len(shape) == 2:
         return shape[0], shape[1], 1, "hw"
     if len(shape) == 3:
-        if axes and axes.upper().startswith(("C", "S")) and not axes.upper().endswith("S"):
+        up = axes.upper() if axes else ""
+        if up and up[0] in "CS" and up[1:] == "YX":
             return shape[1], shape[2], shape[0], "chw"
-        if shape[-1] <= 4:
+        if up and up[:2] == "YX" and up[2] in "CS":
             return shape[0], shape[1], shape[2], "hwc"
-        if shape[0] <= 4:
+        if any(a in "ZT" for a in up):
+            raise UserError(
+                f"{path} holds a {up} stack of shape {shape}: Z and T planes are not "
+                "upscaled plane by plane; extract one plane (a 2-D image, optionally "
+                "with channels)"
+            )
+        if shape[-1] <= 4 or shape[-1] < min(shape[0], shape[1], MAX_CHANNELS + 1):
+            return shape[0], shape[1], shape[2], "hwc"
+        if shape[0] <= 4 or shape[0] < min(shape[1], shape[2], MAX_CHANNELS + 1):
             return shape[1], shape[2], shape[0], "chw"
     raise UserError(
         f"{path} holds an array of shape {shape}; expected (H, W), (H, W, C) or (C, H, W) "
-        "with C <= 4"
+        f"with C <= {MAX_CHANNELS}"
     )
 
 
@@ -194,10 +285,26 @@ def _squeeze_lead(
         axes = axes[1:] if axes else axes
     if len(shape) > 3:
         raise UserError(
-            f"{path} holds a stack of shape {shape}; give a single 2-D image "
-            "(one plane, optionally with channels)"
+            f"{path} holds a stack of shape {shape}{f' ({axes})' if axes else ''}: Z and T "
+            "planes are not upscaled plane by plane; give a single 2-D image (one plane, "
+            "optionally with channels)"
         )
     return lead, shape, axes
+
+
+PHOTOMETRIC_RGB = (2, 6)  # RGB; YCbCr (JPEG-in-TIFF), which tifffile decodes to RGB
+PHOTOMETRIC_PALETTE = 3
+ALPHA_EXTRASAMPLES = (1, 2)  # associated, unassociated alpha
+
+
+def tiff_semantics(
+    photometric: int, extrasamples: tuple[int, ...], channels: int
+) -> tuple[bool, bool]:
+    """(alpha, rgb) for a TIFF page: alpha only when ExtraSamples says the last sample is
+    alpha; RGB only for an RGB/YCbCr photometric with three colour samples."""
+    alpha = bool(extrasamples) and int(extrasamples[-1]) in ALPHA_EXTRASAMPLES and channels > 1
+    rgb = int(photometric) in PHOTOMETRIC_RGB and channels - alpha == 3
+    return alpha, rgb
 
 
 def _probe_tiff(path: Path) -> ImageInfo:
@@ -209,11 +316,33 @@ def _probe_tiff(path: Path) -> ImageInfo:
             shape, dtype, axes = tuple(series.shape), str(series.dtype), series.axes
             page = tif.pages[0]
             geo = {tag.code: tag.value for tag in page.tags.values() if tag.code in GEO_TAGS}
+            compression = int(page.compression)
+            photometric = int(page.photometric)
+            extrasamples = tuple(int(e) for e in page.extrasamples)
+            orientation = exif_orientation({274: page.tags.valueof(274, 1)})
+            is_ome = tif.is_ome
     except (tifffile.TiffFileError, ValueError, IndexError, struct.error, OSError) as exc:
         raise UserError(f"{path} is not a readable TIFF ({exc}); the file may be damaged") from None
+    problem = compression_problem(compression)
+    if problem:
+        raise UserError(f"{path}: {problem}")
     lead, shape, axes = _squeeze_lead(path, shape, axes)
     height, width, channels, layout = _classify_array(path, shape, axes)
+    palette = ""
+    if photometric == PHOTOMETRIC_PALETTE and channels == 1:
+        palette, channels = "tiff", 3
+        dtype = "uint8"  # narrowed to the colour map's depth below if it needs 16 bits
+        if _colormap_is_16bit(path):
+            dtype = "uint16"
+    alpha, rgb = tiff_semantics(photometric, extrasamples, channels)
+    premultiplied = alpha and extrasamples[-1] == 1
+    if palette:
+        alpha, rgb = False, True
     _check_size(path, height, width, channels)
+    if is_ome or lead:  # OME/stack views: tifffile does not orient them
+        orientation = 1
+    if orientation >= 5:
+        height, width = width, height
     return ImageInfo(
         str(path),
         "tiff",
@@ -224,7 +353,26 @@ def _probe_tiff(path: Path) -> ImageInfo:
         layout,
         lead=lead,
         geo_tags=geo,
+        alpha=alpha,
+        premultiplied=premultiplied,
+        rgb=rgb,
+        orientation=orientation,
+        palette=palette,
     )
+
+
+def tiff_colormap(path: str | Path) -> np.ndarray:
+    """The first page's colour map as (entries, 3) uint16."""
+    import tifffile
+
+    with open_input(as_path(str(path))) as fh, tifffile.TiffFile(fh) as tif:
+        return np.ascontiguousarray(np.asarray(tif.pages[0].colormap, np.uint16).T)
+
+
+def _colormap_is_16bit(path: Path) -> bool:
+    """Whether the colour map holds more than 8-bit values (GDAL writes 8-bit ones * 257)."""
+    cmap = tiff_colormap(path)
+    return bool((cmap % 257).any())
 
 
 def _probe_zarr(path: Path) -> ImageInfo:
@@ -259,6 +407,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
         layout,
         lead=lead,
         zarr_path=inner,
+        rgb=channels == 3,  # a Zarr array cannot say; three channels are taken as RGB
     )
 
 

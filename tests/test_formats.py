@@ -191,8 +191,8 @@ def test_refused_outputs_and_inputs(tmp_path, png_rgb):
     text.write_text("not an image")
     with pytest.raises(UserError, match="not a supported input"):
         upscale(text, tmp_path / "o.tif")
-    float_tif = tmp_path / "float.tif"
-    tifffile.imwrite(float_tif, np.zeros((8, 8), np.float32))
-    with pytest.raises(UserError, match="only 8- and 16-bit"):
+    float_tif = tmp_path / "float.tif"  # float32/int16 are upscaled (test_input_semantics)
+    tifffile.imwrite(float_tif, np.zeros((8, 8), np.float64))
+    with pytest.raises(UserError, match="float64 samples; supported are"):
         upscale(float_tif, tmp_path / "o.tif")
     assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob("big.*"))

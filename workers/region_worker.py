@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import JobConfig, ModelConfig
+from pipeline.config import JobConfig, ModelConfig, parse_value_range
 from pipeline.placement import current_node
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
+from pipeline.samples import from_unit, sample_range, to_unit
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
@@ -175,17 +176,23 @@ class RegionWorker:
         from workers.s3diff.degradation import plan_degradation_crops
 
         lay = self.layout
-        maxval = float(np.iinfo(lay.dtype).max)
+        low, span, _ = self._range()
         corners = plan_degradation_crops(lay.height, lay.width)
         ch, cw = min(128, lay.height), min(128, lay.width)
         out = np.zeros((len(frames), 2), np.float32)
         for i, f in enumerate(frames):
             crops = np.stack([self.input[f, y : y + ch, x : x + cw, :] for y, x in corners])
-            crops_t = torch.from_numpy(crops.astype(np.float32) / maxval).permute(0, 3, 1, 2)
-            crops_t = crops_t[:, :3] if lay.channels >= 3 else crops_t[:, :1].expand(-1, 3, -1, -1)
+            crops_t = torch.from_numpy(to_unit(crops, low, span)).clamp_(0.0, 1.0)
+            crops_t = crops_t.permute(0, 3, 1, 2)
+            # Colour images as RGB; otherwise the first band, as gray.
+            crops_t = crops_t[:, :3] if lay.colour else crops_t[:, :1].expand(-1, 3, -1, -1)
             with torch.inference_mode():
                 out[i] = self.upscaler.estimate_degradation(crops_t.contiguous()).numpy()
         return out
+
+    def _range(self) -> tuple[float, float, bool]:
+        text = self.config.model.value_range
+        return sample_range(self.layout.dtype, parse_value_range(text) if text else None)
 
     def _conditioning(self, frame: int):
         """The frame's scores from the store (written by the driver), or None."""
@@ -214,52 +221,53 @@ class RegionWorker:
         bx0 = min(x for _, x in tiles)
         by1 = max(y for y, _ in tiles) + g.tile_h
         bx1 = max(x for _, x in tiles) + g.tile_w
-        maxval = float(np.iinfo(lay.dtype).max)
+        low, span, bounded = self._range()
         halo = np.asarray(self.input[task.frame, by0:by1, bx0:bx1, :])
-        halo_t = torch.from_numpy(halo.astype(np.float32) / maxval).permute(2, 0, 1)
+        halo_unit = to_unit(halo, low, span)
+        if bounded:  # samples outside model.value_range are its black or white
+            np.clip(halo_unit, 0.0, 1.0, out=halo_unit)
+        halo_t = torch.from_numpy(halo_unit).permute(2, 0, 1)
 
         oy0, ox0 = region.y0 * s, region.x0 * s
         oh, ow = (region.y1 - region.y0) * s, (region.x1 - region.x0) * s
         acc = np.zeros((lay.channels, oh, ow), np.float32)
         wsum = np.zeros((oh, ow), np.float32)
-        n_color = 3 if lay.channels >= 3 else 1
-        has_alpha = lay.channels in (2, 4)
+        # Image channels go through the model as one RGB image, or one gray image each
+        # (independent bands); an alpha channel, only where the file said so, by bicubic.
+        n_image = lay.channels - lay.alpha
+        per_tile = 1 if lay.colour else n_image
         ph = pad_to_multiple(g.tile_h, self.size_multiple)
         pw = pad_to_multiple(g.tile_w, self.size_multiple)
         conditioning = self._conditioning(task.frame)
         model_s = 0.0
         b0 = 0
         while b0 < len(tiles):
-            coords = tiles[b0 : b0 + self.batch_size]
+            coords = tiles[b0 : b0 + max(1, self.batch_size // per_tile)]
             lr = torch.stack(
                 [
                     halo_t[:, y - by0 : y - by0 + g.tile_h, x - bx0 : x - bx0 + g.tile_w]
                     for y, x in coords
                 ]
             )
-            color = lr[:, :n_color]
-            if n_color == 1:
-                color = color.expand(-1, 3, -1, -1)
+            images = model_inputs(lr[:, :n_image], lay.colour)
             if (ph, pw) != (g.tile_h, g.tile_w):
-                color = _pad(color, ph, pw)
+                images = _pad(images, ph, pw)
             t0 = time.perf_counter()
-            sr = self._upscale_or_shrink(color.contiguous(), conditioning, task)
+            sr = self._run_model(images, conditioning, task)
             model_s += time.perf_counter() - t0
             if sr is None:
                 continue  # out of memory: the same tiles again, in a smaller batch
             b0 += len(coords)
             sr = sr[:, :, : g.tile_h * s, : g.tile_w * s].float().cpu()
-            if n_color == 1:
-                sr = sr.mean(dim=1, keepdim=True)
-            if has_alpha:
+            sr = model_outputs(sr, len(coords), n_image, lay.colour)
+            if lay.alpha:
                 sr = torch.cat([sr, bicubic_upscale(lr[:, -1:], s)], dim=1)
             sr_np = sr.numpy()
             for (y, x), tile in zip(coords, sr_np, strict=True):
                 accumulate(acc, wsum, tile, self._window(y, x), (y * s, x * s), (oy0, ox0))
-        out = normalise(acc, wsum)
-        quantised = np.rint(np.clip(out, 0.0, 1.0) * maxval).astype(lay.dtype)
+        out = from_unit(normalise(acc, wsum), lay.dtype, low, span, bounded)
         self._drop_shard(task)
-        self.output[task.frame, oy0 : oy0 + oh, ox0 : ox0 + ow, :] = np.moveaxis(quantised, 0, -1)
+        self.output[task.frame, oy0 : oy0 + oh, ox0 : ox0 + ow, :] = np.moveaxis(out, 0, -1)
         return {
             "frame": task.frame,
             "row": task.row,
@@ -282,6 +290,21 @@ class RegionWorker:
         path = self.output.store_path
         key = self.output.metadata.encode_chunk_key((task.frame, task.row, task.col, 0))
         sync(path.store.delete(f"{path.path}/{key}" if path.path else key))
+
+    def _run_model(self, images_nchw, conditioning, task: RegionTask):
+        """The model's output for these images, at most ``batch_size`` per call (a tile
+        of many bands is many images), or None after running out of memory."""
+        import torch
+
+        outs = []
+        for i in range(0, len(images_nchw), self.batch_size):
+            out = self._upscale_or_shrink(
+                images_nchw[i : i + self.batch_size].contiguous(), conditioning, task
+            )
+            if out is None:
+                return None
+            outs.append(out)
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _upscale_or_shrink(self, tiles_nchw, conditioning, task: RegionTask):
         """The model's output for these tiles, or None after an out-of-memory error
@@ -313,6 +336,24 @@ class RegionWorker:
             self.batch_size,
         )
         return None
+
+
+def model_inputs(image_nchw, colour: bool):
+    """(N, C, h, w) image channels -> the model's (M, 3, h, w): the RGB tiles as they
+    are (``colour``), else every channel of every tile as its own gray image (M = N*C)."""
+    if colour:
+        return image_nchw
+    n, c, h, w = image_nchw.shape
+    return image_nchw.reshape(n * c, 1, h, w).expand(-1, 3, -1, -1)
+
+
+def model_outputs(sr_m3hw, tiles: int, channels: int, colour: bool):
+    """The model's (M, 3, H, W) back to (tiles, channels, H, W): gray images are the
+    mean of the model's three outputs."""
+    if colour:
+        return sr_m3hw
+    _, _, h, w = sr_m3hw.shape
+    return sr_m3hw.mean(dim=1).reshape(tiles, channels, h, w)
 
 
 class OutOfMemory(RuntimeError):

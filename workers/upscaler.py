@@ -25,7 +25,8 @@ class Upscaler(Protocol):
     def upscale(
         self, tiles_nchw: torch.Tensor, conditioning: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """(N, 3, h, w) float32 [0, 1] -> (N, 3, h*scale, w*scale) float32 [0, 1]."""
+        """(N, 3, h, w) float32 [0, 1] -> (N, 3, h*scale, w*scale) float32 [0, 1]
+        (a model that works in any range, ``ModelSpec.any_range``, takes any floats)."""
         ...
 
 
@@ -35,13 +36,17 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def bicubic_upscale(tiles_nchw: torch.Tensor, scale: int) -> torch.Tensor:
-    """Plain bicubic, the reference for the seam-free invariant and for alpha channels."""
+def bicubic_upscale(tiles_nchw: torch.Tensor, scale: int, clamp: bool = True) -> torch.Tensor:
+    """Plain bicubic, the reference for the seam-free invariant and for alpha channels;
+    ``clamp=False`` keeps values outside [0, 1] (float samples in their own range)."""
     out = F.interpolate(tiles_nchw, scale_factor=scale, mode="bicubic", align_corners=False)
-    return out.clamp_(0.0, 1.0)
+    return out.clamp_(0.0, 1.0) if clamp else out
 
 
 class BicubicUpscaler:
+    """Bicubic is linear, so it runs in any sample range: it does not clamp (the region
+    worker clips to the data's range where there is one, after blending)."""
+
     def __init__(self, config: ModelConfig) -> None:
         self.scale = config.scale
         self.device = pick_device(config.device)
@@ -49,7 +54,7 @@ class BicubicUpscaler:
     def upscale(
         self, tiles_nchw: torch.Tensor, conditioning: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return bicubic_upscale(tiles_nchw.to(self.device), self.scale)
+        return bicubic_upscale(tiles_nchw.to(self.device), self.scale, clamp=False)
 
 
 def build_upscaler(config: ModelConfig) -> Upscaler:

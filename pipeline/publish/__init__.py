@@ -39,10 +39,38 @@ FORMATS = {
 
 
 def check_output(
-    path: Path, fmt: str, out_hw: tuple[int, int], channels: int, dtype: str, cfg: OutputConfig
+    path: Path,
+    fmt: str,
+    out_hw: tuple[int, int],
+    channels: int,
+    dtype: str,
+    cfg: OutputConfig,
+    alpha: bool | None = None,
+    rgb: bool = True,
+    premultiplied: bool = False,
 ) -> None:
-    """Refuse, before any work, an output the chosen format cannot hold."""
+    """Refuse, before any work, an output the chosen format cannot hold. ``alpha``:
+    whether the last channel is alpha (None: 2 and 4 channels are taken as with alpha);
+    ``rgb``: whether three image channels are RGB (else independent bands)."""
     h, w = out_hw
+    alpha = channels in (2, 4) if alpha is None else alpha
+    if fmt in ("png", "jpeg"):
+        image = channels - alpha
+        if image > 3 or (image > 1 and not (rgb and image == 3)):
+            raise UserError(
+                f"{fmt.upper()} holds gray, RGB and their alpha only; these {channels} "
+                "channels are independent bands: write .tif or .zarr, which keep them"
+            )
+        if premultiplied:
+            raise UserError(
+                f"{fmt.upper()} alpha is unassociated, and this image's colours are "
+                "premultiplied by its alpha (TIFF associated alpha): write .tif, which keeps it"
+            )
+        if np.dtype(dtype).kind != "u":
+            raise UserError(
+                f"{fmt.upper()} holds unsigned samples only; write .tif or .zarr to keep "
+                f"these {dtype} samples"
+            )
     if fmt in ("png", "jpeg"):
         mb = h * w * channels * np.dtype(dtype).itemsize / 2**20
         if mb > cfg.max_in_memory_mb:
@@ -88,6 +116,8 @@ def downsample2(block: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
         )
     f = block.astype(np.float32)
     mean = (f[0::2, 0::2] + f[1::2, 0::2] + f[0::2, 1::2] + f[1::2, 1::2]) * 0.25
+    if block.dtype.kind == "f":
+        return mean.astype(block.dtype)
     return np.rint(mean).astype(block.dtype)
 
 
@@ -190,14 +220,17 @@ def copy_to_ome_task(
     return (y1 - y0) * (x1 - x0)
 
 
-def _photometric(channels: int) -> tuple[str, list[str] | None]:
-    if channels == 1:
-        return "minisblack", None
-    if channels == 2:
-        return "minisblack", ["unassalpha"]
-    if channels == 3:
-        return "rgb", None
-    return "rgb", ["unassalpha"]
+def _photometric(
+    channels: int, alpha: bool = False, rgb: bool = True, premultiplied: bool = False
+) -> tuple[str, list[str] | None]:
+    """(photometric, extrasamples): RGB only for three colour channels, alpha only where
+    the input had one (associated if it was); every other channel an "unspecified" extra
+    sample (a band)."""
+    colour = rgb and channels - alpha == 3
+    first = 3 if colour else 1
+    kind = "assocalpha" if premultiplied else "unassalpha"
+    extras = ["unspecified"] * (channels - first - alpha) + ([kind] if alpha else [])
+    return ("rgb" if colour else "minisblack"), (extras or None)
 
 
 def scaled_geo_tags(geo: dict[int, Any], scale: int) -> list[tuple]:
@@ -244,7 +277,7 @@ def write_tiff_task(
 
     store = JobStore.open(store_url)
     lay = store.layout
-    photometric, extrasamples = _photometric(lay.channels)
+    photometric, extrasamples = _photometric(lay.channels, lay.alpha, lay.rgb, lay.premultiplied)
     gray = lay.channels == 1  # a plain (H, W) page, no samples axis
 
     def tiles(level: int):

@@ -37,7 +37,7 @@ from pipeline.storage import filesystem, is_remote, local_path, zarr_kwargs
 from pipeline.store.lock import FileLock, Lease
 from pipeline.tiling import region_counts
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the layout says which channel is alpha and whether RGB
 PROGRESS_KEY = "progress.json"
 
 
@@ -77,7 +77,11 @@ def is_local(url: str) -> bool:
 
 @dataclass(frozen=True)
 class Layout:
-    """Shapes of the store's arrays, derived from the input and the config."""
+    """Shapes of the store's arrays, derived from the input and the config, and what
+    the channels mean: ``alpha`` — the last channel is alpha (the file said so);
+    ``rgb`` — three colour channels are RGB. Every other channel is an independent band
+    that the model sees as gray, one at a time. ``dtype`` is the input's own: unsigned,
+    or signed/float samples that the worker normalises by a range."""
 
     frames: int
     height: int
@@ -87,6 +91,14 @@ class Layout:
     scale: int
     region_out_px: int
     chunk_out_px: int
+    alpha: bool = False
+    rgb: bool = True
+    premultiplied: bool = False  # the alpha is associated (colours premultiplied by it)
+
+    @property
+    def colour(self) -> bool:
+        """Whether the image channels go through the model together, as RGB."""
+        return self.rgb and self.channels - self.alpha == 3
 
     @property
     def region_lr_px(self) -> int:
