@@ -138,9 +138,11 @@ class JobGraph:
         )
         sweep_partials(plan.output_path)
         done = self.store.done_mask()
+        skipped = self.finished_frames()
         self.todo = [
             RegionTask(r.frame, r.row, r.col)
             for f in range(self.frames)
+            if f not in skipped
             for r in plan_regions(
                 f, plan.layout.height, plan.layout.width, plan.layout.region_lr_px
             )
@@ -169,6 +171,10 @@ class JobGraph:
         window = cfg.degradation_window if plan.is_video else 0
         self.cond: Conditioning | None = None
         self._cond_args = (self.frames, plan.model.needs_degradation, window, fixed)
+
+    def finished_frames(self) -> set[int]:
+        """Frames whose output is final whatever their flags say (encoded video)."""
+        return set()
 
     def ready(self) -> list[Call]:
         self.advance()
