@@ -95,6 +95,7 @@ def decode_stage(cfg: JobConfig) -> Stage:
         cpus=cpus,
         max_in_flight=max(1, int(cluster_cpus()) // 2),
         priority=1,
+        spread=True,
     )
 
 
@@ -122,6 +123,7 @@ def encode_stage(cfg: JobConfig) -> tuple[Stage, int]:
         cpus=cpus,
         max_in_flight=count,
         priority=0,
+        spread=True,
     )
     return stage, threads
 

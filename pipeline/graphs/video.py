@@ -63,7 +63,7 @@ class VideoGraph(JobGraph):
                 store.free_frames(a, b)  # killed between its flag and the free
                 store.mark_ingested(i, False)
         self.segments_total = len(segments)
-        self.segments_done = int(self.encoded.sum())
+        self.segments_done = self.segments_at_start = int(self.encoded.sum())
         self.to_decode = [i for i in range(len(segments)) if not flags[i] and not self.encoded[i]]
         self.decoding: set[int] = set()
         self.encoding: set[int] = set()
@@ -93,6 +93,7 @@ class VideoGraph(JobGraph):
             i for i in range(len(segments)) if self.in_store[i] and not self.seg_left[i]
         }
         self.assembling = False
+        self.encode_nodes: dict[str, list[int]] = {}
         self._scratch_t = 0.0
         self._update_scratch(force=True)
 
@@ -190,6 +191,8 @@ class VideoGraph(JobGraph):
                 self.candidates.add(i)
         elif call.stage is self.encode:
             i = call.address
+            if result.get("node"):
+                self.encode_nodes.setdefault(result["node"], []).append(i)
             store.mark_encoded(i)
             self.encoded[i] = True
             self.encoding.discard(i)
@@ -206,6 +209,13 @@ class VideoGraph(JobGraph):
             self._postfix()
             self._update_scratch()
         else:
+            if self.encode_nodes:
+                log.info(
+                    "encode: %d segment(s) encoded on %d node(s)",
+                    sum(len(v) for v in self.encode_nodes.values()),
+                    len(self.encode_nodes),
+                    extra={"encode_nodes": dict(self.encode_nodes)},
+                )
             log.info(
                 "publish: %d frames encoded in %d segment(s), %d packets copied",
                 result["frames"],
@@ -228,6 +238,13 @@ class VideoGraph(JobGraph):
                 self.recorder.scratch(self.store.scratch_bytes())
             except OSError:  # advisory
                 pass
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {
+            "segments_total": self.segments_total,
+            "segments_run": self.segments_total - self.segments_at_start,
+            "scratch_peak_bytes": self.recorder.record.get("scratch_peak_bytes"),
+        }
 
     def failure_other(self, call: Call, exc: BaseException) -> BaseException:
         if call.stage is self.decode:
