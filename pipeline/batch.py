@@ -62,6 +62,9 @@ class ItemReport:
     mp_per_s: float = 0.0
     regions_run: int = 0
     regions_total: int = 0
+    segments_run: int = 0  # video: encode segments run / in all
+    segments_total: int = 0
+    scratch_peak_bytes: int | None = None
     store: str | None = None
     error: str | None = None
     overrides: list[str] = field(default_factory=list)
@@ -312,6 +315,8 @@ def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> 
             r.status = "done"
             r.frames, r.megapixels = summary.frames, summary.out_megapixels
             r.regions_run, r.regions_total = summary.regions_run, summary.regions_total
+            r.segments_run, r.segments_total = summary.segments_run, summary.segments_total
+            r.scratch_peak_bytes = summary.scratch_peak_bytes
             r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
         elif isinstance(exc, stopping.Terminated):
             r.status, r.error = "terminated", str(exc)

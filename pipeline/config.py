@@ -164,11 +164,20 @@ class VideoConfig:
     frames: str | None = None  # "A:B" frame indices to process
     start_s: float | None = None
     end_s: float | None = None
-    segment_frames: int = 48  # decode segments: keyframe-aligned, at least this long
+    # Segments are the unit of decode, encode and resume: keyframe-aligned ranges of
+    # about segment_s seconds (or at least segment_frames frames), cut mid-GOP only past
+    # segment_max_frames (default 4x the target). Each is encoded on its own (closed
+    # GOP) and the segments are joined without re-encoding.
+    segment_s: float = 4.0
+    segment_frames: int | None = None
+    segment_max_frames: int | None = None
+    encoders: int = 0  # segments encoded at once (0: from the cluster's CPUs)
+    encoder_threads: int = 0  # threads per encoder (0: the codec's own choice)
+    # Decode runs at most this many frames ahead of the oldest frame not yet encoded
+    # (0: enough for every encoder plus two segments upscaling and decoding).
+    max_frames_in_store: int = 0
+    keep_frames: bool = False  # keep frames in the store after their segment is encoded
     max_region_out_px: int = 4096  # a frame whose output is larger is cut into regions
-    # Free each frame's input and output from the store once encoded: bounds disk use
-    # to the frames in flight, at the price of redoing those frames if the job resumes.
-    drop_encoded: bool = False
 
     def options_dict(self) -> dict[str, str]:
         if not self.options:
@@ -412,7 +421,20 @@ def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
     _require(
         v.crf is None or 0 <= v.crf <= 63, "video.crf", f"must be between 0 and 63, got {v.crf}"
     )
-    _require(v.segment_frames >= 1, "video.segment_frames", f"must be >= 1, got {v.segment_frames}")
+    _require(
+        v.segment_frames is None or v.segment_frames >= 1,
+        "video.segment_frames",
+        f"must be >= 1, got {v.segment_frames}",
+    )
+    _require(v.segment_s > 0, "video.segment_s", f"must be > 0, got {v.segment_s}")
+    _require(
+        v.segment_max_frames is None or v.segment_max_frames >= 1,
+        "video.segment_max_frames",
+        f"must be >= 1, got {v.segment_max_frames}",
+    )
+    for key in ("encoders", "encoder_threads", "max_frames_in_store"):
+        value = getattr(v, key)
+        _require(value >= 0, f"video.{key}", f"must be >= 0 (0: automatic), got {value}")
     _require(
         v.max_region_out_px >= 64,
         "video.max_region_out_px",

@@ -22,7 +22,7 @@ from pipeline.samples import has_natural_range
 from pipeline.storage import ObjectPath, as_path, check_output_location
 from pipeline.store import Layout, default_store_url
 from pipeline.tiling import shard_geometry
-from pipeline.video import VideoInfo, plan_segments, probe_video
+from pipeline.video import VideoInfo, plan_segments, probe_video, segment_target_frames
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             raise UserError(f"{src} is a video; give a video output (.mp4 .mkv .mov)")
         pix_fmt = choose_pix_fmt(v.codec, info.pix_fmt, v.pix_fmt)
         remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
-        segments = tuple(plan_segments(info, v.segment_frames))
+        target = segment_target_frames(info, v.segment_s, v.segment_frames)
+        segments = tuple(plan_segments(info, target, v.segment_max_frames or 4 * target))
         side = max(info.height, info.width) * scale
         target = side if side <= v.max_region_out_px else cfg.store.region_out_px
         shard, chunk = shard_geometry(scale, target, cfg.store.chunk_out_px)

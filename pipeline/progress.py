@@ -85,6 +85,16 @@ class Progress:
         self.record["frames_encoded"] = frames
         self.maybe_flush()
 
+    def segments(self, encoded: int, total: int) -> None:
+        self.record["segments_encoded"], self.record["segments_total"] = encoded, total
+        self.maybe_flush()
+
+    def scratch(self, nbytes: int) -> None:
+        """Bytes the job store holds (frames in flight plus encoded segments)."""
+        self.record["scratch_bytes"] = nbytes
+        self.record["scratch_peak_bytes"] = max(nbytes, self.record.get("scratch_peak_bytes", 0))
+        self.maybe_flush()
+
     def finish(self, status: str, error: str | None = None) -> None:
         self.record.update(status=status, error=error, eta_s=None)
         self.flush()

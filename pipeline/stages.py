@@ -11,7 +11,8 @@ the stage runs, so nothing here imports worker code.
     upscale  one output region: its tiles, blended         (region workers, GPUs)
     pyramid  one block of a pyramid level from the level below (1 CPU)
     write    the output file's pixels (TIFF, PNG/JPEG, OME-Zarr blocks) (1 CPU)
-    encode   video frames in order, then the container     (one encoder actor per job)
+    encode   one video segment's frames -> its packets      (CPU tasks, several at once)
+    assemble the segments' packets + copied streams -> file (one CPU task)
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from pipeline.placement import cpu_stage_options, region_actor_options
 from pipeline.runner.stage import PoolSpec, Stage
 
 REGION_WORKER = "workers.region_worker:RegionWorker"
-VIDEO_ENCODER = "pipeline.encode:VideoEncoder"
 WEIGHTS_CHECK = "workers.s3diff.preflight:weights_problems"
 
 INGEST = Stage("ingest", "pipeline.ingest:ingest_rows_task", cpus=1, priority=1)
@@ -95,17 +95,39 @@ def decode_stage(cfg: JobConfig) -> Stage:
         cpus=cpus,
         max_in_flight=max(1, int(cluster_cpus()) // 2),
         priority=1,
+        spread=True,
     )
 
 
-ENCODE = Stage("encode", VIDEO_ENCODER, actor=True, max_in_flight=1, priority=0)
+def encoder_plan(cfg: JobConfig) -> tuple[int, int]:
+    """(encoders at once, threads each). Threads: ``video.encoder_threads``, else up to 4
+    (x264/x265 scale well to about that per stream, and several streams scale on).
+    Encoders: ``video.encoders``, else as many as the cluster's CPUs hold with one
+    encoder's worth left for decode and the driver (at least 1)."""
+    cpus = int(cluster_cpus())
+    threads = cfg.video.encoder_threads or max(1, min(4, cpus))
+    count = cfg.video.encoders or max(1, cpus // threads - 1)
+    return count, threads
 
 
-def encoder_pool(cfg: JobConfig, job_key: str, init: tuple) -> PoolSpec:
-    """One encoder actor per video job (it holds the open container)."""
-    options = (
-        {} if cfg.run.runner == "local" else cpu_stage_options(workers_use_gpu(cfg), actor=True)
+def encode_stage(cfg: JobConfig) -> tuple[Stage, int]:
+    """Segment encode tasks (CPU work: H100/H200 have no NVENC) and their threads. Each
+    asks for its threads' CPUs (at most half the cluster's) when the workers are on GPUs,
+    so Ray spreads encoders over the nodes' CPUs; none when the workers hold the CPUs."""
+    count, threads = encoder_plan(cfg)
+    use_gpu = workers_use_gpu(cfg)
+    cpus = min(float(threads), cluster_cpus() / 2) if use_gpu else 0.0
+    stage = Stage(
+        "encode",
+        "pipeline.segments:encode_segment_task",
+        cpus=cpus,
+        max_in_flight=count,
+        priority=0,
+        spread=True,
     )
-    return PoolSpec(
-        f"encode|{job_key}", VIDEO_ENCODER, init, count=1, per_job=True, options=options
-    )
+    return stage, threads
+
+
+def assemble_stage(cfg: JobConfig) -> Stage:
+    cpus = cpu_stage_options(workers_use_gpu(cfg))["num_cpus"]
+    return Stage("assemble", "pipeline.assemble:assemble_task", cpus=cpus, priority=0)

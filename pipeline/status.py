@@ -27,6 +27,15 @@ def store_status(url: str) -> dict[str, Any]:
     status: dict[str, Any] = {"store": url, **record}
     if "done" in store.group:
         done = store.done_mask()
+        segments = store.spec.get("segments") or []
+        if segments and "encoded" in store.group:
+            # An encoded segment's frames were freed with their flags: they count as done.
+            encoded = store.encoded_mask()
+            for (a, b), flag in zip(segments, encoded, strict=False):
+                if flag:
+                    done[a:b] = True
+            status["segments_total"] = len(segments)
+            status["segments_encoded"] = int(encoded[: len(segments)].sum())
         status["regions_total"], status["regions_done"] = int(done.size), int(done.sum())
     lay = store.layout
     status.setdefault("frames_total", lay.frames)
@@ -79,6 +88,10 @@ def format_store_status(s: dict[str, Any]) -> str:
     )
     if s.get("frames_total", 1) > 1:
         lines.append(f"  frames encoded: {s.get('frames_encoded', 0)}/{s['frames_total']}")
+    if s.get("segments_total"):
+        lines.append(f"  segments encoded: {s.get('segments_encoded', 0)}/{s['segments_total']}")
+    if s.get("scratch_bytes") is not None:
+        lines.append(f"  scratch in use: {s['scratch_bytes'] / 2**20:.1f} MiB")
     if s.get("updated_s_ago") is not None:
         lines.append(f"  last update: {_fmt_s(s['updated_s_ago'])} ago")
     if s.get("error"):

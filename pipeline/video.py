@@ -194,16 +194,37 @@ def _rotation(container: Any, stream: Any) -> int:
     return 0
 
 
-def plan_segments(info: VideoInfo, min_frames: int) -> list[tuple[int, int]]:
-    """Keyframe-aligned [start, end) ranges of selected-frame indices, each >= min_frames
-    (except the last). A segment may start mid-GOP only at the range start."""
+def segment_target_frames(info: VideoInfo, segment_s: float, segment_frames: int | None) -> int:
+    """Frames per segment: ``segment_frames``, else ``segment_s`` at the source's rate."""
+    if segment_frames:
+        return segment_frames
+    rate = Fraction(*info.avg_rate) if info.avg_rate else Fraction(30)
+    return max(1, round(segment_s * rate))
+
+
+def plan_segments(
+    info: VideoInfo, min_frames: int, max_frames: int | None = None
+) -> list[tuple[int, int]]:
+    """[start, end) ranges of selected-frame indices: each starts at a keyframe and is
+    at least ``min_frames`` long (except the last). A GOP longer than ``max_frames``
+    (default: unbounded) is cut mid-GOP every ``min_frames`` frames; a segment that
+    starts mid-GOP decodes from the keyframe before it (``ingest_segment_task``)."""
     a, b = info.first, info.first + info.frames
     cuts = [k for k in info.keyframes if a < k < b]
+    limit = max_frames if max_frames is not None else b - a
     bounds, last = [a], a
-    for k in cuts:
-        if k - last >= min_frames:
-            bounds.append(k)
-            last = k
+    while True:
+        nxt = next((k for k in cuts if k - last >= min_frames), None)
+        if nxt is not None and nxt - last <= limit:
+            cut = nxt
+        elif b - last > limit:
+            cut = last + min_frames
+        else:
+            break
+        if cut >= b:
+            break
+        bounds.append(cut)
+        last = cut
     bounds.append(b)
     return [(s - a, e - a) for s, e in zip(bounds, bounds[1:], strict=False)]
 

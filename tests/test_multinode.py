@@ -37,7 +37,8 @@ def cluster():
         head_node_args={"num_cpus": 2, "num_gpus": 0, "include_dashboard": False},
     )
     try:
-        gpu_nodes = [c.add_node(num_cpus=0, num_gpus=1) for _ in range(2)]
+        # One CPU each: CPU stages (video decode and encode) may run there too.
+        gpu_nodes = [c.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
         c.wait_for_nodes()
         yield c, {node.node_id for node in gpu_nodes}
     finally:
@@ -80,22 +81,27 @@ def test_video_job_spreads_over_gpu_nodes_and_matches_single_process(
     tmp_path: Path, cluster, caplog
 ):
     c, gpu_nodes = cluster
-    src = make_clip(tmp_path / "clip.mkv", frames=12, rate=Fraction(24))
-    # FFV1 is lossless and bit-reproducible, so the files compare frame for frame. The
-    # worker nodes have no CPU: decode tasks and the encoder can only run on the head.
+    src = make_clip(tmp_path / "clip.mkv", frames=24, rate=Fraction(24))
+    # FFV1 is lossless and bit-reproducible, so the files compare frame for frame. Three
+    # segments (one per GOP of 8), three encoders of one thread: they spread over nodes.
     common = {"scale": 2, "tile": 32, "overlap": 8, "video__segment_frames": 4}
-    common["video__codec"] = "ffv1"
+    common |= {"video__codec": "ffv1", "video__encoders": 3, "video__encoder_threads": 1}
     caplog.set_level(logging.INFO, logger="pipeline.placement")
+    caplog.set_level(logging.INFO, logger="pipeline.graphs.video")
 
     out = tmp_path / "cluster.mkv"
     summary = run_job(str(src), str(out), make_config(**common, run__address=c.address))
-    assert summary.frames == summary.regions_run == 12
+    assert summary.frames == summary.regions_run == 24
+    assert summary.segments_run == summary.segments_total == 3
     assert set(placement_nodes(caplog)) == gpu_nodes
+    encode_nodes = [r.encode_nodes for r in caplog.records if hasattr(r, "encode_nodes")]
+    assert len(encode_nodes) == 1 and len(encode_nodes[0]) >= 2, caplog.text
+    assert sorted(u for units in encode_nodes[0].values() for u in units) == list(range(3))
 
     ref = tmp_path / "single.mkv"
     run_job(str(src), str(ref), make_config(**common, run__runner="local"), progress=False)
     got, want = decode_frames(out), decode_frames(ref)
-    assert len(got) == len(want) == 12
+    assert len(got) == len(want) == 24
     for x, y in zip(got, want, strict=True):
         np.testing.assert_array_equal(x, y)
 

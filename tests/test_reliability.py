@@ -210,7 +210,13 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
     src = make_clip(tmp_path / "clip.mp4", frames=96, gop=12)
     clean = tmp_path / "clean.mkv"
     cfg = make_config(
-        scale=2, tile=32, overlap=8, keep=True, video__segment_frames=12, video__codec="ffv1"
+        scale=2,
+        tile=32,
+        overlap=8,
+        keep=True,
+        video__segment_frames=12,
+        video__codec="ffv1",
+        video__keep_frames=True,  # the clean run's frames, to compare flagged regions with
     )
     run_job(str(src), str(clean), cfg, progress=False)
     clean_url = default_store_url(str(src), str(clean), None)

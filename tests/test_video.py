@@ -105,6 +105,7 @@ def test_segments_cut_mid_gop_decode_every_frame_exactly(tmp_path, ray_local):
         out = tmp_path / f"out_{seg}.mp4"
         cfg = video_cfg(
             keep=True,
+            video__keep_frames=True,
             video__segment_frames=seg,
             **({"video__frames": f'"{frames}"'} if frames else {}),
         )
@@ -201,14 +202,24 @@ def test_audio_only_file_is_refused(tmp_path):
         run_job(str(path), str(tmp_path / "o.mp4"), video_cfg(), progress=False)
 
 
-def test_drop_encoded_frees_the_store_and_keeps_the_output(tmp_path, ray_local):
+def test_encoded_segments_free_their_frames_and_keep_the_output(tmp_path, ray_local):
     src = make_clip(tmp_path / "c.mp4", frames=16)
     out = tmp_path / "o.mp4"
-    run_job(str(src), str(out), video_cfg(keep=True, video__drop_encoded=True), progress=False)
+    run_job(str(src), str(out), video_cfg(keep=True), progress=False)
     assert_video_preserved(src, out)
     store = JobStore.open(default_store_url(str(src), str(out), None))
     assert store.array("input").nchunks_initialized == 0
     assert store.array("output").nchunks_initialized == 0
-    # Freed frames are no longer flagged done, so a resume would redo them.
+    # Freed frames are no longer flagged done; their segments are encoded instead.
     assert not store.done_mask().any()
     assert not store.array("ingested")[...].any()
+    assert store.encoded_mask().all() and len(store.spec["segments"]) > 1
+
+
+def test_keep_frames_keeps_them(tmp_path, ray_local):
+    src = make_clip(tmp_path / "c.mp4", frames=16)
+    out = tmp_path / "o.mp4"
+    run_job(str(src), str(out), video_cfg(keep=True, video__keep_frames=True), progress=False)
+    store = JobStore.open(default_store_url(str(src), str(out), None))
+    assert store.done_mask().all() and store.array("ingested")[...].all()
+    assert store.array("output").nchunks_initialized == store.array("output").nchunks

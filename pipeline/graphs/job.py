@@ -49,12 +49,17 @@ class Summary:
     regions_total: int
     regions_run: int
     store_url: str
+    segments_total: int = 0  # video: encode segments
+    segments_run: int = 0
+    scratch_peak_bytes: int | None = None  # the store's largest sampled size
 
     def line(self) -> str:
         rate = self.out_megapixels / max(self.seconds, 1e-9)
         resumed = self.regions_total - self.regions_run
         extra = f", {resumed} resumed from the store" if resumed else ""
         frames = f"{self.frames} frames, " if self.frames > 1 else ""
+        if self.segments_total:
+            extra += f", {self.segments_run}/{self.segments_total} segments encoded"
         return (
             f"done in {self.seconds:.1f} s: {frames}{self.out_megapixels:.1f} output "
             f"megapixels ({rate:.1f} MP/s), {self.regions_run}/{self.regions_total} regions "
@@ -138,9 +143,11 @@ class JobGraph:
         )
         sweep_partials(plan.output_path)
         done = self.store.done_mask()
+        skipped = self.finished_frames()
         self.todo = [
             RegionTask(r.frame, r.row, r.col)
             for f in range(self.frames)
+            if f not in skipped
             for r in plan_regions(
                 f, plan.layout.height, plan.layout.width, plan.layout.region_lr_px
             )
@@ -169,6 +176,10 @@ class JobGraph:
         window = cfg.degradation_window if plan.is_video else 0
         self.cond: Conditioning | None = None
         self._cond_args = (self.frames, plan.model.needs_degradation, window, fixed)
+
+    def finished_frames(self) -> set[int]:
+        """Frames whose output is final whatever their flags say (encoded video)."""
+        return set()
 
     def ready(self) -> list[Call]:
         self.advance()
@@ -223,10 +234,14 @@ class JobGraph:
                 regions_total=self.regions_total,
                 regions_run=len(self.todo),
                 store_url=plan.store_url,
+                **self.summary_extra(),
             )
 
     def cleanup(self, error: BaseException | None) -> None:
         """Subclasses: drop temporaries after a failure."""
+
+    def summary_extra(self) -> dict[str, Any]:
+        return {}
 
     # ------------------------------------------------------------- region stages
     def open_bar(self) -> None:

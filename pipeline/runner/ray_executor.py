@@ -125,10 +125,11 @@ class RayExecutor:
             ref, flight = self._pool(call.pool, call).submit(call, args)
         else:
             st = call.stage
-            key = (st.name, st.cpus, st.gpus)
+            key = (st.name, st.cpus, st.gpus, st.spread)
             if key not in self._remotes:
+                extra = {"scheduling_strategy": "SPREAD"} if st.spread else {}
                 self._remotes[key] = ray.remote(call_by_name).options(
-                    num_cpus=st.cpus, num_gpus=st.gpus, max_retries=2, name=st.name
+                    num_cpus=st.cpus, num_gpus=st.gpus, max_retries=2, name=st.name, **extra
                 )
             ref, flight = self._remotes[key].remote(st.target, *args), Flight(call)
         self.flights[ref] = flight

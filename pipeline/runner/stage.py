@@ -46,6 +46,7 @@ class Stage:
     max_in_flight: int = 0  # per job; 0: no bound (the executor's capacity decides)
     retries: int = 0  # failed attempts the loop repeats (Ray retries lost tasks itself)
     priority: int = 5  # lower is submitted first when several stages have work
+    spread: bool = False  # Ray: spread the stage's tasks over the nodes (CPU-heavy work)
 
 
 @dataclass(frozen=True)

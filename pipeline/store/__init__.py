@@ -6,8 +6,11 @@ Every array and attribute of a job store is declared here (DESIGN.md section 3):
   region each;
 - ``done`` (T, rows, cols): a region's flag, written only by the driver after the
   region's shard is written;
-- ``ingested`` (units,): a flag per ingest unit (a video's decode segments; one for an
-  image), set by the driver once the unit's frames are in ``input``;
+- ``ingested`` (units,): a flag per ingest unit (a video's segments; one for an image),
+  set by the driver once the unit's frames are in ``input``;
+- ``encoded`` (units,): a video segment's flag, set by the driver once its encoded file
+  ``segments/<i>.seg`` is committed; the segment's frames are then freed (unless
+  ``video.keep_frames``) and a resume never redoes it;
 - ``degradation_raw`` and ``degradation`` (T, 2) float32: S3Diff's estimated and final
   per-frame scores (only for models conditioned on them);
 - ``pyramid/<level>`` (h, w, C): the image pyramid above level 0 (level 0 is ``output``);
@@ -179,7 +182,8 @@ class JobStore:
             "done", shape=(t, rows, cols), dtype="uint8", chunks=(1, rows, cols), fill_value=0
         )
         units = max(1, ingest_units)
-        group.create_array("ingested", shape=(units,), dtype="uint8", chunks=(units,), fill_value=0)
+        for name in ("ingested", "encoded"):
+            group.create_array(name, shape=(units,), dtype="uint8", chunks=(units,), fill_value=0)
         group.attrs.update(
             {"format_version": FORMAT_VERSION, "spec": spec, "layout": layout.__dict__}
         )
@@ -213,9 +217,51 @@ class JobStore:
         """Driver only, after the unit's frames were written."""
         self.group["ingested"][unit] = int(value)
 
-    def forget_regions(self, start: int, stop: int) -> None:
-        """Clear the flags of frames [start, stop) (their pixels were freed)."""
+    def encoded_mask(self) -> np.ndarray:
+        """(units,) bool: which video segments have their encoded file committed."""
+        return np.asarray(self.group["encoded"][...], dtype=bool)
+
+    def mark_encoded(self, unit: int) -> None:
+        """Driver only, after the segment's file was committed."""
+        self.group["encoded"][unit] = 1
+
+    # ------------------------------------------------------------ video segments
+    def segment_path(self, unit: int) -> str:
+        """Where segment ``unit``'s encoded packets live (a path or URL in the store)."""
+        return f"{self.url.rstrip('/')}/segments/{unit:06d}.seg"
+
+    def free_frames(self, start: int, stop: int) -> None:
+        """Delete frames [start, stop) of ``input`` and ``output`` (their stored chunks or
+        shards, so the space comes back) and clear their region flags: the frames are
+        gone, their segment's encoded file holds them now."""
+        from zarr.core.sync import sync
+
+        for name in ("input", "output"):
+            arr = self.group[name]
+            unit = arr.metadata.chunk_grid.chunk_shape  # the shard, where sharded
+            grid = [-(-n // c) for n, c in zip(arr.shape, unit, strict=True)]
+            path = arr.store_path
+            for f in range(start, stop):
+                for i in range(grid[1]):
+                    for j in range(grid[2]):
+                        for k in range(grid[3]):
+                            key = arr.metadata.encode_chunk_key((f, i, j, k))
+                            sync(path.store.delete(f"{path.path}/{key}" if path.path else key))
         self.group["done"][start:stop] = 0
+
+    def scratch_bytes(self) -> int:
+        """Bytes the store holds now (frames in flight and encoded segments)."""
+        if is_local(self.url):
+            total = 0
+            for root, _, files in os.walk(local_path(self.url)):
+                for name in files:
+                    try:
+                        total += os.path.getsize(os.path.join(root, name))
+                    except OSError:  # deleted meanwhile
+                        pass
+            return total
+        fs, root = filesystem(self.url)
+        return int(fs.du(root))
 
     # ------------------------------------------------------- conditioning, pyramid
     def degradation_arrays(self) -> tuple[zarr.Array, zarr.Array]:

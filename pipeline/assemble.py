@@ -1,0 +1,181 @@
+"""Assemble a video: join the encoded segments and remux the other streams, once.
+
+Runs as one CPU task when every segment is encoded. The output's video stream is set up
+exactly as the segments' encoders were (``segments.video_stream``), so its codec
+parameters are theirs, and the segments' packets are muxed as they are, without
+re-encoding. Decode timestamps are planned for the whole stream: each packet in decode
+order gets the presentation time ``D`` places earlier in the sorted presentation times,
+where ``D`` is the largest reorder delay any segment's encoder used (its B-frames), so
+dts rise strictly across segment joins and never pass their packet's pts. Every packet
+lasts its own frame's real duration (VFR stays VFR). Audio, subtitle and data packets
+are copied byte for byte, interleaved by time, with the selected range's span.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from fractions import Fraction
+from typing import Any
+
+from pipeline.config import VideoConfig
+from pipeline.encode import container_format
+from pipeline.publish.files import finish_staged, staging_path
+from pipeline.segments import (
+    SegmentPackets,
+    frame_durations,
+    pts_offset,
+    read_segment,
+    video_stream,
+)
+from pipeline.storage import av_input
+from pipeline.video import VideoInfo
+
+log = logging.getLogger(__name__)
+
+
+def reorder_delay(pts_in_decode_order: list[int]) -> int:
+    """The smallest ``d`` such that, with ``Q`` the sorted pts, ``Q[i - d] <= pts[i]``
+    for every decode position ``i``: how many frames the decoder must hold back."""
+    q = sorted(pts_in_decode_order)
+    return max(
+        (i + 1 - bisect.bisect_right(q, p) for i, p in enumerate(pts_in_decode_order)),
+        default=0,
+    )
+
+
+def plan_dts(segments: list[list[int]], first_duration: int) -> list[list[int]]:
+    """Decode timestamps for the joined stream (see the module's docstring)."""
+    delay = max((reorder_delay(s) for s in segments), default=0)
+    order = sorted(p for s in segments for p in s)
+    out, j = [], 0
+    for s in segments:
+        dts = []
+        for _ in s:
+            k = j - delay
+            dts.append(order[k] if k >= 0 else order[0] + k * first_duration)
+            j += 1
+        out.append(dts)
+    return out
+
+
+class Remuxer:
+    """The non-video streams, copied packet for packet up to a time."""
+
+    def __init__(self, out: Any, info: VideoInfo, remux: list[int]) -> None:
+        import av
+
+        self.info, self.out = info, out
+        self.src = av.open(av_input(info.path)) if remux else None
+        self.map: dict[int, Any] = {}
+        if self.src is not None:
+            for idx in remux:
+                self.map[idx] = out.add_stream_from_template(self.src.streams[idx])
+            self.packets = self.src.demux(*[self.src.streams[i] for i in remux])
+        else:
+            self.packets = iter(())
+        self.pending: Any = None
+        self.offset = pts_offset(info)
+        self.t_start = self.offset * info.tb
+        self.t_end = info.end_pts * info.tb if info.end_pts is not None else None
+        self.ranged = info.first > 0 or info.end_pts is not None
+        self.copied = 0
+
+    @staticmethod
+    def _time(packet: Any) -> Fraction | None:
+        ts = packet.pts if packet.pts is not None else packet.dts
+        return None if ts is None else ts * packet.time_base
+
+    def until(self, t: Fraction | None) -> None:
+        """Mux copied packets whose time is before ``t`` (source time; all when None)."""
+        while True:
+            if self.pending is None:
+                self.pending = next(self.packets, None)
+                if self.pending is None:
+                    return
+            packet = self.pending
+            if packet.size == 0 and packet.pts is None and packet.dts is None:
+                self.pending = None
+                continue
+            pt = self._time(packet)
+            if t is not None and pt is not None and pt >= t:
+                return
+            self.pending = None
+            if self.ranged and pt is not None:
+                dur = (packet.duration or 0) * packet.time_base
+                if pt + dur <= self.t_start or (self.t_end is not None and pt >= self.t_end):
+                    continue  # outside the selected range
+            if self.offset:
+                shift = int(round(self.t_start / packet.time_base))
+                if packet.pts is not None:
+                    packet.pts -= shift
+                if packet.dts is not None:
+                    packet.dts -= shift
+            packet.stream = self.map[packet.stream_index]
+            self.out.mux(packet)
+            self.copied += 1
+
+    def close(self) -> None:
+        if self.src is not None:
+            self.src.close()
+
+
+def assemble_task(
+    store_url: str,
+    info: VideoInfo,
+    cfg: VideoConfig,
+    target: str,
+    remux: list[int],
+    pix_fmt: str,
+    units: int,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Join segment files 0..units-1 into ``target`` with the copied streams.
+    ``threads`` must be the segments' encoder threads: some codecs write their
+    settings into the stream's headers (x265 does)."""
+    import av
+
+    from pipeline.store import JobStore
+
+    store = JobStore.open(store_url)
+    lay = store.layout
+    segs: list[SegmentPackets] = [read_segment(store.segment_path(u)) for u in range(units)]
+    durations = frame_durations(info)
+    first = min(durations)
+    dts_plan = plan_dts([s.pts for s in segs], durations[first])
+    staged = staging_path(target)
+    ok = False
+    try:
+        out = av.open(staged, mode="w", format=container_format(target))
+        out.metadata.update(info.metadata)
+        size = (lay.width * lay.scale, lay.height * lay.scale)
+        vs = video_stream(out, info, cfg, size, pix_fmt, threads)
+        if info.rotation:
+            vs.set_display_rotation(info.rotation)
+        remuxer = Remuxer(out, info, remux)
+        tb, frames = info.tb, 0
+        offset = pts_offset(info)
+        for seg, dts in zip(segs, dts_plan, strict=True):
+            for (data, pts, _, key), d in zip(seg.packets(), dts, strict=True):
+                remuxer.until((d + offset) * tb)
+                packet = av.Packet(data)
+                packet.pts, packet.dts = pts, d
+                packet.duration = durations.get(pts, 0)
+                packet.is_keyframe = key
+                packet.time_base = tb
+                packet.stream = vs
+                out.mux(packet)
+                frames += 1
+        extradata = bytes(vs.codec_context.extradata or b"")
+        if segs and segs[0].extradata and extradata != segs[0].extradata:
+            raise RuntimeError(
+                "the segments' encoder and the output stream disagree on the codec "
+                "parameters (extradata); rerun with --restart"
+            )
+        remuxer.until(None)
+        out.close()
+        remuxer.close()
+        ok = True
+    finally:
+        finish_staged(staged, target, ok=ok)
+    return {"frames": frames, "copied_packets": remuxer.copied, "segments": units}
