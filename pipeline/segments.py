@@ -105,12 +105,12 @@ def encoder_options(cfg: VideoConfig) -> dict[str, str]:
     options = dict(cfg.options_dict())
     if cfg.crf is not None and cfg.codec in ("libx264", "libx265", "libsvtav1"):
         options.setdefault("crf", str(cfg.crf))
-    if cfg.preset and cfg.codec in ("libx264", "libx265", "libsvtav1"):
+    if cfg.preset and cfg.codec in ("libx264", "libx265"):
         options.setdefault("preset", str(cfg.preset))
+    if cfg.preset and cfg.codec == "libsvtav1" and str(cfg.preset).isdigit():
+        options.setdefault("preset", str(cfg.preset))  # SVT-AV1's presets are 0..13
     if cfg.codec == "libx265":
         options.setdefault("x265-params", "log-level=error")
-    if cfg.codec == "libsvtav1":
-        options.setdefault("svtav1-params", "log-level=1")
     return options
 
 

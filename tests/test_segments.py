@@ -260,3 +260,30 @@ def test_kill_at_assembly_redoes_no_segment(tmp_path, ray_local):
     assert "0/3 segments encoded" in final.stdout, final.stdout
     assert len(decode_frames(out)) == 24
     assert_ffmpeg_reads_cleanly(out)
+
+
+@pytest.mark.parametrize(
+    "codec,ext,pix_fmt",
+    [
+        ("libx264", "mp4", None),
+        ("libx265", "mkv", "yuv420p10le"),
+        ("libsvtav1", "mp4", None),
+        ("prores_ks", "mov", "yuv422p10le"),
+        ("ffv1", "mkv", None),
+    ],
+)
+def test_every_offered_codec_works_segmented(tmp_path, codec, ext, pix_fmt):
+    src = make_clip(tmp_path / "clip.mp4", frames=24, gop=8, width=64, height=64)
+    out = tmp_path / f"out.{ext}"
+    extra = {"video__pix_fmt": pix_fmt} if pix_fmt else {}
+    job = cfg(run__runner="local", video__codec=codec, video__segment_frames=8, **extra)
+    summary = run_job(str(src), str(out), job, progress=False)
+    assert summary.segments_total == 3
+    s = probe_summary(out)
+    v = video_stream(s)
+    assert v["codec"] in (codec.removeprefix("lib").removesuffix("_ks"), "av1", "libdav1d",
+                          "hevc", "h264", "prores", "ffv1"), v["codec"]
+    assert v["packets"] == 24 and len(decode_frames(out)) == 24
+    if pix_fmt:
+        assert v["pix_fmt"] == pix_fmt
+    assert_ffmpeg_reads_cleanly(out)
