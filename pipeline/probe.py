@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.image_meta import ImageMeta, read_ome_zarr, read_pillow, read_tiff
 from pipeline.storage import ObjectPath, as_path, head_identity, open_input, open_zarr
 
 SUPPORTED_DTYPES = ("uint8", "uint16")
@@ -35,6 +36,7 @@ class ImageInfo:
     lead: int = 0  # leading singleton axes of a Zarr/TIFF view (OME TCZYX with T=Z=1)
     zarr_path: str = ""  # array inside a Zarr group ("0" for OME-Zarr)
     geo_tags: dict[int, Any] = field(default_factory=dict)
+    meta: ImageMeta = field(default_factory=ImageMeta)  # ICC, resolution, OME sizes
 
     @property
     def frames(self) -> int:
@@ -150,6 +152,7 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
         with open_input(path) as fh, Image.open(fh) as im:
             width, height = im.size
             mode = im.mode
+            meta = read_pillow(im.info)
     except OSError as exc:
         raise UserError(f"{path} could not be read as {kind.upper()}: {exc}") from None
     channels = {"L": 1, "1": 1, "I;16": 1, "I;16B": 1, "I": 1, "LA": 2, "RGBA": 4, "PA": 4}
@@ -162,7 +165,7 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
         path, kind, width, height, chans, 2 if dtype == "uint16" else 1, max_decode_mb
     )
     _check_size(path, height, width, chans)
-    return ImageInfo(str(path), kind, height, width, chans, dtype)
+    return ImageInfo(str(path), kind, height, width, chans, dtype, meta=meta)
 
 
 def _classify_array(
@@ -209,6 +212,7 @@ def _probe_tiff(path: Path) -> ImageInfo:
             shape, dtype, axes = tuple(series.shape), str(series.dtype), series.axes
             page = tif.pages[0]
             geo = {tag.code: tag.value for tag in page.tags.values() if tag.code in GEO_TAGS}
+            meta = read_tiff(tif)
     except (tifffile.TiffFileError, ValueError, IndexError, struct.error, OSError) as exc:
         raise UserError(f"{path} is not a readable TIFF ({exc}); the file may be damaged") from None
     lead, shape, axes = _squeeze_lead(path, shape, axes)
@@ -224,6 +228,7 @@ def _probe_tiff(path: Path) -> ImageInfo:
         layout,
         lead=lead,
         geo_tags=geo,
+        meta=meta,
     )
 
 
@@ -236,6 +241,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
         raise UserError(f"{path} is not a readable Zarr store ({exc})") from None
     inner = ""
     axes = None
+    meta = ImageMeta()
     if isinstance(node, zarr.Group):
         attrs = dict(node.attrs)
         ms = (attrs.get("ome") or attrs).get("multiscales")
@@ -245,6 +251,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
             )
         inner = ms[0]["datasets"][0]["path"]
         axes = "".join(a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", []))
+        meta = read_ome_zarr(ms[0], attrs.get("ome") or attrs)
         node = node[inner]
     lead, shape, axes = _squeeze_lead(path, tuple(node.shape), axes)
     height, width, channels, layout = _classify_array(path, shape, axes)
@@ -259,6 +266,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
         layout,
         lead=lead,
         zarr_path=inner,
+        meta=meta,
     )
 
 
