@@ -151,16 +151,19 @@ def icc_attr(meta: ImageMeta) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- TIFF
 def tiff_resolution(meta: ImageMeta) -> dict[str, Any]:
-    """tifffile ``resolution``/``resolutionunit`` for the (already scaled) meta."""
-    if meta.resolution:
-        unit = {"inch": 2, "centimeter": 3}.get(meta.resolution_unit, 1)
+    """tifffile ``resolution``/``resolutionunit`` for the (already scaled) meta: the
+    input's resolution when it had a unit, else its physical pixel size in pixels per
+    cm, else a unitless resolution (an aspect ratio) as it was."""
+    unit = {"inch": 2, "centimeter": 3}.get(meta.resolution_unit)
+    if meta.resolution and unit:
         return {"resolution": meta.resolution, "resolutionunit": unit}
     if meta.pixel_size and meta.pixel_unit in ("micrometer", "millimeter", "centimeter"):
         per_cm = {"micrometer": 1e4, "millimeter": 10.0, "centimeter": 1.0}[meta.pixel_unit]
         py, px = meta.pixel_size
         return {"resolution": (per_cm / px, per_cm / py), "resolutionunit": 3}
+    if meta.resolution:
+        return {"resolution": meta.resolution, "resolutionunit": 1}
     return {}
-
 
 
 def tiff_ome_metadata(meta: ImageMeta, channels: int) -> dict[str, Any]:
