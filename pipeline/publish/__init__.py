@@ -12,6 +12,7 @@ their node and upload it (``files.local_target``).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -27,6 +28,8 @@ from pipeline.image_meta import ImageMeta
 from pipeline.publish.cog import write_cog
 from pipeline.publish.files import local_target, replace
 from pipeline.publish.metadata import (
+    geo_affine,
+    geo_epsg,
     geozarr_attrs,
     icc_attr,
     level_transforms,
@@ -36,6 +39,8 @@ from pipeline.publish.metadata import (
 )
 from pipeline.storage import ObjectPath, is_remote, zarr_kwargs
 from pipeline.store import JobStore
+
+log = logging.getLogger(__name__)
 
 FORMATS = {
     ".zarr": "zarr",
@@ -185,6 +190,12 @@ def create_ome_zarr(
     import zarr
 
     meta = meta or ImageMeta()
+    if geo and geo_affine(geo) is not None and geo_epsg(geo) is None:
+        log.warning(
+            "the input's CRS has no EPSG code (user-defined GeoKeys): %s gets the scaled "
+            "transform but no CRS; write .tif to keep the GeoKeys as they are",
+            path,
+        )
     group = zarr.open_group(**zarr_kwargs(str(path)), mode="w")
     for level, (h, w) in enumerate(shapes):
         array = group.create_array(
