@@ -17,6 +17,7 @@ import os
 import shutil
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from pipeline.publish.metadata import (
     tiff_ome_metadata,
     tiff_resolution,
 )
+from pipeline.publish.tiles import encoded_tiles
 from pipeline.storage import ObjectPath, is_remote, zarr_kwargs
 from pipeline.store import JobStore
 
@@ -344,18 +346,10 @@ def write_tiff(
         return
     photometric, extrasamples = _photometric(channels)
     gray = channels == 1  # a plain (H, W) page, no samples axis
-
-    def tiles(level: int):
-        h, w = shapes[level]
-        for y in range(0, h, tile):
-            block_rows = rows(level, y, min(y + tile, h))
-            for x in range(0, w, tile):
-                t = block_rows[:, x : x + tile]
-                if t.shape[:2] != (tile, tile):
-                    t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0)))
-                yield t[:, :, 0] if gray else t
-
-    with tifffile.TiffWriter(path, bigtiff=True, ome=meta.ome) as tif:
+    with (
+        ThreadPoolExecutor(max(1, maxworkers)) as pool,
+        tifffile.TiffWriter(path, bigtiff=True, ome=meta.ome) as tif,
+    ):
         for level, (h, w) in enumerate(shapes):
             kwargs: dict[str, Any] = {}
             if level == 0:
@@ -370,7 +364,8 @@ def write_tiff(
                 kwargs["resolution"] = (xr / 2**level, yr / 2**level)
                 kwargs["resolutionunit"] = res["resolutionunit"]
             tif.write(
-                tiles(level),
+                # finished deflate tiles: tifffile only places them
+                encoded_tiles(rows, level, (h, w), tile, channels, dtype, pool),
                 shape=(h, w) if gray else (h, w, channels),
                 dtype=dtype,
                 tile=(tile, tile),
@@ -378,7 +373,6 @@ def write_tiff(
                 extrasamples=extrasamples,
                 compression="zlib",
                 planarconfig=None if gray else "contig",
-                maxworkers=maxworkers,
                 **kwargs,
             )
 

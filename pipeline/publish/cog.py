@@ -4,19 +4,20 @@ GDAL's COG driver writes and ``rio_cogeo.cogeo.cog_validate`` checks).
 
 tifffile writes each IFD next to its own data, which a COG reader cannot use; here the
 IFDs are sized in advance (their tile offset arrays have a known length), written as
-placeholders, then rewritten with the real offsets once the data is placed. Tiles are
-deflate-compressed on a thread pool (zlib releases the GIL), one tile row at a time.
+placeholders, then rewritten with the real offsets once the data is placed. Tiles come
+compressed from ``publish.tiles`` (a thread pool).
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import numpy as np
+
+from pipeline.publish.tiles import encoded_tiles
 
 # TIFF field types: (code, struct format of one value)
 _TYPES = {"B": (7, "B"), "s": (2, "B"), "H": (3, "H"), "I": (4, "I"), "d": (12, "d")}
@@ -114,23 +115,12 @@ def write_cog(
     fh.write(header + placeholder)
     offsets = [list(z) for z in zeros]
     counts = [list(z) for z in zeros]
-
-    def encode(t: np.ndarray) -> bytes:
-        return zlib.compress(np.ascontiguousarray(t, dt).tobytes(), 6)
-
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for level in reversed(range(len(shapes))):  # smallest overview first
-            h, w = shapes[level]
-            ty, tx = grid[level]
-            for row in range(ty):
-                band = rows(level, row * tile, min(h, (row + 1) * tile))
-                band = band.reshape(band.shape[0], band.shape[1], channels)
-                pad = ((0, tile - band.shape[0]), (0, tx * tile - band.shape[1]), (0, 0))
-                band = np.pad(band, pad)
-                tiles = [band[:, x * tile : (x + 1) * tile] for x in range(tx)]
-                for x, data in enumerate(pool.map(encode, tiles)):
-                    offsets[level][row * tx + x] = fh.tell()
-                    counts[level][row * tx + x] = len(data)
-                    fh.write(data)
+            stream = encoded_tiles(rows, level, shapes[level], tile, channels, dtype, pool)
+            for i, data in enumerate(stream):
+                offsets[level][i] = fh.tell()
+                counts[level][i] = len(data)
+                fh.write(data)
     fh.seek(len(header))
     fh.write(ifds(offsets, counts))
