@@ -8,12 +8,15 @@ factor and write it in each format's own form. Pure helpers, no pixels.
 
 from __future__ import annotations
 
+import base64
 import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+ICC_ATTR = "icc_profile_base64"  # OME-Zarr root attribute: the ICC profile, base64
 
 # OME-XML unit symbols <-> OME-NGFF (UDUNITS-2) axis unit names.
 OME_TO_NGFF = {
@@ -156,12 +159,17 @@ def read_tiff(tif: Any) -> ImageMeta:
     return meta
 
 
-def read_ome_zarr(multiscale: dict[str, Any], attrs: dict[str, Any]) -> ImageMeta:
-    """From an OME-Zarr group: level 0's scale and axis units, the ``omero`` channels."""
+def read_ome_zarr(
+    multiscale: dict[str, Any], attrs: dict[str, Any], root: dict[str, Any] | None = None
+) -> ImageMeta:
+    """From an OME-Zarr group: level 0's scale and axis units, the ``omero`` channels
+    (``attrs``: the OME attributes), and the ICC profile our own output keeps at the
+    ``root`` attributes."""
     axes = multiscale.get("axes", [])
     names = [a["name"] if isinstance(a, dict) else a for a in axes]
     units = {a["name"]: a.get("unit", "") for a in axes if isinstance(a, dict)}
-    meta = ImageMeta(ome=True)
+    icc = (root or {}).get(ICC_ATTR)
+    meta = ImageMeta(ome=True, icc_profile=base64.b64decode(icc) if icc else b"")
     scale = None
     for t in multiscale["datasets"][0].get("coordinateTransformations", []):
         if t.get("type") == "scale":

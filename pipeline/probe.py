@@ -251,7 +251,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
             )
         inner = ms[0]["datasets"][0]["path"]
         axes = "".join(a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", []))
-        meta = read_ome_zarr(ms[0], attrs.get("ome") or attrs)
+        meta = read_ome_zarr(ms[0], attrs.get("ome") or attrs, attrs)
         node = node[inner]
     lead, shape, axes = _squeeze_lead(path, tuple(node.shape), axes)
     height, width, channels, layout = _classify_array(path, shape, axes)

@@ -59,6 +59,9 @@ def test_icc_profile_and_dpi_reach_png_jpeg_tiff_and_zarr(tmp_path):
     upscale(src, tmp_path / "out.zarr")
     attrs = zarr.open_group(str(tmp_path / "out.zarr"), mode="r").attrs
     assert base64.b64decode(attrs[ICC_ATTR]) == icc
+    upscale(tmp_path / "out.zarr", tmp_path / "again.png")  # and back from our OME-Zarr
+    with Image.open(tmp_path / "again.png") as im:
+        assert im.info.get("icc_profile") == icc
 
 
 def test_icc_and_resolution_of_16bit_tiff_reach_16bit_png(tmp_path):

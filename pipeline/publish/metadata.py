@@ -12,9 +12,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from pipeline.image_meta import NGFF_TO_OME, ImageMeta
+from pipeline.image_meta import ICC_ATTR, NGFF_TO_OME, ImageMeta
 
-ICC_ATTR = "icc_profile_base64"  # OME-Zarr root attribute: the input's ICC profile
 SPATIAL_CONVENTION = {
     "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
     "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
