@@ -744,6 +744,97 @@ def details(r: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ TIFF writer alone
+def bench_tiff_writer(side: int, threads: list[int], max_wait: float) -> list[dict]:
+    """The TIFF writer on an in-memory side x side RGB pyramid (the pipeline's output
+    levels): first the previous writer (tifffile compressing, ``previous_tiff_writer``),
+    then the current one (tiles compressed on a pool, placed by tifffile with SubIFDs,
+    or the COG writer used for GeoTIFF inputs) per thread count. MP/s counts the
+    pixels of every level."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.image_meta import ImageMeta
+    from pipeline.publish import downsample2, pyramid_shapes, write_tiff
+
+    rng = np.random.default_rng(0)
+    shapes = pyramid_shapes(side, side, 1024)
+    levels = [np.concatenate([_band(y, min(2048, side - y), side, rng)
+                              for y in range(0, side, 2048)])]  # fmt: skip
+    for h, w in shapes[1:]:
+        levels.append(downsample2(levels[-1], h, w))
+    mp = sum(h * w for h, w in shapes) / 1e6
+    geo = {
+        33550: (10.0, 10.0, 0.0),
+        33922: (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0),
+        34735: (1, 1, 0, 2, 1024, 0, 1, 1, 3072, 0, 1, 32633),
+    }
+    out = []
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        runs = [("before: tifffile compresses (auto threads)", {}, [0])]
+        runs += [("tifffile SubIFDs", {}, threads), ("COG (GeoTIFF input)", geo, threads)]
+        for writer, tags, counts in runs:
+            for n in counts:
+                path = os.path.join(tmp, "w.tif")
+                wait_for_quiet(max_wait)
+                me = psutil.Process()
+                c0, b0 = sum(me.cpu_times()[:2]), _busy_seconds()
+                m0 = time.thread_time()
+                t0 = time.perf_counter()
+                if n == 0:
+                    previous_tiff_writer(path, levels)
+                else:
+                    write_tiff(path, lambda lv, y0, y1: levels[lv][y0:y1], shapes, TILE, 3,
+                               "uint8", tags, SCALE, ImageMeta(), n)  # fmt: skip
+                wall = time.perf_counter() - t0
+                main_cpu = time.thread_time() - m0  # the serial part: reads, placing bytes
+                own = sum(me.cpu_times()[:2]) - c0
+                other = max(0.0, (_busy_seconds() - b0 - own) / wall)
+                size_b = os.path.getsize(path)
+                out.append({"side": side, "writer": writer, "threads": n, "wall_s": wall,
+                            "mp": mp, "bytes": size_b, "cpu_s": own, "main_s": main_cpu,
+                            "other_cores": other})  # fmt: skip
+                os.unlink(path)
+    return out
+
+
+def previous_tiff_writer(path: str, levels: list[np.ndarray]) -> None:
+    """The writer as it was before tiles were compressed on a pool: tifffile gets
+    uncompressed tiles and compresses them itself (its automatic thread count)."""
+    import tifffile
+
+    def tiles(a: np.ndarray):
+        for y in range(0, a.shape[0], TILE):
+            for x in range(0, a.shape[1], TILE):
+                t = a[y : y + TILE, x : x + TILE]
+                yield np.pad(t, ((0, TILE - t.shape[0]), (0, TILE - t.shape[1]), (0, 0)))
+
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for i, a in enumerate(levels):
+            extra = {"subifds": len(levels) - 1} if i == 0 else {"subfiletype": 1}
+            tif.write(tiles(a), shape=a.shape, dtype=a.dtype, tile=(TILE, TILE),
+                      photometric="rgb", compression="zlib", metadata=None, **extra)  # fmt: skip
+
+
+def writer_table(rows: list[dict]) -> str:
+    def flag(r: dict) -> str:
+        return " CONTAMINATED" if r["other_cores"] > 0.2 else ""
+
+    lines = [
+        "| output side | writer | threads | wall s | MP/s (all levels) | vs before | MB "
+        "| writer CPU s | of it main thread | other load (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = next(b["wall_s"] for b in rows if b["threads"] == 0 and b["side"] == r["side"])
+        lines.append(
+            f"| {r['side']} | {r['writer']} | {r['threads'] or 'auto'} | {r['wall_s']:.1f} | "
+            f"{r['mp'] / r['wall_s']:.1f} | {base / r['wall_s']:.2f}x | {r['bytes'] / 1e6:.0f} | "
+            f"{r['cpu_s']:.1f} | {r['main_s']:.1f} | {r['other_cores']:.2f}{flag(r)} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "_baseline":
@@ -770,8 +861,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--quiet", action="store_true", help="pass --quiet to the pipeline (no stage timings)"
     )
+    ap.add_argument(
+        "--writer-sides",
+        default="",
+        help="also time the TIFF writer alone on these output sides, before (1 thread) "
+        "and after (all cores); e.g. 8000,20000",
+    )
+    ap.add_argument("--writer-only", action="store_true", help="only the TIFF writer table")
     args = ap.parse_args(argv)
     sizes = [2000, 4000] if args.quick else [int(s) for s in args.sizes.split(",") if s]
+    if args.writer_sides:
+        DATA.mkdir(parents=True, exist_ok=True)
+        cores = len(os.sched_getaffinity(0))
+        rows = []
+        for side in [int(s) for s in args.writer_sides.split(",") if s]:
+            print(f"[writer {side}] threads 1 and {cores} ...", flush=True)
+            rows += bench_tiff_writer(side, sorted({1, cores}), args.max_wait_quiet)
+        print(f"TIFF writer, {cores} cores, tile {TILE}, zlib/deflate level 6:")
+        print(writer_table(rows), flush=True)
+        if args.writer_only:
+            return 0
     started = datetime.now(timezone.utc)
     code, code_desc = code_snapshot(args.code)
     print(

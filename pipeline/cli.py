@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pipeline.arguments import build_batch_parser, build_parser, job_overrides
 from pipeline.config import load_config
 from pipeline.errors import JobFailed, UserError
+from pipeline.quiet import set_quiet
 from pipeline.stopping import Terminated, install_sigterm_handler
 
 log = logging.getLogger("pipeline")
@@ -31,6 +32,8 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
     if not debug:
         for noisy in ("ray", "filelock", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+    if quiet and not debug:
+        set_quiet()  # library warnings too, here and in the Ray workers
 
 
 def _loopback_only() -> None:

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.quiet import ray_runtime_env
 from pipeline.storage import forwarded_env
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
         # Ship our two packages so workers on other machines can import them (inside a
         # submitted Ray job its working_dir already carries them to every worker), and
         # the object-store endpoint and credentials.
-        runtime_env: dict = {"env_vars": forwarded_env()}
+        quiet = ray_runtime_env()
+        runtime_env: dict = {**quiet, "env_vars": forwarded_env() | quiet.get("env_vars", {})}
         if IN_RAY_JOB_ENV not in os.environ:
             runtime_env["py_modules"] = [
                 str(PROJECT_ROOT / "pipeline"),
@@ -64,6 +66,7 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
             _node_ip_address="127.0.0.1",
             logging_level=logging.ERROR,
             log_to_driver=True,
+            runtime_env=ray_runtime_env() or None,
         )
     from pipeline.stopping import reinstall_after_ray_init
 

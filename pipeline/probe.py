@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.image_meta import ImageMeta, read_ome_zarr, read_pillow, read_tiff
 from pipeline.storage import ObjectPath, as_path, head_identity, open_input, open_zarr
 
 # Unsigned samples are scaled by their type's maximum; signed and float samples keep
@@ -46,6 +47,7 @@ class ImageInfo:
     rgb: bool = True  # three colour channels are RGB; False: independent bands (per channel)
     orientation: int = 1  # EXIF/TIFF Orientation (1-8); height/width are the upright size
     palette: str = ""  # "": none; "tiff": expand the TIFF colour map; "png": Pillow's
+    meta: ImageMeta = field(default_factory=ImageMeta)  # ICC, resolution, OME sizes
 
     @property
     def frames(self) -> int:
@@ -199,6 +201,7 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
             mode = im.mode
             transparent = "transparency" in im.info
             orientation = exif_orientation(im.getexif())
+            meta = read_pillow(im.info)
     except OSError as exc:
         raise UserError(f"{path} could not be read as {kind.upper()}: {exc}") from None
     chans, alpha, palette = pillow_channels(mode, transparent)
@@ -219,6 +222,7 @@ def _probe_pillow(path: Path, kind: str, max_decode_mb: int) -> ImageInfo:
         alpha=alpha,
         orientation=orientation,
         palette="png" if palette else "",
+        meta=meta,
     )
 
 
@@ -321,6 +325,7 @@ def _probe_tiff(path: Path) -> ImageInfo:
             extrasamples = tuple(int(e) for e in page.extrasamples)
             orientation = exif_orientation({274: page.tags.valueof(274, 1)})
             is_ome = tif.is_ome
+            meta = read_tiff(tif)
     except (tifffile.TiffFileError, ValueError, IndexError, struct.error, OSError) as exc:
         raise UserError(f"{path} is not a readable TIFF ({exc}); the file may be damaged") from None
     problem = compression_problem(compression)
@@ -358,6 +363,7 @@ def _probe_tiff(path: Path) -> ImageInfo:
         rgb=rgb,
         orientation=orientation,
         palette=palette,
+        meta=meta,
     )
 
 
@@ -384,6 +390,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
         raise UserError(f"{path} is not a readable Zarr store ({exc})") from None
     inner = ""
     axes = None
+    meta = ImageMeta()
     if isinstance(node, zarr.Group):
         attrs = dict(node.attrs)
         ms = (attrs.get("ome") or attrs).get("multiscales")
@@ -393,6 +400,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
             )
         inner = ms[0]["datasets"][0]["path"]
         axes = "".join(a["name"] if isinstance(a, dict) else a for a in ms[0].get("axes", []))
+        meta = read_ome_zarr(ms[0], attrs.get("ome") or attrs, attrs)
         node = node[inner]
     lead, shape, axes = _squeeze_lead(path, tuple(node.shape), axes)
     height, width, channels, layout = _classify_array(path, shape, axes)
@@ -408,6 +416,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
         lead=lead,
         zarr_path=inner,
         rgb=channels == 3,  # a Zarr array cannot say; three channels are taken as RGB
+        meta=meta,
     )
 
 

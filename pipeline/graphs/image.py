@@ -14,6 +14,7 @@ from typing import Any
 from pipeline.cluster import cluster_cpus
 from pipeline.graphs.job import JobGraph
 from pipeline.ingest import plan_bands
+from pipeline.probe import ImageInfo
 from pipeline.publish import (
     blocks,
     create_ome_zarr,
@@ -103,12 +104,17 @@ class ImageGraph(JobGraph):
     def _write(self) -> None:
         plan, cfg, lay = self.plan, self.plan.config.output, self.plan.layout
         tmp = str(self.tmp)
+        info = plan.info
+        assert isinstance(info, ImageInfo)
+        meta = info.meta.scaled(lay.scale)  # ICC, resolution, physical sizes of the output
         if plan.fmt in ("png", "jpeg"):
             log.info("publish: %s", plan.fmt)
-            self._calls(WRITE_SMALL, [(plan.store_url, tmp, plan.fmt, cfg.jpeg_quality)])
+            calls = [(plan.store_url, tmp, plan.fmt, cfg.jpeg_quality, meta)]
+            self._calls(WRITE_SMALL, calls)
         elif plan.fmt == "tiff":
-            geo = plan.info.geo_tags  # type: ignore[union-attr]
-            self._calls(WRITE_TIFF, [(plan.store_url, tmp, self.shapes, cfg.tile_px, geo)])
+            geo = info.geo_tags
+            calls = [(plan.store_url, tmp, self.shapes, cfg.tile_px, geo, meta)]
+            self._calls(WRITE_TIFF, calls)
         else:
             shard = lay.region_out_px
             create_ome_zarr(
@@ -119,6 +125,9 @@ class ImageGraph(JobGraph):
                 lay.dtype,
                 shard,
                 min(cfg.tile_px, shard),
+                meta=meta,
+                geo=info.geo_tags,
+                scale=lay.scale,
             )
             calls = [
                 (plan.store_url, tmp, level, *b)

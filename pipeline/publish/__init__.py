@@ -12,10 +12,12 @@ their node and upload it (``files.local_target``).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,24 @@ import numpy as np
 
 from pipeline.config import OutputConfig
 from pipeline.errors import UserError
+from pipeline.image_meta import ImageMeta
+from pipeline.publish.cog import write_cog
 from pipeline.publish.files import local_target, replace
+from pipeline.publish.metadata import (
+    geo_affine,
+    geo_epsg,
+    geozarr_attrs,
+    icc_attr,
+    level_transforms,
+    omero_block,
+    tiff_ome_metadata,
+    tiff_resolution,
+)
+from pipeline.publish.tiles import encoded_tiles
 from pipeline.storage import ObjectPath, is_remote, zarr_kwargs
 from pipeline.store import JobStore
+
+log = logging.getLogger(__name__)
 
 FORMATS = {
     ".zarr": "zarr",
@@ -157,29 +174,34 @@ def replace_output(tmp: Path | ObjectPath, final: Path | ObjectPath) -> None:
         os.replace(tmp, final)
 
 
-def ome_multiscales(name: str, shapes: list[tuple[int, int]], channels: int) -> dict[str, Any]:
-    h0, w0 = shapes[0]
+def ome_multiscales(
+    name: str, shapes: list[tuple[int, int]], channels: int, meta: ImageMeta | None = None
+) -> dict[str, Any]:
+    """OME-Zarr 0.5 ``multiscales``: each level's real factor (``2**level``, whatever
+    the rounding of odd sizes), in the input's physical units when it had them
+    (``meta`` is already scaled to the output's level 0)."""
+    meta = meta or ImageMeta()
+    pixel = meta.pixel_size or (1.0, 1.0)
+    unit = {"unit": meta.pixel_unit} if meta.pixel_size and meta.pixel_unit else {}
     datasets = [
-        {
-            "path": str(level),
-            "coordinateTransformations": [{"type": "scale", "scale": [1.0, h0 / h, w0 / w]}],
-        }
-        for level, (h, w) in enumerate(shapes)
+        {"path": str(level), "coordinateTransformations": level_transforms(level, pixel)}
+        for level in range(len(shapes))
     ]
-    return {
+    out: dict[str, Any] = {
         "version": "0.5",
         "multiscales": [
             {
                 "name": name,
                 "axes": [
                     {"name": "c", "type": "channel"},
-                    {"name": "y", "type": "space"},
-                    {"name": "x", "type": "space"},
+                    {"name": "y", "type": "space", **unit},
+                    {"name": "x", "type": "space", **unit},
                 ],
                 "datasets": datasets,
             }
         ],
     }
+    return out
 
 
 def create_ome_zarr(
@@ -190,12 +212,25 @@ def create_ome_zarr(
     dtype: str,
     shard_px: int,
     chunk_px: int,
+    meta: ImageMeta | None = None,
+    geo: dict[int, Any] | None = None,
+    scale: int = 1,
 ) -> None:
+    """The empty OME-Zarr with all its metadata; ``copy_to_ome_task`` fills it.
+    ``meta`` is the output's (scaled); ``geo`` the input's GeoTIFF tags, written per
+    level as ``_CRS`` + GeoZarr ``proj:``/``spatial:`` attributes (publish.metadata)."""
     import zarr
 
+    meta = meta or ImageMeta()
+    if geo and geo_affine(geo) is not None and geo_epsg(geo) is None:
+        log.warning(
+            "the input's CRS has no EPSG code (user-defined GeoKeys): %s gets the scaled "
+            "transform but no CRS; write .tif to keep the GeoKeys as they are",
+            path,
+        )
     group = zarr.open_group(**zarr_kwargs(str(path)), mode="w")
     for level, (h, w) in enumerate(shapes):
-        group.create_array(
+        array = group.create_array(
             str(level),
             shape=(channels, h, w),
             dtype=dtype,
@@ -204,7 +239,15 @@ def create_ome_zarr(
             dimension_names=("c", "y", "x"),
             fill_value=0,
         )
-    group.attrs["ome"] = ome_multiscales(name, shapes, channels)
+        geo_attrs = geozarr_attrs(geo or {}, scale, level, (h, w))
+        if geo_attrs:
+            array.attrs.update(geo_attrs)
+    attrs: dict[str, Any] = {"ome": ome_multiscales(name, shapes, channels, meta)}
+    omero = omero_block(meta, channels, dtype)
+    if omero:
+        attrs["ome"]["omero"] = omero
+    attrs.update(icc_attr(meta))
+    group.attrs.update(attrs)
 
 
 def copy_to_ome_task(
@@ -269,52 +312,112 @@ def scaled_geo_tags(geo: dict[int, Any], scale: int) -> list[tuple]:
     return tags
 
 
-def write_tiff_task(
-    store_url: str, target: str, shapes: list[tuple[int, int]], tile: int, geo: dict[int, Any]
-) -> int:
-    """Stream every level into a tiled BigTIFF: level 0 with the others as SubIFDs."""
-    import tifffile
+def tiff_threads() -> int:
+    """Threads for tile compression: every core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
+
+def _rational(value: float) -> tuple[int, int]:
+    den = 10000
+    return max(1, round(value * den)), den
+
+
+def write_tiff_task(
+    store_url: str,
+    target: str,
+    shapes: list[tuple[int, int]],
+    tile: int,
+    geo: dict[int, Any],
+    meta: ImageMeta | None = None,
+    maxworkers: int = 0,
+) -> int:
+    """Stream every level into a tiled BigTIFF. With GeoTIFF tags the file is a
+    Cloud-Optimized GeoTIFF (overviews as IFDs, COG order: publish.cog); otherwise
+    level 0 with the others as SubIFDs (OME-TIFF when the input was OME).
+    ``meta`` is the output's (scaled); tiles are compressed on ``maxworkers`` threads
+    (0: every core)."""
     store = JobStore.open(store_url)
     lay = store.layout
-    photometric, extrasamples = _photometric(lay.channels, lay.alpha, lay.rgb, lay.premultiplied)
-    gray = lay.channels == 1  # a plain (H, W) page, no samples axis
 
-    def tiles(level: int):
-        h, w = shapes[level]
-        for y in range(0, h, tile):
-            block_rows = read_level(store, level, y, min(y + tile, h), 0, w)
-            for x in range(0, w, tile):
-                t = block_rows[:, x : x + tile]
-                if t.shape[:2] != (tile, tile):
-                    t = np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0)))
-                yield t[:, :, 0] if gray else t
+    def rows(level: int, y0: int, y1: int) -> np.ndarray:
+        return read_level(store, level, y0, y1, 0, shapes[level][1])
 
-    with local_target(target) as local, tifffile.TiffWriter(local, bigtiff=True) as tif:
+    with local_target(target) as local:
+        samples = _photometric(lay.channels, lay.alpha, lay.rgb, lay.premultiplied)
+        write_tiff(local, rows, shapes, tile, lay.channels, lay.dtype, geo, lay.scale,
+                   meta or ImageMeta(), maxworkers or tiff_threads(), samples)  # fmt: skip
+    return len(shapes)
+
+
+def write_tiff(
+    path: str,
+    rows: Any,
+    shapes: list[tuple[int, int]],
+    tile: int,
+    channels: int,
+    dtype: str,
+    geo: dict[int, Any],
+    scale: int,
+    meta: ImageMeta,
+    maxworkers: int,
+    samples: tuple[str, list[str] | None] | None = None,
+) -> None:
+    """The TIFF writer proper; rows(level, y0, y1) -> (rows, W, C) of that level.
+    ``samples``: (photometric, extrasamples) (default: from the channel count)."""
+    import tifffile
+
+    geo_tags = scaled_geo_tags(geo, scale)
+    icc = [(34675, "B", len(meta.icc_profile), meta.icc_profile, True)] if meta.icc_profile else []
+    res = tiff_resolution(meta)
+    if geo:
+        extra = [(code, kind, value) for code, kind, _, value, _ in geo_tags + icc]
+        if res:
+            (xr, yr), unit = res["resolution"], res["resolutionunit"]
+            extra += [(282, "r", _rational(xr)), (283, "r", _rational(yr)), (296, "H", unit)]
+        with open(path, "wb") as fh:
+            write_cog(fh, rows, shapes, tile, channels, dtype, extra, maxworkers,
+                      samples or ("", None))  # fmt: skip
+        return
+    photometric, extrasamples = samples or _photometric(channels)
+    gray = channels == 1  # a plain (H, W) page, no samples axis
+    with (
+        ThreadPoolExecutor(max(1, maxworkers)) as pool,
+        tifffile.TiffWriter(path, bigtiff=True, ome=meta.ome) as tif,
+    ):
         for level, (h, w) in enumerate(shapes):
             kwargs: dict[str, Any] = {}
             if level == 0:
                 kwargs["subifds"] = len(shapes) - 1
-                kwargs["extratags"] = scaled_geo_tags(geo, lay.scale)
+                kwargs["extratags"] = geo_tags + icc
+                kwargs["metadata"] = tiff_ome_metadata(meta, channels) if meta.ome else None
             else:
                 kwargs["subfiletype"] = 1
+                kwargs["metadata"] = None
+            if res:
+                xr, yr = res["resolution"]
+                kwargs["resolution"] = (xr / 2**level, yr / 2**level)
+                kwargs["resolutionunit"] = res["resolutionunit"]
             tif.write(
-                tiles(level),
-                shape=(h, w) if gray else (h, w, lay.channels),
-                dtype=lay.dtype,
+                # finished deflate tiles: tifffile only places them
+                encoded_tiles(rows, level, (h, w), tile, channels, dtype, pool),
+                shape=(h, w) if gray else (h, w, channels),
+                dtype=dtype,
                 tile=(tile, tile),
                 photometric=photometric,
                 extrasamples=extrasamples,
                 compression="zlib",
                 planarconfig=None if gray else "contig",
-                metadata=None,
                 **kwargs,
             )
-    return len(shapes)
 
 
-def write_png16(path: Path, image: np.ndarray) -> None:
-    """Minimal PNG writer for 16-bit RGB(A)/gray+alpha, which Pillow cannot write."""
+def write_png16(path: Path, image: np.ndarray, meta: ImageMeta | None = None) -> None:
+    """Minimal PNG writer for 16-bit RGB(A)/gray+alpha, which Pillow cannot write;
+    with iCCP (ICC profile) and pHYs (resolution) chunks from ``meta``."""
+    meta = meta or ImageMeta()
     h, w, c = image.shape
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
     raw = np.empty((h, 1 + w * c * 2), np.uint8)
@@ -332,22 +435,40 @@ def write_png16(path: Path, image: np.ndarray) -> None:
     with open(path, "wb") as fh:
         fh.write(b"\x89PNG\r\n\x1a\n")
         fh.write(chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)))
+        if meta.icc_profile:
+            fh.write(chunk(b"iCCP", b"ICC profile\0\0" + zlib.compress(meta.icc_profile)))
+        if meta.resolution:
+            per_m = {"inch": 1 / 0.0254, "centimeter": 100.0}.get(meta.resolution_unit)
+            x, y = meta.resolution
+            phys = (round(x * per_m), round(y * per_m), 1) if per_m else (round(x), round(y), 0)
+            fh.write(chunk(b"pHYs", struct.pack(">IIB", *phys)))
         fh.write(chunk(b"IDAT", zlib.compress(raw.tobytes(), 6)))
         fh.write(chunk(b"IEND", b""))
 
 
-def write_small_task(store_url: str, target: str, fmt: str, jpeg_quality: int) -> int:
-    """PNG/JPEG: the whole image in memory (check_output bounded its size)."""
+def write_small_task(
+    store_url: str, target: str, fmt: str, jpeg_quality: int, meta: ImageMeta | None = None
+) -> int:
+    """PNG/JPEG: the whole image in memory (check_output bounded its size); the ICC
+    profile and the scaled resolution of ``meta`` (the output's) go with it."""
     from PIL import Image
 
+    meta = meta or ImageMeta()
     store = JobStore.open(store_url)
     image = np.asarray(store.array("output")[0])
     c = image.shape[-1]
     with local_target(target) as local:
         if image.dtype == np.uint16 and c > 1:
-            write_png16(Path(local), image)
+            write_png16(Path(local), image, meta)
             return image.size
         pil = Image.fromarray(image[:, :, 0] if c == 1 else image)
-        options = {"quality": jpeg_quality} if fmt == "jpeg" else {"compress_level": 6}
+        options: dict[str, Any] = (
+            {"quality": jpeg_quality} if fmt == "jpeg" else {"compress_level": 6}
+        )
+        if meta.icc_profile:
+            options["icc_profile"] = meta.icc_profile
+        if meta.resolution and meta.resolution_unit:
+            per_inch = 2.54 if meta.resolution_unit == "centimeter" else 1.0
+            options["dpi"] = tuple(v * per_inch for v in meta.resolution)
         pil.save(local, format="JPEG" if fmt == "jpeg" else "PNG", **options)
     return image.size

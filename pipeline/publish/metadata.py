@@ -1,0 +1,187 @@
+"""Output metadata, pure: the input's meaning rewritten for the upscaled raster.
+
+OME-Zarr: ``multiscales`` with each level's real scale (and half-pixel translation)
+in physical units, the ``omero`` channel block, and georeferencing in two documented
+forms on every level array: GDAL's Zarr driver attribute ``_CRS`` and the GeoZarr
+``proj:``/``spatial:`` conventions (``spatial:transform`` is that level's affine).
+TIFF: ICC tag, resolution tags, OME-XML. The writers in ``pipeline.publish`` place them.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from pipeline.image_meta import ICC_ATTR, NGFF_TO_OME, ImageMeta
+
+SPATIAL_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/spatial/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/spatial/blob/v1/README.md",
+    "uuid": "689b58e2-cf7b-45e0-9fff-9cfc0883d6b4",
+    "name": "spatial:",
+    "description": "Spatial coordinate information",
+}
+PROJ_CONVENTION = {
+    "schema_url": "https://raw.githubusercontent.com/zarr-conventions/geo-proj/refs/tags/v1/schema.json",
+    "spec_url": "https://github.com/zarr-conventions/geo-proj/blob/v1/README.md",
+    "uuid": "f17cb550-5864-4468-aeb7-f3180cfb622f",
+    "name": "proj:",
+    "description": "Coordinate reference system information for geospatial data",
+}
+
+
+# ------------------------------------------------------------------------------ geo
+def _geokeys(geo: dict[int, Any]) -> dict[int, int]:
+    keys = list(geo.get(34735, ()))
+    out = {}
+    for i in range(4, len(keys) - 3, 4):
+        if keys[i + 1] == 0:  # value stored inline (a SHORT)
+            out[keys[i]] = keys[i + 3]
+    return out
+
+
+def geo_affine(geo: dict[int, Any]) -> tuple[float, ...] | None:
+    """The input's pixel-corner affine (a, b, c, d, e, f): x = a*col + b*row + c,
+    y = d*col + e*row + f, as GDAL reports it (PixelIsPoint shifted half a pixel)."""
+    if 34264 in geo:
+        m = list(geo[34264])
+        a, b, c, d, e, f = m[0], m[1], m[3], m[4], m[5], m[7]
+    elif 33550 in geo and 33922 in geo:
+        sx, sy = geo[33550][:2]
+        i, j, _, x, y, _ = list(geo[33922])[:6]
+        a, b, c, d, e, f = sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy
+    else:
+        return None
+    if _geokeys(geo).get(1025) == 2:  # PixelIsPoint: the tiepoint is a pixel centre
+        c, f = c - 0.5 * a - 0.5 * b, f - 0.5 * d - 0.5 * e
+    return (float(a), float(b), float(c), float(d), float(e), float(f))
+
+
+def geo_epsg(geo: dict[int, Any]) -> int | None:
+    """EPSG code of the CRS (projected, else geographic); None when user-defined."""
+    keys = _geokeys(geo)
+    for key in (3072, 2048):
+        code = keys.get(key)
+        if code and code != 32767:
+            return int(code)
+    return None
+
+
+def level_affine(lr: tuple[float, ...], scale: int, level: int) -> list[float]:
+    """Affine of output pyramid level ``level``: pixels ``2**level / scale`` LR pixels
+    wide, same upper-left corner (each level is a 2x2 mean of the one below)."""
+    a, b, c, d, e, f = lr
+    k = 2**level / scale
+    return [a * k, b * k, c, d * k, e * k, f]
+
+
+def geozarr_attrs(
+    geo: dict[int, Any], scale: int, level: int, shape: tuple[int, int]
+) -> dict[str, Any]:
+    """Attributes for one OME-Zarr level array: ``_CRS`` (GDAL) + proj:/spatial:."""
+    lr = geo_affine(geo)
+    epsg = geo_epsg(geo)
+    if lr is None and epsg is None:
+        return {}
+    attrs: dict[str, Any] = {}
+    conventions = []
+    if epsg is not None:
+        attrs["_CRS"] = {"url": f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"}
+        attrs["proj:code"] = f"EPSG:{epsg}"
+        conventions.append(PROJ_CONVENTION)
+    if lr is not None:
+        t = level_affine(lr, scale, level)
+        h, w = shape
+        xs = [t[2], t[2] + t[0] * w + t[1] * h]
+        ys = [t[5], t[5] + t[3] * w + t[4] * h]
+        attrs.update(
+            {
+                "spatial:dimensions": ["y", "x"],
+                "spatial:transform_type": "affine",
+                "spatial:transform": t,
+                "spatial:shape": [h, w],
+                "spatial:bbox": [min(xs), min(ys), max(xs), max(ys)],
+                "spatial:registration": "pixel",
+            }
+        )
+        conventions.append(SPATIAL_CONVENTION)
+    attrs["zarr_conventions"] = conventions
+    return attrs
+
+
+# ------------------------------------------------------------------------- OME-Zarr
+def level_transforms(level: int, pixel: tuple[float, float]) -> list[dict[str, Any]]:
+    """Level ``level`` is a 2x2 mean applied ``level`` times: its pixels are exactly
+    ``2**level`` level-0 pixels (odd sizes pad the last row/column, they do not
+    stretch), and its first pixel's centre sits ``(2**level - 1) / 2`` of them in."""
+    k = 2**level
+    py, px = pixel
+    out: list[dict[str, Any]] = [{"type": "scale", "scale": [1.0, py * k, px * k]}]
+    if level:
+        shift = (k - 1) / 2
+        out.append({"type": "translation", "translation": [0.0, py * shift, px * shift]})
+    return out
+
+
+def omero_block(meta: ImageMeta, channels: int, dtype: str) -> dict[str, Any] | None:
+    """The ``omero`` rendering block when the input named or coloured its channels."""
+    if not (meta.channel_names or meta.channel_colors):
+        return None
+    top = 65535 if dtype == "uint16" else 255
+    names = list(meta.channel_names) + [""] * channels
+    colors = list(meta.channel_colors) + ["FFFFFF"] * channels
+    return {
+        "channels": [
+            {
+                "label": names[i] or f"channel {i}",
+                "color": colors[i],
+                "active": True,
+                "window": {"min": 0, "max": top, "start": 0, "end": top},
+            }
+            for i in range(channels)
+        ],
+        "rdefs": {"model": "color"},
+    }
+
+
+def icc_attr(meta: ImageMeta) -> dict[str, str]:
+    return {ICC_ATTR: base64.b64encode(meta.icc_profile).decode()} if meta.icc_profile else {}
+
+
+# ----------------------------------------------------------------------------- TIFF
+def tiff_resolution(meta: ImageMeta) -> dict[str, Any]:
+    """tifffile ``resolution``/``resolutionunit`` for the (already scaled) meta: the
+    input's resolution when it had a unit, else its physical pixel size in pixels per
+    cm, else a unitless resolution (an aspect ratio) as it was."""
+    unit = {"inch": 2, "centimeter": 3}.get(meta.resolution_unit)
+    if meta.resolution and unit:
+        return {"resolution": meta.resolution, "resolutionunit": unit}
+    if meta.pixel_size and meta.pixel_unit in ("micrometer", "millimeter", "centimeter"):
+        per_cm = {"micrometer": 1e4, "millimeter": 10.0, "centimeter": 1.0}[meta.pixel_unit]
+        py, px = meta.pixel_size
+        return {"resolution": (per_cm / px, per_cm / py), "resolutionunit": 3}
+    if meta.resolution:
+        return {"resolution": meta.resolution, "resolutionunit": 1}
+    return {}
+
+
+def tiff_ome_metadata(meta: ImageMeta, channels: int) -> dict[str, Any]:
+    """tifffile ``metadata`` for an OME-TIFF output: scaled physical sizes, channels.
+    (Interleaved samples share one OME Channel element, so only the first name and
+    colour fit there; the OME-Zarr ``omero`` block keeps them all.)"""
+    md: dict[str, Any] = {"axes": "YX" if channels == 1 else "YXS"}
+    if meta.pixel_size and meta.pixel_unit in NGFF_TO_OME:
+        unit = NGFF_TO_OME[meta.pixel_unit]
+        py, px = meta.pixel_size
+        md.update(
+            PhysicalSizeX=px, PhysicalSizeXUnit=unit, PhysicalSizeY=py, PhysicalSizeYUnit=unit
+        )
+    channel: dict[str, Any] = {}
+    if meta.channel_names:
+        channel["Name"] = list(meta.channel_names)
+    if meta.channel_colors:
+        colors = [(int(c, 16) << 8) | 0xFF for c in meta.channel_colors]
+        channel["Color"] = [c - (1 << 32) if c >= 1 << 31 else c for c in colors]
+    if channel:
+        md["Channel"] = channel
+    return md
