@@ -22,6 +22,13 @@ from pipeline.config import VideoConfig
 from pipeline.errors import UserError
 from pipeline.publish.files import finish_staged, staging_path
 from pipeline.storage import av_input
+from pipeline.streammeta import (
+    chapters_for_output,
+    container_tags,
+    copy_stream_meta,
+    declared_rate,
+    frame_durations,
+)
 from pipeline.video import VideoInfo, sws_colorspace
 
 log = logging.getLogger(__name__)
@@ -124,6 +131,31 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
     return keep
 
 
+def source_stream(info: VideoInfo, index: int) -> dict[str, Any]:
+    """The probe's entry for source stream ``index``."""
+    return next(s for s in info.streams if s["index"] == index)
+
+
+def output_rate(info: VideoInfo) -> Fraction | None:
+    """The frame rate the output stream declares (``streammeta.declared_rate``)."""
+    avg = Fraction(*info.avg_rate) if info.avg_rate else None
+    base = Fraction(*info.base_rate) if info.base_rate else None
+    return declared_rate(avg, base, info.pts)
+
+
+def output_durations(info: VideoInfo, offset: int) -> dict[int, int]:
+    """Output pts -> that frame's real duration, in the source time base."""
+    if info.end_pts is not None:
+        end = info.end_pts
+    elif info.last_duration:
+        end = info.pts[-1] + info.last_duration
+    else:  # one frame and nothing recorded: one frame period, when known
+        rate = output_rate(info)
+        end = info.pts[-1] + (max(1, round(1 / (rate * info.tb))) if rate else 1)
+    durations = frame_durations(info.pts, end)
+    return {p - offset: d for p, d in zip(info.pts, durations, strict=True)}
+
+
 class VideoEncoder:
     """Ordered encoder; ``encode_upto(n)`` encodes frames [next, n) from the store."""
 
@@ -149,10 +181,17 @@ class VideoEncoder:
         self.tb = info.tb
         self.offset = info.pts[0] if info.first > 0 else 0
         self.target, self.staged = target, staging_path(target)  # local file for a URL
-        self.out = av.open(self.staged, mode="w", format=container_format(target))
-        self.out.metadata.update(info.metadata)
-        rate = Fraction(*info.avg_rate) if info.avg_rate else None
-        vs = self.out.add_stream(cfg.codec, rate=rate)
+        self.format = container_format(target)
+        self.out = av.open(self.staged, mode="w", format=self.format)
+        self.out.metadata.update(container_tags(info.metadata))
+        self.t_start = self.offset * self.tb
+        self.t_end = info.end_pts * self.tb if info.end_pts is not None else None
+        chapters = chapters_for_output(info.chapters, self.t_start, self.t_end)
+        if chapters:
+            self.out.set_chapters(chapters)
+        self.durations = output_durations(info, self.offset)
+        vs = self.out.add_stream(cfg.codec, rate=output_rate(info))
+        copy_stream_meta(source_stream(info, info.video_index), vs, self.format)
         vs.time_base = self.tb
         vs.width, vs.height = lay.width * lay.scale, lay.height * lay.scale
         vs.pix_fmt = pix_fmt
@@ -180,13 +219,13 @@ class VideoEncoder:
         self.map: dict[int, Any] = {}
         if self.src is not None:
             for idx in remux:
-                self.map[idx] = self.out.add_stream_from_template(self.src.streams[idx])
+                stream = self.out.add_stream_from_template(self.src.streams[idx])
+                copy_stream_meta(source_stream(info, idx), stream, self.format)
+                self.map[idx] = stream
             self.packets = self.src.demux(*[self.src.streams[i] for i in remux])
         else:
             self.packets = iter(())
         self.pending: Any = None
-        self.t_start = self.offset * self.tb
-        self.t_end = info.end_pts * self.tb if info.end_pts is not None else None
         self.ranged = info.first > 0 or info.end_pts is not None
         self.copied = 0
 
@@ -241,14 +280,24 @@ class VideoEncoder:
         frame.time_base = self.tb
         return frame
 
+    def _mux_video(self, packets: list[Any]) -> None:
+        """Mux encoded packets, each lasting exactly until the next frame (encoders give
+        1/rate, which for VFR overlaps the next frame or leaves a gap)."""
+        for packet in packets:
+            if packet.pts is not None:
+                tb = packet.time_base or self.tb
+                own = round(packet.pts * tb / self.tb)
+                if own in self.durations:
+                    packet.duration = round(self.durations[own] * self.tb / tb)
+            self.out.mux(packet)
+
     def encode_upto(self, n: int) -> int:
         """Encode frames [next, n); returns the new count of encoded frames."""
         while self.next < n:
             i = self.next
             frame = self._frame(i)
             self._remux_until(self.info.pts[i] * self.tb)
-            for packet in self.vs.encode(frame):
-                self.out.mux(packet)
+            self._mux_video(self.vs.encode(frame))
             if self.cfg.drop_encoded:
                 # Writing all-fill chunks deletes them (zarr's write_empty_chunks=False).
                 self.input_arr[i] = 0
@@ -257,8 +306,7 @@ class VideoEncoder:
         return self.next
 
     def finish(self) -> dict[str, int]:
-        for packet in self.vs.encode(None):
-            self.out.mux(packet)
+        self._mux_video(self.vs.encode(None))
         self._remux_until(None)
         self.out.close()
         if self.src is not None:
