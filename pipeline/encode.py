@@ -87,6 +87,11 @@ def choose_pix_fmt(codec: str, source_pix_fmt: str, requested: str | None) -> st
     )
 
 
+def _codec_name(stream: Any) -> str:
+    cc = stream.codec_context
+    return cc.name if cc is not None else "no codec"
+
+
 def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> list[int]:
     """Indices of the non-video streams to copy; refuses (or drops, when asked) the ones
     the output container cannot hold. Tried on a throwaway in-memory container."""
@@ -100,6 +105,8 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
         for stream in src.streams:
             if stream.index == info.video_index or stream.type not in ("audio", "subtitle", "data"):
                 continue
+            if stream.discard == av.stream.Discard.all:
+                continue  # MP4/MOV's chapter text track: carried as the chapters
             probe = av.open(io.BytesIO(), mode="w", format=fmt)
             try:
                 probe.add_stream_from_template(stream)
@@ -119,13 +126,13 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
                     "dropping stream #%d (%s %s): %s cannot hold it",
                     stream.index,
                     stream.type,
-                    stream.codec_context.name,
+                    _codec_name(stream),
                     fmt,
                 )
             else:
                 raise UserError(
                     f"stream #{stream.index} ({stream.type}, "
-                    f"{stream.codec_context.name}) cannot be stored in {Path(out_path).suffix}; "
+                    f"{_codec_name(stream)}) cannot be stored in {Path(out_path).suffix}; "
                     "use .mkv, or pass --drop-unsupported to leave it out"
                 )
     return keep
