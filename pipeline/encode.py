@@ -28,6 +28,7 @@ from pipeline.streammeta import (
     copy_stream_meta,
     declared_rate,
     frame_durations,
+    rescale_ts,
 )
 from pipeline.video import VideoInfo, sws_colorspace
 
@@ -163,6 +164,35 @@ def output_durations(info: VideoInfo, offset: int) -> dict[int, int]:
     return {p - offset: d for p, d in zip(info.pts, durations, strict=True)}
 
 
+def first_times(path: str, indices: list[int]) -> list[Fraction]:
+    """The first packet time (s) of each listed stream, read from the file's start."""
+    import av
+
+    found: dict[int, Fraction] = {}
+    with av.open(av_input(path)) as src:
+        for packet in src.demux(*[src.streams[i] for i in indices]):
+            if packet.pts is not None and packet.stream_index not in found:
+                found[packet.stream_index] = packet.pts * packet.time_base
+                if len(found) == len(indices):
+                    break
+    return list(found.values())
+
+
+def matroska_lead(info: VideoInfo, remux: list[int]) -> Fraction:
+    """Seconds to delay a whole Matroska output by, so that nothing starts before 0.
+
+    Matroska cannot store negative times (an MP4 source's AAC priming starts at -1024
+    samples); left to the muxer, it shifts every stream by that lead rounded to its ms,
+    and the video's times, rounded once more, then alias at 23.976 fps (FFmpeg reads a
+    repeated frame time). Shifting here, before the one rounding, keeps them exact.
+    Ranged jobs start every stream at the range start and are left to the muxer.
+    """
+    if info.first > 0 or info.end_pts is not None:
+        return Fraction(0)
+    starts = [info.pts[0] * info.tb, *(first_times(info.path, remux) if remux else [])]
+    return max(Fraction(0), -min(starts))
+
+
 class VideoEncoder:
     """Ordered encoder; ``encode_upto(n)`` encodes frames [next, n) from the store."""
 
@@ -234,6 +264,8 @@ class VideoEncoder:
             self.packets = iter(())
         self.pending: Any = None
         self.ranged = info.first > 0 or info.end_pts is not None
+        self.lead = matroska_lead(info, remux) if self.format == "matroska" else Fraction(0)
+        self.remux_shift = self.t_start - self.lead
         self.copied = 0
 
     # ---------------------------------------------------------------- remux packets
@@ -260,8 +292,8 @@ class VideoEncoder:
                 dur = (packet.duration or 0) * packet.time_base
                 if pt + dur <= self.t_start or (self.t_end is not None and pt >= self.t_end):
                     continue  # outside the selected range
-            if self.offset:
-                shift = int(round(self.t_start / packet.time_base))
+            if self.remux_shift:
+                shift = rescale_ts(self.remux_shift, Fraction(1), packet.time_base)
                 if packet.pts is not None:
                     packet.pts -= shift
                 if packet.dts is not None:
@@ -289,13 +321,22 @@ class VideoEncoder:
 
     def _mux_video(self, packets: list[Any]) -> None:
         """Mux encoded packets, each lasting exactly until the next frame (encoders give
-        1/rate, which for VFR overlaps the next frame or leaves a gap)."""
+        1/rate, which for VFR overlaps the next frame or leaves a gap). Timestamps are
+        put in the output stream's time base here, so that rounding them (Matroska's ms)
+        cannot make a frame last past the next one."""
+        self.out.start_encoding()  # writes the header, which fixes the stream time base
+        out_tb = self.vs.time_base
         for packet in packets:
-            if packet.pts is not None:
-                tb = packet.time_base or self.tb
-                own = round(packet.pts * tb / self.tb)
-                if own in self.durations:
-                    packet.duration = round(self.durations[own] * self.tb / tb)
+            src_tb = packet.time_base or self.tb
+            own = None if packet.pts is None else rescale_ts(packet.pts, src_tb, self.tb)
+            if own in self.durations:
+                t = own * self.tb + self.lead
+                pts = rescale_ts(t, Fraction(1), out_tb)
+                end = rescale_ts(t + self.durations[own] * self.tb, Fraction(1), out_tb)
+                if packet.dts is not None:
+                    packet.dts = rescale_ts(packet.dts * src_tb + self.lead, Fraction(1), out_tb)
+                packet.pts, packet.duration = pts, max(end - pts, 1)
+                packet.time_base = out_tb
             self.out.mux(packet)
 
     def encode_upto(self, n: int) -> int:

@@ -12,6 +12,7 @@ as the handler name, which is where most MP4 tools show a track's name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -123,6 +124,13 @@ def frame_durations(pts: Sequence[int], end_pts: int) -> list[int]:
     for the last frame the gap to ``end_pts`` (where the selection or stream ends)."""
     ends = [*pts[1:], end_pts]
     return [max(b - a, 1) for a, b in zip(pts, ends, strict=True)]
+
+
+def rescale_ts(ts: int, src_tb: Fraction, dst_tb: Fraction) -> int:
+    """``ts`` from ``src_tb`` to ``dst_tb``, rounded half away from zero like FFmpeg's
+    av_rescale_q, so a duration computed here matches what the muxer stores."""
+    q = Fraction(ts) * Fraction(src_tb) / Fraction(dst_tb)
+    return int(math.copysign(math.floor(abs(q) + Fraction(1, 2)), q))
 
 
 def is_cfr(pts: Sequence[int], tolerance: int = 1) -> bool:
