@@ -2,9 +2,11 @@
 
 ``VideoEncoder`` runs as one Ray actor (or in-process for the local runner). It keeps
 the output container open, encodes frames as the driver reports them done, keeps each
-frame's source pts (VFR stays VFR), copies colour tags and rotation, and remuxes the
-audio, subtitle and data streams packet for packet, interleaved by time. It writes to
-a temporary name; the driver renames the file only after ``finish`` returns. A
+frame's source pts and duration (VFR stays VFR), copies colour tags and rotation, every
+stream's tags and disposition and the container's tags and chapters (the pieces are in
+``pipeline/streammeta``), and remuxes the audio, subtitle and data streams packet for
+packet, interleaved by time. It writes to a temporary name; the driver renames the file
+only after ``finish`` returns. A
 temporary on an object store is written to a local file on the encoder's node and
 uploaded by ``finish`` (the object appears only when the upload completes).
 """
@@ -165,27 +167,34 @@ def output_durations(info: VideoInfo, offset: int) -> dict[int, int]:
 
 
 def first_times(path: str, indices: list[int]) -> list[Fraction]:
-    """The first packet time (s) of each listed stream, read from the file's start."""
+    """When each listed stream starts (s) as Matroska will place it: its first packet
+    time plus its codec delay (an audio track's priming, which Matroska records as the
+    track's CodecDelay and lets start before 0; an MP4 source has none recorded)."""
     import av
 
     found: dict[int, Fraction] = {}
     with av.open(av_input(path)) as src:
         for packet in src.demux(*[src.streams[i] for i in indices]):
-            if packet.pts is not None and packet.stream_index not in found:
-                found[packet.stream_index] = packet.pts * packet.time_base
-                if len(found) == len(indices):
-                    break
+            if packet.pts is None or packet.stream_index in found:
+                continue
+            start = packet.pts * packet.time_base
+            cc = packet.stream.codec_context
+            if packet.stream.type == "audio" and cc is not None and cc.sample_rate:
+                start += Fraction(cc.delay or 0, cc.sample_rate)
+            found[packet.stream_index] = start
+            if len(found) == len(indices):
+                break
     return list(found.values())
 
 
 def matroska_lead(info: VideoInfo, remux: list[int]) -> Fraction:
     """Seconds to delay a whole Matroska output by, so that nothing starts before 0.
 
-    Matroska cannot store negative times (an MP4 source's AAC priming starts at -1024
-    samples); left to the muxer, it shifts every stream by that lead rounded to its ms,
-    and the video's times, rounded once more, then alias at 23.976 fps (FFmpeg reads a
-    repeated frame time). Shifting here, before the one rounding, keeps them exact.
-    Ranged jobs start every stream at the range start and are left to the muxer.
+    Matroska cannot store times before 0 beyond a track's codec delay (an MP4 source's
+    AAC priming starts at -1024 samples with none recorded); left to the muxer, every
+    stream is shifted by that lead rounded to ms, and the video's times, rounded once
+    more, then alias at 23.976 fps (FFmpeg reads a repeated frame time). Shifting here,
+    before the one rounding, keeps them exact. Ranged jobs are left to the muxer.
     """
     if info.first > 0 or info.end_pts is not None:
         return Fraction(0)
