@@ -166,10 +166,11 @@ def output_durations(info: VideoInfo, offset: int) -> dict[int, int]:
     return {p - offset: d for p, d in zip(info.pts, durations, strict=True)}
 
 
-def first_times(path: str, indices: list[int]) -> list[Fraction]:
-    """When each listed stream starts (s) as Matroska will place it: its first packet
-    time plus its codec delay (an audio track's priming, which Matroska records as the
-    track's CodecDelay and lets start before 0; an MP4 source has none recorded)."""
+def first_times(path: str, indices: list[int], t_start: Fraction = Fraction(0)) -> list[Fraction]:
+    """When each listed stream starts (s, relative to ``t_start``) as Matroska will place
+    it: its first packet still showing at ``t_start``, plus its codec delay (an audio
+    track's priming, which Matroska records as CodecDelay and lets start before 0; an
+    MP4 source has none recorded)."""
     import av
 
     found: dict[int, Fraction] = {}
@@ -178,10 +179,12 @@ def first_times(path: str, indices: list[int]) -> list[Fraction]:
             if packet.pts is None or packet.stream_index in found:
                 continue
             start = packet.pts * packet.time_base
+            if t_start and start + (packet.duration or 0) * packet.time_base <= t_start:
+                continue  # over before the range: not copied
             cc = packet.stream.codec_context
             if packet.stream.type == "audio" and cc is not None and cc.sample_rate:
                 start += Fraction(cc.delay or 0, cc.sample_rate)
-            found[packet.stream_index] = start
+            found[packet.stream_index] = start - t_start
             if len(found) == len(indices):
                 break
     return list(found.values())
@@ -190,15 +193,17 @@ def first_times(path: str, indices: list[int]) -> list[Fraction]:
 def matroska_lead(info: VideoInfo, remux: list[int]) -> Fraction:
     """Seconds to delay a whole Matroska output by, so that nothing starts before 0.
 
-    Matroska cannot store times before 0 beyond a track's codec delay (an MP4 source's
-    AAC priming starts at -1024 samples with none recorded); left to the muxer, every
-    stream is shifted by that lead rounded to ms, and the video's times, rounded once
-    more, then alias at 23.976 fps (FFmpeg reads a repeated frame time). Shifting here,
-    before the one rounding, keeps them exact. Ranged jobs are left to the muxer.
+    Matroska cannot store times before 0 beyond a track's codec delay: an MP4 source's
+    AAC priming starts at -1024 samples with none recorded, and a range keeps the packets
+    (audio, a subtitle cue) still showing at its start, which begin before it. Left to
+    the muxer, every stream is shifted by that lead rounded to ms, and the video's times,
+    rounded once more, then alias at 23.976 fps (FFmpeg reads a repeated frame time).
+    Shifting here, before the one rounding, keeps them exact.
     """
-    if info.first > 0 or info.end_pts is not None:
-        return Fraction(0)
-    starts = [info.pts[0] * info.tb, *(first_times(info.path, remux) if remux else [])]
+    t_start = info.pts[0] * info.tb if info.first > 0 else Fraction(0)
+    starts = [info.pts[0] * info.tb - t_start]
+    if remux:
+        starts += first_times(info.path, remux, t_start)
     return max(Fraction(0), -min(starts))
 
 
@@ -232,7 +237,10 @@ class VideoEncoder:
         self.out.metadata.update(container_tags(info.metadata))
         self.t_start = self.offset * self.tb
         self.t_end = info.end_pts * self.tb if info.end_pts is not None else None
-        chapters = chapters_for_output(info.chapters, self.t_start, self.t_end)
+        self.lead = matroska_lead(info, remux) if self.format == "matroska" else Fraction(0)
+        chapters = chapters_for_output(
+            info.chapters, self.t_start, self.t_end, delay=self.lead
+        )  # they move with the content: back by the range start, on by the lead
         if chapters:
             self.out.set_chapters(chapters)
         self.durations = output_durations(info, self.offset)
@@ -273,7 +281,6 @@ class VideoEncoder:
             self.packets = iter(())
         self.pending: Any = None
         self.ranged = info.first > 0 or info.end_pts is not None
-        self.lead = matroska_lead(info, remux) if self.format == "matroska" else Fraction(0)
         self.remux_shift = self.t_start - self.lead
         self.copied = 0
 

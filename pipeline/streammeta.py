@@ -96,17 +96,19 @@ def chapters_for_output(
     t_start: Fraction,
     t_end: Fraction | None,
     time_base: Fraction = Fraction(1, 1000),
+    delay: Fraction = Fraction(0),
 ) -> list[dict[str, Any]]:
     """Chapters (``probe_chapters`` form) of the selection [t_start, t_end) as
-    ``set_chapters`` wants them: shifted to start at 0, clipped, numbered 1.. (Matroska
-    needs non-zero ids); chapters wholly outside the selection are left out."""
+    ``set_chapters`` wants them: clipped, shifted to start at ``delay`` (where the
+    output's content starts), numbered 1.. (Matroska needs non-zero ids); chapters
+    wholly outside the selection are left out."""
     out = []
     for ch in chapters:
         start, end = ch["start_s"], ch["end_s"]
         if (start < t_start and end <= t_start) or (t_end is not None and start >= t_end):
             continue
-        start = max(start, t_start) - t_start
-        end = (end if t_end is None else min(end, t_end)) - t_start
+        start = max(start, t_start) - t_start + delay
+        end = (end if t_end is None else min(end, t_end)) - t_start + delay
         out.append(
             {
                 "id": len(out) + 1,

@@ -53,6 +53,8 @@ def test_chapters_are_shifted_clipped_and_numbered_for_the_selection():
     out = chapters_for_output(chapters, Fraction(1, 10), Fraction(2, 5))
     assert [(c["id"], c["start"], c["end"]) for c in out] == [(1, 0, 100), (2, 100, 300)]
     assert all(c["time_base"] == Fraction(1, 1000) for c in out)
+    late = chapters_for_output(chapters, Fraction(1, 10), Fraction(2, 5), delay=Fraction(1, 50))
+    assert [(c["start"], c["end"]) for c in late] == [(20, 120), (120, 320)]
     whole = chapters_for_output(chapters, Fraction(0), None)
     assert [(c["start"], c["end"]) for c in whole] == [(0, 200), (200, 400), (400, 600)]
 

@@ -79,13 +79,21 @@ def title(meta: dict) -> str | None:
 
 
 def read_meta(path: Path) -> dict:
-    """Container tags, chapters (s) and per-stream language/title/disposition via PyAV."""
+    """Container tags, chapters and per-stream language/title/disposition via PyAV.
+    Chapter times (s) are relative to the first video frame: a Matroska output of an MP4
+    source starts everything later by the source's AAC priming, chapters included."""
     with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        t0 = min(p.pts for p in c.demux(v) if p.pts is not None) * v.time_base
         return {
             "title": c.metadata.get("title"),
             "comment": c.metadata.get("comment") or c.metadata.get("COMMENT"),
             "chapters": [
-                (ch["start"] * ch["time_base"], ch["end"] * ch["time_base"], ch["metadata"])
+                (
+                    ch["start"] * ch["time_base"] - t0,
+                    ch["end"] * ch["time_base"] - t0,
+                    ch["metadata"],
+                )
                 for ch in c.chapters()
             ],
             "streams": [
