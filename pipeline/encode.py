@@ -2,9 +2,11 @@
 
 ``VideoEncoder`` runs as one Ray actor (or in-process for the local runner). It keeps
 the output container open, encodes frames as the driver reports them done, keeps each
-frame's source pts (VFR stays VFR), copies colour tags and rotation, and remuxes the
-audio, subtitle and data streams packet for packet, interleaved by time. It writes to
-a temporary name; the driver renames the file only after ``finish`` returns. A
+frame's source pts and duration (VFR stays VFR), copies colour tags and rotation, every
+stream's tags and disposition and the container's tags and chapters (the pieces are in
+``pipeline/streammeta``), and remuxes the audio, subtitle and data streams packet for
+packet, interleaved by time. It writes to a temporary name; the driver renames the file
+only after ``finish`` returns. A
 temporary on an object store is written to a local file on the encoder's node and
 uploaded by ``finish`` (the object appears only when the upload completes).
 """
@@ -22,6 +24,14 @@ from pipeline.config import VideoConfig
 from pipeline.errors import UserError
 from pipeline.publish.files import finish_staged, staging_path
 from pipeline.storage import av_input
+from pipeline.streammeta import (
+    chapters_for_output,
+    container_tags,
+    copy_stream_meta,
+    declared_rate,
+    frame_durations,
+    rescale_ts,
+)
 from pipeline.video import VideoInfo, sws_colorspace
 
 log = logging.getLogger(__name__)
@@ -80,6 +90,11 @@ def choose_pix_fmt(codec: str, source_pix_fmt: str, requested: str | None) -> st
     )
 
 
+def _codec_name(stream: Any) -> str:
+    cc = stream.codec_context
+    return cc.name if cc is not None else "no codec"
+
+
 def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> list[int]:
     """Indices of the non-video streams to copy; refuses (or drops, when asked) the ones
     the output container cannot hold. Tried on a throwaway in-memory container."""
@@ -93,6 +108,8 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
         for stream in src.streams:
             if stream.index == info.video_index or stream.type not in ("audio", "subtitle", "data"):
                 continue
+            if stream.discard == av.stream.Discard.all:
+                continue  # MP4/MOV's chapter text track: carried as the chapters
             probe = av.open(io.BytesIO(), mode="w", format=fmt)
             try:
                 probe.add_stream_from_template(stream)
@@ -112,16 +129,82 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
                     "dropping stream #%d (%s %s): %s cannot hold it",
                     stream.index,
                     stream.type,
-                    stream.codec_context.name,
+                    _codec_name(stream),
                     fmt,
                 )
             else:
                 raise UserError(
                     f"stream #{stream.index} ({stream.type}, "
-                    f"{stream.codec_context.name}) cannot be stored in {Path(out_path).suffix}; "
+                    f"{_codec_name(stream)}) cannot be stored in {Path(out_path).suffix}; "
                     "use .mkv, or pass --drop-unsupported to leave it out"
                 )
     return keep
+
+
+def source_stream(info: VideoInfo, index: int) -> dict[str, Any]:
+    """The probe's entry for source stream ``index``."""
+    return next(s for s in info.streams if s["index"] == index)
+
+
+def output_rate(info: VideoInfo) -> Fraction | None:
+    """The frame rate the output stream declares (``streammeta.declared_rate``)."""
+    avg = Fraction(*info.avg_rate) if info.avg_rate else None
+    base = Fraction(*info.base_rate) if info.base_rate else None
+    return declared_rate(avg, base, info.pts)
+
+
+def output_durations(info: VideoInfo, offset: int) -> dict[int, int]:
+    """Output pts -> that frame's real duration, in the source time base."""
+    if info.end_pts is not None:
+        end = info.end_pts
+    elif info.last_duration:
+        end = info.pts[-1] + info.last_duration
+    else:  # one frame and nothing recorded: one frame period, when known
+        rate = output_rate(info)
+        end = info.pts[-1] + (max(1, round(1 / (rate * info.tb))) if rate else 1)
+    durations = frame_durations(info.pts, end)
+    return {p - offset: d for p, d in zip(info.pts, durations, strict=True)}
+
+
+def first_times(path: str, indices: list[int], t_start: Fraction = Fraction(0)) -> list[Fraction]:
+    """When each listed stream starts (s, relative to ``t_start``) as Matroska will place
+    it: its first packet still showing at ``t_start``, plus its codec delay (an audio
+    track's priming, which Matroska records as CodecDelay and lets start before 0; an
+    MP4 source has none recorded)."""
+    import av
+
+    found: dict[int, Fraction] = {}
+    with av.open(av_input(path)) as src:
+        for packet in src.demux(*[src.streams[i] for i in indices]):
+            if packet.pts is None or packet.stream_index in found:
+                continue
+            start = packet.pts * packet.time_base
+            if t_start and start + (packet.duration or 0) * packet.time_base <= t_start:
+                continue  # over before the range: not copied
+            cc = packet.stream.codec_context
+            if packet.stream.type == "audio" and cc is not None and cc.sample_rate:
+                start += Fraction(cc.delay or 0, cc.sample_rate)
+            found[packet.stream_index] = start - t_start
+            if len(found) == len(indices):
+                break
+    return list(found.values())
+
+
+def matroska_lead(info: VideoInfo, remux: list[int]) -> Fraction:
+    """Seconds to delay a whole Matroska output by, so that nothing starts before 0.
+
+    Matroska cannot store times before 0 beyond a track's codec delay: an MP4 source's
+    AAC priming starts at -1024 samples with none recorded, and a range keeps the packets
+    (audio, a subtitle cue) still showing at its start, which begin before it. Left to
+    the muxer, every stream is shifted by that lead rounded to ms, and the video's times,
+    rounded once more, then alias at 23.976 fps (FFmpeg reads a repeated frame time).
+    Shifting here, before the one rounding, keeps them exact.
+    """
+    t_start = info.pts[0] * info.tb if info.first > 0 else Fraction(0)
+    starts = [info.pts[0] * info.tb - t_start]
+    if remux:
+        starts += first_times(info.path, remux, t_start)
+    return max(Fraction(0), -min(starts))
 
 
 class VideoEncoder:
@@ -149,10 +232,20 @@ class VideoEncoder:
         self.tb = info.tb
         self.offset = info.pts[0] if info.first > 0 else 0
         self.target, self.staged = target, staging_path(target)  # local file for a URL
-        self.out = av.open(self.staged, mode="w", format=container_format(target))
-        self.out.metadata.update(info.metadata)
-        rate = Fraction(*info.avg_rate) if info.avg_rate else None
-        vs = self.out.add_stream(cfg.codec, rate=rate)
+        self.format = container_format(target)
+        self.out = av.open(self.staged, mode="w", format=self.format)
+        self.out.metadata.update(container_tags(info.metadata))
+        self.t_start = self.offset * self.tb
+        self.t_end = info.end_pts * self.tb if info.end_pts is not None else None
+        self.lead = matroska_lead(info, remux) if self.format == "matroska" else Fraction(0)
+        chapters = chapters_for_output(
+            info.chapters, self.t_start, self.t_end, delay=self.lead
+        )  # they move with the content: back by the range start, on by the lead
+        if chapters:
+            self.out.set_chapters(chapters)
+        self.durations = output_durations(info, self.offset)
+        vs = self.out.add_stream(cfg.codec, rate=output_rate(info))
+        copy_stream_meta(source_stream(info, info.video_index), vs, self.format)
         vs.time_base = self.tb
         vs.width, vs.height = lay.width * lay.scale, lay.height * lay.scale
         vs.pix_fmt = pix_fmt
@@ -180,14 +273,15 @@ class VideoEncoder:
         self.map: dict[int, Any] = {}
         if self.src is not None:
             for idx in remux:
-                self.map[idx] = self.out.add_stream_from_template(self.src.streams[idx])
+                stream = self.out.add_stream_from_template(self.src.streams[idx])
+                copy_stream_meta(source_stream(info, idx), stream, self.format)
+                self.map[idx] = stream
             self.packets = self.src.demux(*[self.src.streams[i] for i in remux])
         else:
             self.packets = iter(())
         self.pending: Any = None
-        self.t_start = self.offset * self.tb
-        self.t_end = info.end_pts * self.tb if info.end_pts is not None else None
         self.ranged = info.first > 0 or info.end_pts is not None
+        self.remux_shift = self.t_start - self.lead
         self.copied = 0
 
     # ---------------------------------------------------------------- remux packets
@@ -214,8 +308,8 @@ class VideoEncoder:
                 dur = (packet.duration or 0) * packet.time_base
                 if pt + dur <= self.t_start or (self.t_end is not None and pt >= self.t_end):
                     continue  # outside the selected range
-            if self.offset:
-                shift = int(round(self.t_start / packet.time_base))
+            if self.remux_shift:
+                shift = rescale_ts(self.remux_shift, Fraction(1), packet.time_base)
                 if packet.pts is not None:
                     packet.pts -= shift
                 if packet.dts is not None:
@@ -241,14 +335,33 @@ class VideoEncoder:
         frame.time_base = self.tb
         return frame
 
+    def _mux_video(self, packets: list[Any]) -> None:
+        """Mux encoded packets, each lasting exactly until the next frame (encoders give
+        1/rate, which for VFR overlaps the next frame or leaves a gap). Timestamps are
+        put in the output stream's time base here, so that rounding them (Matroska's ms)
+        cannot make a frame last past the next one."""
+        self.out.start_encoding()  # writes the header, which fixes the stream time base
+        out_tb = self.vs.time_base
+        for packet in packets:
+            src_tb = packet.time_base or self.tb
+            own = None if packet.pts is None else rescale_ts(packet.pts, src_tb, self.tb)
+            if own in self.durations:
+                t = own * self.tb + self.lead
+                pts = rescale_ts(t, Fraction(1), out_tb)
+                end = rescale_ts(t + self.durations[own] * self.tb, Fraction(1), out_tb)
+                if packet.dts is not None:
+                    packet.dts = rescale_ts(packet.dts * src_tb + self.lead, Fraction(1), out_tb)
+                packet.pts, packet.duration = pts, max(end - pts, 1)
+                packet.time_base = out_tb
+            self.out.mux(packet)
+
     def encode_upto(self, n: int) -> int:
         """Encode frames [next, n); returns the new count of encoded frames."""
         while self.next < n:
             i = self.next
             frame = self._frame(i)
             self._remux_until(self.info.pts[i] * self.tb)
-            for packet in self.vs.encode(frame):
-                self.out.mux(packet)
+            self._mux_video(self.vs.encode(frame))
             if self.cfg.drop_encoded:
                 # Writing all-fill chunks deletes them (zarr's write_empty_chunks=False).
                 self.input_arr[i] = 0
@@ -257,8 +370,7 @@ class VideoEncoder:
         return self.next
 
     def finish(self) -> dict[str, int]:
-        for packet in self.vs.encode(None):
-            self.out.mux(packet)
+        self._mux_video(self.vs.encode(None))
         self._remux_until(None)
         self.out.close()
         if self.src is not None:

@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.config import parse_frames
 from pipeline.errors import UserError
 from pipeline.storage import ObjectPath, as_path, av_input
+from pipeline.streammeta import probe_chapters
 
 # AVColorSpace -> libswscale colourspace constant (SWS_CS_*), for RGB <-> YUV.
 SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
@@ -53,6 +54,9 @@ class VideoInfo:
     streams: tuple[dict[str, Any], ...]
     metadata: dict[str, str] = field(default_factory=dict)
     end_pts: int | None = None  # pts where the selection stops (None: end of stream)
+    base_rate: tuple[int, int] | None = None  # r_frame_rate: the timing grid
+    last_duration: int | None = None  # the source's last frame's duration (time base)
+    chapters: tuple[dict[str, Any], ...] = ()  # streammeta.probe_chapters form
 
     channels: int = 3
 
@@ -83,7 +87,24 @@ def _stream_info(stream: Any) -> dict[str, Any]:
         else None,
         "language": stream.metadata.get("language"),
         "title": stream.metadata.get("title"),
+        "metadata": dict(stream.metadata),
+        "disposition": int(stream.disposition),
     }
+
+
+def _last_duration(stream: Any, last_pts: int, durations: dict[int, int]) -> int | None:
+    """How long the last frame (in pts order) is shown, in the stream's time base.
+
+    MP4/MOV record the track's end (start + duration; their packet durations are decode-
+    order gaps), Matroska the frame's own block duration; failing both, the last gap.
+    """
+    if stream.duration and stream.start_time is not None:
+        end = stream.start_time + stream.duration
+        if end > last_pts:
+            return end - last_pts
+    if durations.get(last_pts):
+        return durations[last_pts]
+    return None
 
 
 def parse_range(
@@ -134,11 +155,13 @@ def probe_video(
             )
         all_pts: list[int] = []
         key_pts: list[int] = []
+        durations: dict[int, int] = {}
         try:
             for packet in container.demux(vs):
                 if packet.pts is None or packet.size == 0:
                     continue
                 all_pts.append(packet.pts)
+                durations[packet.pts] = packet.duration or 0
                 if packet.is_keyframe:
                     key_pts.append(packet.pts)
         except av.error.FFmpegError as exc:
@@ -152,7 +175,10 @@ def probe_video(
         keyframes = sorted({index[k] for k in key_pts} | {0})
         tb = vs.time_base
         a, b = parse_range(frames, start_s, end_s, all_pts, tb)
-        rate = vs.average_rate
+        rate, base = vs.average_rate, vs.base_rate
+        last = _last_duration(vs, all_pts[-1], durations)
+        if last is None and len(all_pts) > 1:
+            last = all_pts[-1] - all_pts[-2]
         color = {
             "range": int(cc.color_range or 0),
             "primaries": int(cc.color_primaries or 2),
@@ -180,6 +206,9 @@ def probe_video(
             streams=tuple(_stream_info(s) for s in container.streams),
             metadata=dict(container.metadata),
             end_pts=all_pts[b] if b < len(all_pts) else None,
+            base_rate=(base.numerator, base.denominator) if base else None,
+            last_duration=last,
+            chapters=probe_chapters(container.chapters()),
         )
 
 

@@ -121,6 +121,13 @@ def vfr_times(frames: int = 20, long_gap: Fraction = Fraction(1, 2)) -> list[Fra
     return times
 
 
+def dropped_frame_times(frames: int = 30, rate: Fraction | int = 30) -> list[Fraction]:
+    """Times of a ``rate`` clip of ``frames`` frames with every third frame dropped (the
+    originals' times kept): gaps alternate 1/rate and 2/rate, average rate 2/3 of it."""
+    rate = Fraction(rate)
+    return [Fraction(i) / rate for i in range(frames) if i % 3 != 2]
+
+
 def expected_pts(times: Sequence[Fraction], time_base: Fraction) -> list[int]:
     """The pts a reader sees for exact ``times`` in a stream of ``time_base`` (rounded half
     away from zero like av_rescale_q, which only matters for Matroska's 1/1000)."""
@@ -251,6 +258,30 @@ def _with_durations(packets, durations: dict[int, int]):
     return packets
 
 
+def _apply_tags(container, streams: dict, tags: dict) -> None:
+    """``tags`` (see ``make_tagged_clip``) onto the container and its streams, before
+    the header is written."""
+    container.metadata.update(tags.get("container", {}))
+    chapters = [
+        {
+            "id": i + 1,
+            "start": round(Fraction(start) * 1000),
+            "end": round(Fraction(end) * 1000),
+            "time_base": Fraction(1, 1000),
+            "metadata": {"title": title},
+        }
+        for i, (start, end, title) in enumerate(tags.get("chapters", ()))
+    ]
+    if chapters:
+        container.set_chapters(chapters)
+    for kind, stream in streams.items():
+        if stream is None or kind not in tags:
+            continue
+        stream.metadata.update(tags[kind].get("metadata", {}))
+        if "disposition" in tags[kind]:
+            stream.disposition = tags[kind]["disposition"]
+
+
 def _write(
     path: Path,
     *,
@@ -270,6 +301,7 @@ def _write(
     rotation: float | None = None,
     subtitles: Sequence[tuple[float, float, str]] | None = None,
     crf: int = DEFAULT_CRF,
+    tags: dict | None = None,
 ) -> Path:
     path = Path(path)
     tb = Fraction(time_base) if time_base is not None else default_time_base(rate)
@@ -293,13 +325,19 @@ def _write(
         if rotation is not None:
             vs.set_display_rotation(rotation)
         aus = _add_audio(container, audio_channels) if audio else None
+        sub = None
         if subtitles is not None:
-            # No encoder needed: a codec-less stream and hand-made packets of UTF-8 text.
-            sub = container.add_mux_stream("subrip")
+            # No encoder needed: a codec-less stream and hand-made packets of UTF-8 text
+            # (MP4/MOV: mov_text, the text behind a 16-bit big-endian length).
+            mp4 = _container_format(path) in ("mp4", "mov")
+            sub = container.add_mux_stream("mov_text" if mp4 else "subrip")
             sub.time_base = Fraction(1, 1000)
+        _apply_tags(container, {"video": vs, "audio": aus, "subtitle": sub}, tags or {})
+        if sub is not None:
             # Subtitle packets first: av_interleaved_write_frame sorts everything by time.
             for start, dur, text in subtitles:
-                pkt = av.Packet(text.encode("utf-8"))
+                data = text.encode("utf-8")
+                pkt = av.Packet(len(data).to_bytes(2, "big") + data if mp4 else data)
                 pkt.stream = sub
                 pkt.time_base = Fraction(1, 1000)
                 pkt.pts = pkt.dts = int(round(start * 1000))
@@ -385,10 +423,13 @@ def make_vfr_clip(
     gop: int = 8,
     bframes: bool = True,
     audio_channels: int = 2,
+    rate: Fraction | int = Fraction(30),
 ) -> Path:
     """Variable frame rate clip: frames at ``times`` (s; default ``vfr_times(frames)``:
     gaps alternating 1/30 and 1/15 s plus one 0.5 s gap), time base 1/30000 (exact for
-    those times in MP4), nominal rate 30, AAC audio up to last time + 1/30 s."""
+    those times in MP4), nominal (declared) ``rate`` (Matroska's default duration; a
+    file whose frames were dropped declares its average rate), AAC audio up to last
+    time + 1/30 s. The last frame lasts 1/30 s."""
     times = [Fraction(t) for t in (times if times is not None else vfr_times(frames))]
     return _write(
         path,
@@ -396,7 +437,7 @@ def make_vfr_clip(
         end_time=times[-1] + Fraction(1, 30),
         width=width,
         height=height,
-        rate=Fraction(30),
+        rate=Fraction(rate),
         time_base=Fraction(1, 30000),
         codec=codec,
         pix_fmt=pix_fmt,
@@ -439,6 +480,57 @@ def make_mkv_with_subtitles(
         audio=audio,
         audio_channels=audio_channels,
         subtitles=list(cues),
+    )
+
+
+D = av.stream.Disposition
+# A film's commentary track and forced signs subtitles, as the issue-12 report saw them.
+DEFAULT_TAGS: dict = {
+    "container": {"title": "A tagged film", "comment": "made by the tests"},
+    "chapters": ((0.0, 0.2, "Opening"), (0.2, 0.4, "Middle")),
+    "video": {"metadata": {"language": "fra", "title": "Main picture"}, "disposition": D.default},
+    "audio": {
+        "metadata": {"language": "jpn", "title": "Commentary"},
+        "disposition": D.default | D.comment,
+    },
+    "subtitle": {
+        "metadata": {"language": "eng", "title": "Signs"},
+        "disposition": D.forced | D.hearing_impaired,
+    },
+}
+
+
+def make_tagged_clip(
+    path,
+    *,
+    tags: dict | None = None,
+    frames: int = 12,
+    rate: Fraction | int = Fraction(30),
+    subtitles: bool = True,
+    cues: Sequence[tuple[float, float, str]] = DEFAULT_SUBTITLES,
+) -> Path:
+    """CFR clip (H.264, AAC, a subtitle track of ``cues`` unless ``subtitles=False``:
+    SubRip in Matroska, mov_text in MP4/MOV) carrying ``tags`` (default ``DEFAULT_TAGS``):
+    ``{"container": {key: value}, "chapters": ((start s, end s, title), ...),
+    "video" / "audio" / "subtitle": {"metadata": {...}, "disposition": Disposition}}``.
+    What reads back is what the container can hold (MOV keeps no comment/forced flags)."""
+    rate = Fraction(rate)
+    return _write(
+        path,
+        times=cfr_times(frames, rate),
+        end_time=Fraction(frames) / rate,
+        width=96,
+        height=64,
+        rate=rate,
+        time_base=None,
+        codec="libx264",
+        pix_fmt="yuv420p",
+        gop=8,
+        bframes=True,
+        audio=True,
+        audio_channels=2,
+        subtitles=list(cues) if subtitles else None,
+        tags=DEFAULT_TAGS if tags is None else tags,
     )
 
 
