@@ -19,16 +19,16 @@ from fractions import Fraction
 from typing import Any
 
 from pipeline.config import VideoConfig
-from pipeline.encode import container_format
+from pipeline.encode import container_format, matroska_lead, output_durations, source_stream
 from pipeline.publish.files import finish_staged, staging_path
-from pipeline.segments import (
-    SegmentPackets,
-    frame_durations,
-    pts_offset,
-    read_segment,
-    video_stream,
-)
+from pipeline.segments import SegmentPackets, pts_offset, read_segment, video_stream
 from pipeline.storage import av_input
+from pipeline.streammeta import (
+    chapters_for_output,
+    container_tags,
+    copy_stream_meta,
+    rescale_ts,
+)
 from pipeline.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,10 @@ def plan_dts(segments: list[list[int]], first_duration: int) -> list[list[int]]:
 
 
 class Remuxer:
-    """The non-video streams, copied packet for packet up to a time."""
+    """The non-video streams, copied packet for packet (with their tags and
+    dispositions) up to a time; moved back by the range start and on by ``lead``."""
 
-    def __init__(self, out: Any, info: VideoInfo, remux: list[int]) -> None:
+    def __init__(self, out: Any, info: VideoInfo, remux: list[int], lead: Fraction) -> None:
         import av
 
         self.info, self.out = info, out
@@ -70,15 +71,17 @@ class Remuxer:
         self.map: dict[int, Any] = {}
         if self.src is not None:
             for idx in remux:
-                self.map[idx] = out.add_stream_from_template(self.src.streams[idx])
+                stream = out.add_stream_from_template(self.src.streams[idx])
+                copy_stream_meta(source_stream(info, idx), stream, out.format.name)
+                self.map[idx] = stream
             self.packets = self.src.demux(*[self.src.streams[i] for i in remux])
         else:
             self.packets = iter(())
         self.pending: Any = None
-        self.offset = pts_offset(info)
-        self.t_start = self.offset * info.tb
+        self.t_start = pts_offset(info) * info.tb
         self.t_end = info.end_pts * info.tb if info.end_pts is not None else None
         self.ranged = info.first > 0 or info.end_pts is not None
+        self.shift = self.t_start - lead
         self.copied = 0
 
     @staticmethod
@@ -105,8 +108,8 @@ class Remuxer:
                 dur = (packet.duration or 0) * packet.time_base
                 if pt + dur <= self.t_start or (self.t_end is not None and pt >= self.t_end):
                     continue  # outside the selected range
-            if self.offset:
-                shift = int(round(self.t_start / packet.time_base))
+            if self.shift:
+                shift = rescale_ts(self.shift, Fraction(1), packet.time_base)
                 if packet.pts is not None:
                     packet.pts -= shift
                 if packet.dts is not None:
@@ -140,38 +143,63 @@ def assemble_task(
     store = JobStore.open(store_url)
     lay = store.layout
     segs: list[SegmentPackets] = [read_segment(store.segment_path(u)) for u in range(units)]
-    durations = frame_durations(info)
-    first = min(durations)
-    dts_plan = plan_dts([s.pts for s in segs], durations[first])
+    tb, offset = info.tb, pts_offset(info)
+    durations = output_durations(info, offset)
+    dts_plan = plan_dts([s.pts for s in segs], durations[min(durations)])
     staged = staging_path(target)
+    fmt = container_format(target)
+    lead = matroska_lead(info, remux) if fmt == "matroska" else Fraction(0)
     ok = False
     try:
-        out = av.open(staged, mode="w", format=container_format(target))
-        out.metadata.update(info.metadata)
+        out = av.open(staged, mode="w", format=fmt)
+        out.metadata.update(container_tags(info.metadata))
+        t_start = offset * tb
+        t_end = info.end_pts * tb if info.end_pts is not None else None
+        chapters = chapters_for_output(info.chapters, t_start, t_end, delay=lead)
+        if chapters:
+            out.set_chapters(chapters)
         size = (lay.width * lay.scale, lay.height * lay.scale)
         vs = video_stream(out, info, cfg, size, pix_fmt, threads)
         if info.rotation:
             vs.set_display_rotation(info.rotation)
-        remuxer = Remuxer(out, info, remux)
-        tb, frames = info.tb, 0
-        offset = pts_offset(info)
-        for seg, dts in zip(segs, dts_plan, strict=True):
-            for (data, pts, _, key), d in zip(seg.packets(), dts, strict=True):
-                remuxer.until((d + offset) * tb)
-                packet = av.Packet(data)
-                packet.pts, packet.dts = pts, d
-                packet.duration = durations.get(pts, 0)
-                packet.is_keyframe = key
-                packet.time_base = tb
-                packet.stream = vs
-                out.mux(packet)
-                frames += 1
+        remuxer = Remuxer(out, info, remux, lead)
+        out.start_encoding()  # writes the header, which fixes the stream's time base
+        out_tb = vs.time_base
         extradata = bytes(vs.codec_context.extradata or b"")
         if segs and segs[0].extradata and extradata != segs[0].extradata:
             raise RuntimeError(
                 "the segments' encoder and the output stream disagree on the codec "
                 "parameters (extradata); rerun with --restart"
             )
+        frames = 0
+        # MP4/MOV keep decode-time deltas as sample durations: the track ends at the last
+        # dts plus the last packet's duration, shifted by the first dts. Give that last
+        # packet what makes the track end where the last frame does (VFR: a gap among
+        # the last frames otherwise goes missing).
+        last_dur = None
+        if fmt in ("mp4", "mov") and segs and segs[-1].pts:
+            p_last = max(durations)
+            last_dur = p_last + durations[p_last] - dts_plan[-1][-1] + dts_plan[0][0]
+        for n_seg, (seg, dts) in enumerate(zip(segs, dts_plan, strict=True)):
+            last_seg = n_seg == len(segs) - 1
+            for k, ((data, pts, _, key), d) in enumerate(zip(seg.packets(), dts, strict=True)):
+                remuxer.until((d + offset) * tb)
+                # Each packet lasts until the next frame; times go to the output's time
+                # base here, once, so rounding (Matroska's ms) cannot overlap frames.
+                t = pts * tb + lead
+                packet = av.Packet(data)
+                packet.pts = rescale_ts(t, Fraction(1), out_tb)
+                dur = durations.get(pts, 0)
+                if last_dur is not None and last_seg and k == len(dts) - 1:
+                    dur = last_dur
+                end = rescale_ts(t + dur * tb, Fraction(1), out_tb)
+                packet.duration = max(end - packet.pts, 1)
+                packet.dts = rescale_ts(d * tb + lead, Fraction(1), out_tb)
+                packet.is_keyframe = key
+                packet.time_base = out_tb
+                packet.stream = vs
+                out.mux(packet)
+                frames += 1
         remuxer.until(None)
         out.close()
         remuxer.close()

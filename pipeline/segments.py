@@ -22,7 +22,6 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -123,9 +122,13 @@ def video_stream(
     threads: int = 0,
 ) -> Any:
     """The output video stream, set up the same way for every segment's encoder and for
-    the final container (``size`` is (width, height))."""
-    rate = Fraction(*info.avg_rate) if info.avg_rate else None
-    vs = container.add_stream(cfg.codec, rate=rate)
+    the final container (``size`` is (width, height)): declared rate, the source video
+    stream's tags and disposition, colour tags, encoder options."""
+    from pipeline.encode import output_rate, source_stream
+    from pipeline.streammeta import copy_stream_meta
+
+    vs = container.add_stream(cfg.codec, rate=output_rate(info))
+    copy_stream_meta(source_stream(info, info.video_index), vs, container.format.name)
     vs.time_base = info.tb
     vs.width, vs.height = size
     vs.pix_fmt = pix_fmt
@@ -144,21 +147,6 @@ def video_stream(
 def pts_offset(info: VideoInfo) -> int:
     """Output pts start at 0 for a range that does not start at the first frame."""
     return info.pts[0] if info.first > 0 else 0
-
-
-def frame_durations(info: VideoInfo) -> dict[int, int]:
-    """Each output frame's real duration by its output pts (the next frame's pts minus
-    its own; the last one's from the range end or the frame before it)."""
-    off = pts_offset(info)
-    pts = list(info.pts)
-    if info.end_pts is not None:
-        last = info.end_pts - pts[-1]
-    elif len(pts) > 1:
-        last = pts[-1] - pts[-2]
-    else:
-        rate = Fraction(*info.avg_rate) if info.avg_rate else Fraction(30)
-        last = max(1, round(1 / (rate * info.tb)))
-    return {p - off: (pts[i + 1] - p if i + 1 < len(pts) else last) for i, p in enumerate(pts)}
 
 
 def encode_segment_task(
