@@ -54,6 +54,21 @@ FLAGS = {
 }
 
 
+DEGRADATION_MODES = ("auto", "frame", "window", "shot", "fixed")
+
+
+def degradation_mode(model: ModelConfig, is_video: bool) -> str:
+    """The mode ``auto`` stands for, or the one asked for."""
+    mode = model.degradation_mode
+    if mode != "auto":
+        return mode
+    if model.degradation is not None:
+        return "fixed"
+    if model.degradation_window > 0:
+        return "window"
+    return "shot" if is_video else "frame"
+
+
 def parse_degradation(text: str) -> tuple[float, float]:
     """'0.3,0.5' -> (0.3, 0.5): S3Diff's two degradation scores, each in [0, 1]."""
     try:
@@ -105,7 +120,13 @@ class ModelConfig:
     fold_lora: bool = True  # fold the modulated LoRA into the base weights per conditioning
     compile: bool = False  # torch.compile the UNet/VAE (GPU)
     degradation: str | None = None  # fixed scores "B,N" in [0,1] instead of estimating them
-    degradation_window: int = 0  # video: average the scores over +-N frames
+    # Where a frame's scores come from: frame (its own), window (the mean over +-
+    # degradation_window frames), shot (the mean over its shot: cuts found on the LR
+    # frames, pipeline/shots.py), fixed (model.degradation). auto: fixed when
+    # model.degradation is given, window when degradation_window > 0, else shot.
+    degradation_mode: str = "auto"
+    degradation_window: int = 0  # video: average the scores over +-N frames (window mode)
+    shot_threshold: float = 0.3  # shot mode: how different two frames are at a cut (0..1)
     # "MIN,MAX": the sample values the model sees as 0 and 1 (needed by models other
     # than bicubic for signed/float inputs); outputs are clipped to it. None: the
     # type's range (unsigned, signed), or the values as they are (float).
@@ -364,6 +385,27 @@ def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
     )
     if m.degradation is not None:
         parse_degradation(m.degradation)
+    _require(
+        m.degradation_mode in DEGRADATION_MODES,
+        "model.degradation_mode",
+        f"must be one of {', '.join(DEGRADATION_MODES)}, got {m.degradation_mode!r}",
+    )
+    _require(
+        m.degradation_mode != "fixed" or m.degradation is not None,
+        "model.degradation_mode",
+        "is fixed but model.degradation gives no scores; set it to B,N",
+    )
+    _require(
+        m.degradation is None or m.degradation_mode in ("auto", "fixed"),
+        "model.degradation",
+        f"gives fixed scores, which model.degradation_mode={m.degradation_mode} would not "
+        "use; drop one of them",
+    )
+    _require(
+        0 < m.shot_threshold <= 1,
+        "model.shot_threshold",
+        f"must be in (0, 1], got {m.shot_threshold}",
+    )
     if m.value_range is not None:
         parse_value_range(m.value_range)
     _require(

@@ -23,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import JobConfig, ModelConfig, parse_value_range
+from pipeline.config import JobConfig, ModelConfig, degradation_mode, parse_value_range
 from pipeline.placement import current_node
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
 from pipeline.samples import from_unit, sample_range, to_unit
+from pipeline.shots import frame_signature
 from pipeline.store import JobStore
 from pipeline.tiling import (
     Grid,
@@ -159,7 +160,10 @@ class RegionWorker:
         try:
             self._view = self._open(job)
             if isinstance(task, EstimateTask):
-                return self.estimate(task.frames)
+                scores = self.estimate(task.frames)
+                if degradation_mode(job.config.model, self.layout.frames > 1) != "shot":
+                    return scores
+                return {"scores": scores, "signatures": self.signatures(task.frames)}
             return self._process(task)
         except Exception as exc:
             where = (
@@ -189,6 +193,13 @@ class RegionWorker:
             with torch.inference_mode():
                 out[i] = self.upscaler.estimate_degradation(crops_t.contiguous()).numpy()
         return out
+
+    def signatures(self, frames: tuple[int, ...]) -> np.ndarray:
+        """(n, K) shot signatures of these LR frames (pipeline/shots.py)."""
+        low, span, _ = self._range()
+        return np.stack(
+            [frame_signature(to_unit(np.asarray(self.input[f]), low, span), 1.0) for f in frames]
+        )
 
     def _range(self) -> tuple[float, float, bool]:
         text = self.config.model.value_range

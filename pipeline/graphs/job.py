@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from pipeline import stopping
 from pipeline.conditioning import Conditioning
-from pipeline.config import parse_degradation
+from pipeline.config import degradation_mode, parse_degradation
 from pipeline.errors import JobFailed, UserError, cause
 from pipeline.plan import Plan
 from pipeline.progress import Progress
@@ -176,6 +176,15 @@ class JobGraph:
         window = cfg.degradation_window if plan.is_video else 0
         self.cond: Conditioning | None = None
         self._cond_args = (self.frames, plan.model.needs_degradation, window, fixed)
+        self._cond_kwargs = {
+            "mode": degradation_mode(cfg, plan.is_video),
+            "max_shot": self.max_shot_frames(),
+            "threshold": cfg.shot_threshold,
+        }
+
+    def max_shot_frames(self) -> int:
+        """The longest shot shot-mode conditioning may wait for (video: its window)."""
+        return self.frames
 
     def finished_frames(self) -> set[int]:
         """Frames whose output is final whatever their flags say (encoded video)."""
@@ -257,7 +266,7 @@ class JobGraph:
     def start_conditioning(self) -> None:
         if self.cond is None:
             assert self.store is not None
-            self.cond = Conditioning(self.store, *self._cond_args)
+            self.cond = Conditioning(self.store, *self._cond_args, **self._cond_kwargs)
 
     def arrived(self, frames: range) -> None:
         """These frames' pixels are in the store: estimate what is missing, then

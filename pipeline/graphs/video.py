@@ -45,6 +45,12 @@ class VideoGraph(JobGraph):
         longest = max(b - a for a, b in self.plan.segments)
         return (encoders + 2) * longest
 
+    def max_shot_frames(self) -> int:
+        """A shot is closed once it spans the decode window less one segment: its end
+        must be visible while its first segment is the oldest not yet encoded."""
+        longest = max(b - a for a, b in self.plan.segments)
+        return max(1, self.window_frames() - longest)
+
     def finished_frames(self) -> set[int]:
         encoded = self.store.encoded_mask()
         return {f for i, (a, b) in enumerate(self.plan.segments) if encoded[i] for f in range(a, b)}

@@ -12,7 +12,8 @@ Every array and attribute of a job store is declared here (DESIGN.md section 3):
   ``segments/<i>.seg`` is committed; the segment's frames are then freed (unless
   ``video.keep_frames``) and a resume never redoes it;
 - ``degradation_raw`` and ``degradation`` (T, 2) float32: S3Diff's estimated and final
-  per-frame scores (only for models conditioned on them);
+  per-frame scores (only for models conditioned on them); ``shot_signatures`` (T, K)
+  and ``shot`` (T,): shot-mode conditioning's frame signatures and shot indices;
 - ``pyramid/<level>`` (h, w, C): the image pyramid above level 0 (level 0 is ``output``);
 - ``progress.json``: the driver's progress record, for ``status``;
 - attributes: the format version, the job spec and the layout. Resume is
@@ -278,6 +279,28 @@ class JobStore:
                     fill_value=float("nan"),
                 )
         return self.group["degradation_raw"], self.group["degradation"]
+
+    def shot_arrays(self) -> tuple[zarr.Array, zarr.Array]:
+        """(signatures (T, K) float32, NaN until known; shot (T,) int32, each frame's
+        shot index, -1 until its shot is decided): shot-mode conditioning's state, made
+        on first use; a resume finds the same shots from the same signatures."""
+        from pipeline.shots import SIGNATURE_LEN
+
+        frames = self.layout.frames
+        if "shot_signatures" not in self.group:
+            self.group.create_array(
+                "shot_signatures",
+                shape=(frames, SIGNATURE_LEN),
+                dtype="float32",
+                chunks=(min(frames, 4096), SIGNATURE_LEN),
+                fill_value=float("nan"),
+            )
+        if "shot" not in self.group:
+            self.group.create_array(
+                "shot", shape=(frames,), dtype="int32", chunks=(min(frames, 65536),),
+                fill_value=-1,
+            )  # fmt: skip
+        return self.group["shot_signatures"], self.group["shot"]
 
     def has_degradation(self) -> bool:
         return "degradation" in self.group
