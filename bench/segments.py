@@ -167,8 +167,8 @@ def end_to_end_table(width: int, height: int, frames: int) -> None:
                     "--model", "bicubic", "--scale", "2", "--crf", "18", "--preset",
                     "veryfast", "--overwrite", "--quiet"])  # fmt: skip
     code = (
-        "import sys; sys.path.insert(0, %r); from bench.video import loop_baseline; "
-        "loop_baseline(%r, %r, '18', 'veryfast')" % (str(ROOT), str(src), str(out_l))
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from bench.video import "
+        f"loop_baseline; loop_baseline({str(src)!r}, {str(out_l)!r}, '18', 'veryfast')"
     )
     loop = measure([sys.executable, "-c", code])
     print(f"\nEnd to end, {width}x{height} -> {2 * width}x{2 * height}, {frames} frames, "
