@@ -31,6 +31,9 @@ def build_qc_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, help="the job's tile overlap, LR px")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write flicker.png, seams.png")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument(
+        "--seam-every", type=int, default=5, metavar="N", help="seams on every Nth frame (5)"
+    )
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -45,6 +48,7 @@ def qc_command(argv: Sequence[str]) -> int:
         tile_px=args.tile if args.tile is not None else spec.default_tile_px,
         overlap_px=args.overlap if args.overlap is not None else spec.default_overlap_px,
         max_frames=args.max_frames,
+        seam_every=args.seam_every,
     )
     report, plots = measure(args.source, args.output, opts)
     if args.plots is not None:

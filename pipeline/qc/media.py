@@ -2,7 +2,8 @@
 
 Any pair works, not only this pipeline's outputs: PNG/JPEG/TIFF by extension (shown
 orientation applied, as the pipeline does), anything else through PyAV. Frames come out
-as RGB float32 in [0, 1] with their display time.
+as RGB HxWx3 arrays in their stored depth (uint8 / uint16; float32 in [0, 1] for float
+TIFFs) with their display time.
 """
 
 from __future__ import annotations
@@ -23,17 +24,20 @@ def is_image(path: Path) -> bool:
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
-    """HxW / HxWxC (1-4 channels) -> HxWx3 float32: grey repeated, alpha dropped."""
+    """HxW / HxWxC (1-4 channels) -> HxWx3 uint8/uint16 (others: float32 [0, 1]): grey
+    repeated, alpha dropped."""
     if image.ndim == 2:
         image = image[..., None]
     image = image[..., :3] if image.shape[2] >= 3 else image[..., :1]
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
-    return np.ascontiguousarray(to_float(image))
+    if image.dtype not in (np.uint8, np.uint16):
+        image = to_float(image)
+    return np.ascontiguousarray(image)
 
 
 def read_image(path: Path) -> np.ndarray:
-    """The whole image as shown, HxWx3 float32 [0, 1]."""
+    """The whole image as shown, HxWx3 (see ``_rgb``)."""
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
@@ -71,7 +75,7 @@ def video_size(path: Path) -> tuple[int, int]:
 
 
 def iter_video(path: Path) -> Iterator[tuple[float, np.ndarray]]:
-    """(time_s, HxWx3 float32 [0, 1]) per frame of the first video stream, display order.
+    """(time_s, HxWx3 uint8 or uint16) per frame of the first video stream, display order.
     Decoding is threaded; only the current frame is held."""
     import av
 
@@ -81,4 +85,4 @@ def iter_video(path: Path) -> Iterator[tuple[float, np.ndarray]]:
         for frame in c.decode(stream):
             deep = frame.format.components[0].bits > 8
             rgb = frame.to_ndarray(format="rgb48le" if deep else "rgb24")
-            yield (float(frame.time) if frame.time is not None else float("nan")), to_float(rgb)
+            yield (float(frame.time) if frame.time is not None else float("nan")), rgb

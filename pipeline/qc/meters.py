@@ -31,18 +31,17 @@ class FlickerMeter:
         self.prev: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.frames: list[tuple[int, float, float, float, float]] = []  # idx, t, out, ref, valid
 
-    def update(
-        self, index: int, time_s: float, src: np.ndarray, out: np.ndarray, ref: np.ndarray
-    ) -> None:
-        """Grey float32 frames: ``src`` LR, ``out`` and ``ref`` at output size."""
+    def update(self, index: int, time_s: float, pair: metrics.FramePair) -> None:
+        src, out, ref = pair.src_grey, pair.out_grey, pair.ref_grey
         if self.prev is not None:
             p_src, p_out, p_ref = self.prev
             back = self.flow(src, p_src)
             fwd = self.flow(p_src, src)
             mask = metrics.consistent_mask(back, fwd)
             flow_hr, mask_hr = metrics.upscale_flow(back, mask, self.scale)
-            e_out = metrics.warp_error(p_out, out, flow_hr, mask_hr)
-            e_ref = metrics.warp_error(p_ref, ref, flow_hr, mask_hr)
+            maps = metrics.warp_maps(flow_hr)
+            e_out = metrics.warp_error(p_out, out, maps, mask_hr)
+            e_ref = metrics.warp_error(p_ref, ref, maps, mask_hr)
             self.frames.append((index, time_s, e_out, e_ref, float(mask.mean())))
         self.prev = (src, out, ref)
 
@@ -84,17 +83,14 @@ class SeamMeter:
         self.heat_hw = (max(1, h * scale // cell), max(1, w * scale // cell))
         self.heat = {"out": np.zeros(self.heat_hw), "ref": np.zeros(self.heat_hw)}
 
-    def update(self, out: np.ndarray, ref: np.ndarray) -> None:
-        """Grey float32 frames at output size."""
+    def update(self, pair: metrics.FramePair) -> None:
         cv2 = metrics.cv2_module()
-        for key, img in (("out", out), ("ref", ref)):
-            cols, rows = metrics.gradient_profiles(img)
-            self.cols[key] += cols
-            self.rows[key] += rows
-            dx = np.diff(img, axis=1)[:-1] ** 2
-            dy = np.diff(img, axis=0)[:, :-1] ** 2
-            cells = cv2.resize(dx + dy, self.heat_hw[::-1], interpolation=cv2.INTER_AREA)
-            self.heat[key] += cells
+        for key, img in (("out", pair.out_grey), ("ref", pair.ref_grey)):
+            dx2, dy2 = metrics.gradient_energy(img)
+            self.cols[key] += dx2.sum(axis=0, dtype=np.float64)
+            self.rows[key] += dy2.sum(axis=1, dtype=np.float64)
+            both = dx2[:-1] + dy2[:, :-1]
+            self.heat[key] += cv2.resize(both, self.heat_hw[::-1], interpolation=cv2.INTER_AREA)
 
     def heat_map(self) -> np.ndarray:
         """log2(output energy / reference energy) per cell (HxW float)."""
@@ -149,22 +145,16 @@ class FidelityMeter:
     def __init__(self) -> None:
         self.frames: list[tuple[int, float, float, float, float, float]] = []
 
-    def update(
-        self, index: int, time_s: float, src: np.ndarray, out: np.ndarray, ref: np.ndarray
-    ) -> None:
-        """RGB float32: ``src`` LR, ``out`` and ``ref`` at output size."""
-        size = src.shape[:2]
-        down_out = metrics.area_downscale(out, size)
-        down_ref = metrics.area_downscale(ref, size)
-        g_src = metrics.to_grey(src)
+    def update(self, index: int, time_s: float, pair: metrics.FramePair) -> None:
+        src, g_src = pair.src, pair.src_grey
         self.frames.append(
             (
                 index,
                 time_s,
-                metrics.psnr(down_out, src),
-                metrics.ssim(metrics.to_grey(down_out), g_src),
-                metrics.psnr(down_ref, src),
-                metrics.ssim(metrics.to_grey(down_ref), g_src),
+                metrics.psnr(pair.out_down, src),
+                metrics.ssim(metrics.to_grey(pair.out_down), g_src),
+                metrics.psnr(pair.ref_down, src),
+                metrics.ssim(metrics.to_grey(pair.ref_down), g_src),
             )
         )
 
