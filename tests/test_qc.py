@@ -208,3 +208,19 @@ def test_cli_json_and_errors(clips, tmp_path):
     assert_one_line_error(bad, 2, "not an integer upscale")
     missing = run_cli("qc", tmp_path / "nope.mp4", clips["source"])
     assert_one_line_error(missing, 2, "no such file")
+
+
+@pytest.mark.unit
+def test_frame_count_mismatch_and_kind_mismatch(clips, tmp_path):
+    up = [bicubic_reference(f, SCALE) for f in texture_frames()]
+    short = write_clip(tmp_path / "short.mp4", up[:8])
+    report = measure(clips["source"], short, OPTS)[0]
+    assert report["frames"] == 8 and report["frame_counts_differ"] is True
+    assert report["longer"] == "source"
+    assert measure(clips["source"], clips["bicubic"], OPTS)[0]["frame_counts_differ"] is False
+    from PIL import Image
+
+    png = tmp_path / "still.png"
+    Image.fromarray(up[0]).save(png)
+    with pytest.raises(UserError, match="one is an image, the other a video"):
+        measure(clips["source"], png, OPTS)

@@ -9,6 +9,7 @@ the table, JSON and plots; ``measure`` here runs them over a pair of files.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,23 +49,37 @@ def _check_grid(opts: QcOptions) -> None:
         )
 
 
-def measure(source: Path, output: Path, opts: QcOptions) -> tuple[dict, dict]:
-    """Compare ``output`` with ``source``. Returns (report dict, plot data)."""
-    _check_grid(opts)
-    started = time.perf_counter()
+def _paired(a: Iterator, b: Iterator, tail: dict) -> Iterator[tuple]:
+    """Items of ``a`` and ``b`` side by side up to the shorter; at the end ``tail`` says
+    which one had frames left (``longer``: "source", "output" or None)."""
+    while True:
+        x, y = next(a, None), next(b, None)
+        if x is None or y is None:
+            tail["longer"] = "source" if x is not None else "output" if y is not None else None
+            return
+        yield x, y
+
+
+def _open(source: Path, output: Path, tail: dict):
+    """(kind, source HxW, output HxW, scale, iterator of ((t, src), (t, out)) pairs)."""
     if media.is_image(source) != media.is_image(output):
         raise UserError(f"{source} and {output}: one is an image, the other a video")
     if media.is_image(source):
         src, out = media.read_image(source), media.read_image(output)
         scale = detect_scale(src.shape[:2], out.shape[:2])
-        pairs = iter([((0.0, src), (0.0, out))])
-        kind, src_hw, out_hw = "image", src.shape[:2], out.shape[:2]
-    else:
-        src_hw, out_hw = media.video_size(source), media.video_size(output)
-        scale = detect_scale(src_hw, out_hw)
-        # stops at the shorter stream; frame_counts_differ below says so
-        pairs = zip(media.iter_video(source), media.iter_video(output), strict=False)
-        kind = "video"
+        return "image", src.shape[:2], out.shape[:2], scale, iter([((0.0, src), (0.0, out))])
+    src_hw, out_hw = media.video_size(source), media.video_size(output)
+    scale = detect_scale(src_hw, out_hw)
+    pairs = _paired(media.iter_video(source), media.iter_video(output), tail)
+    return "video", src_hw, out_hw, scale, pairs
+
+
+def measure(source: Path, output: Path, opts: QcOptions) -> tuple[dict, dict]:
+    """Compare ``output`` with ``source``. Returns (report dict, plot data)."""
+    _check_grid(opts)
+    started = time.perf_counter()
+    tail: dict = {}  # filled when a video pair runs to the end of the shorter file
+    kind, src_hw, out_hw, scale, pairs = _open(source, output, tail)
     flicker = FlickerMeter(scale) if kind == "video" else None
     seams = SeamMeter(src_hw, scale, opts.tile_px, opts.overlap_px)
     fidelity = FidelityMeter()
@@ -97,8 +112,9 @@ def measure(source: Path, output: Path, opts: QcOptions) -> tuple[dict, dict]:
         "elapsed_s": round(elapsed, 3),
         "fps": round(n / elapsed, 2) if elapsed > 0 else None,
     }
-    if kind == "video":
-        report["frame_counts_differ"] = _count_frames(source) != _count_frames(output)
+    if kind == "video":  # None: not known (stopped at --max-frames)
+        report["longer"] = tail.get("longer")
+        report["frame_counts_differ"] = tail["longer"] is not None if tail else None
     plots = {
         "flicker_series": flicker.series() if flicker is not None else [],
         "heat_map": seams.heat_map(),
@@ -107,12 +123,3 @@ def measure(source: Path, output: Path, opts: QcOptions) -> tuple[dict, dict]:
         "output_hw": tuple(out_hw),
     }
     return report, plots
-
-
-def _count_frames(path: Path) -> int:
-    """Decoded-frame count by demuxing only (packets of the first video stream)."""
-    import av
-
-    with av.open(str(path)) as c:
-        s = c.streams.video[0]
-        return sum(1 for p in c.demux(s) if p.size)

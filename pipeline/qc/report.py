@@ -47,7 +47,10 @@ def table(report: dict) -> str:
         + (f" worst: {worst}" if report["kind"] == "video" else "")
     )
     if report.get("frame_counts_differ"):
-        lines.append("  warning: source and output have different frame counts")
+        lines.append(
+            f"  warning: frame counts differ ({report['longer']} is longer); "
+            f"compared the first {report['frames']}"
+        )
     return "\n".join(lines)
 
 
