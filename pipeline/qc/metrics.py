@@ -42,7 +42,8 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
         return rgb
     if rgb.shape[2] == 1:
         return rgb[..., 0]
-    return cv2_module().cvtColor(np.ascontiguousarray(rgb[..., :3]), 6)  # COLOR_RGB2GRAY
+    cv2 = cv2_module()
+    return cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
