@@ -224,3 +224,15 @@ def test_frame_count_mismatch_and_kind_mismatch(clips, tmp_path):
     Image.fromarray(up[0]).save(png)
     with pytest.raises(UserError, match="one is an image, the other a video"):
         measure(clips["source"], png, OPTS)
+
+
+@pytest.mark.unit
+def test_stride_measures_a_sample_of_pairs(clips):
+    opts = QcOptions(tile_px=TILE, overlap_px=OVERLAP, stride=3)
+    noise = measure(clips["source"], clips["noise"], opts)[0]
+    assert noise["frames"] == 12 and noise["stride"] == 3
+    assert noise["flicker"]["pairs"] == 3  # (2, 3), (5, 6), (8, 9)
+    assert sorted(w["frame"] for w in noise["flicker"]["worst"]) == [3, 6, 9]
+    assert noise["flicker"]["ratio"] > 5
+    bic = measure(clips["source"], clips["bicubic"], opts)[0]
+    assert 0.8 < bic["flicker"]["ratio"] < 1.25

@@ -25,7 +25,11 @@ class QcOptions:
     max_frames: int | None = None  # stop after this many frames (None: all)
     # Seams sit at fixed positions, so a sample of frames measures them as well as all
     # of them; every 5th frame (from frame 0) saves a third of the per-frame work.
-    seam_every: int = 5
+    seam_every: int = 5  # counted in measured frames
+    # Measure the frame pairs (k*stride - 1, k*stride) only; the other frames are decoded
+    # but not converted or measured. 1: every pair. For a long film, where decoding
+    # both files is the floor.
+    stride: int = 1
 
 
 def detect_scale(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
@@ -40,8 +44,9 @@ def detect_scale(src_hw: tuple[int, int], out_hw: tuple[int, int]) -> int:
 
 
 def _check_grid(opts: QcOptions) -> None:
-    if opts.seam_every < 1:
-        raise UserError(f"--seam-every {opts.seam_every}: need a whole number >= 1")
+    for name, value in (("--seam-every", opts.seam_every), ("--stride", opts.stride)):
+        if value < 1:
+            raise UserError(f"{name} {value}: need a whole number >= 1")
     if opts.tile_px < 1 or not 0 <= opts.overlap_px < opts.tile_px:
         raise UserError(
             f"--tile {opts.tile_px} --overlap {opts.overlap_px}: need tile >= 1 and "
@@ -60,7 +65,7 @@ def _paired(a: Iterator, b: Iterator, tail: dict) -> Iterator[tuple]:
         yield x, y
 
 
-def _open(source: Path, output: Path, tail: dict):
+def _open(source: Path, output: Path, tail: dict, wanted):
     """(kind, source HxW, output HxW, scale, iterator of ((t, src), (t, out)) pairs)."""
     if media.is_image(source) != media.is_image(output):
         raise UserError(f"{source} and {output}: one is an image, the other a video")
@@ -70,7 +75,7 @@ def _open(source: Path, output: Path, tail: dict):
         return "image", src.shape[:2], out.shape[:2], scale, iter([((0.0, src), (0.0, out))])
     src_hw, out_hw = media.video_size(source), media.video_size(output)
     scale = detect_scale(src_hw, out_hw)
-    pairs = _paired(media.iter_video(source), media.iter_video(output), tail)
+    pairs = _paired(media.iter_video(source, wanted), media.iter_video(output, wanted), tail)
     return "video", src_hw, out_hw, scale, pairs
 
 
@@ -79,20 +84,31 @@ def measure(source: Path, output: Path, opts: QcOptions) -> tuple[dict, dict]:
     _check_grid(opts)
     started = time.perf_counter()
     tail: dict = {}  # filled when a video pair runs to the end of the shorter file
-    kind, src_hw, out_hw, scale, pairs = _open(source, output, tail)
+    stride = opts.stride
+
+    def wanted(i: int) -> bool:  # measured frames and the frames just before them
+        return i % stride in (0, stride - 1)
+
+    kind, src_hw, out_hw, scale, pairs = _open(source, output, tail, wanted)
     flicker = FlickerMeter(scale) if kind == "video" else None
     seams = SeamMeter(src_hw, scale, opts.tile_px, opts.overlap_px)
     fidelity = FidelityMeter()
     n = 0
     for n, ((t, src), (_, out)) in enumerate(pairs, start=1):
-        if src.shape[:2] != tuple(src_hw) or out.shape[:2] != tuple(out_hw):
-            raise UserError(f"frame {n - 1}: size changed mid-stream; qc needs a fixed size")
-        pair = metrics.prepare(src, out, scale)
-        if flicker is not None:
-            flicker.update(n - 1, t, pair)
-        if (n - 1) % opts.seam_every == 0:
-            seams.update(pair)
-        fidelity.update(n - 1, t, pair)
+        i = n - 1
+        if src is None or out is None:
+            pass
+        elif src.shape[:2] != tuple(src_hw) or out.shape[:2] != tuple(out_hw):
+            raise UserError(f"frame {i}: size changed mid-stream; qc needs a fixed size")
+        else:
+            pair = metrics.prepare(src, out, scale)
+            measured = i % stride == 0
+            if flicker is not None:
+                flicker.update(i, t, pair, measure=measured)
+            if measured and (i // stride) % opts.seam_every == 0:
+                seams.update(pair)
+            if measured:
+                fidelity.update(i, t, pair)
         if opts.max_frames and n >= opts.max_frames:
             break
     if n == 0:
@@ -106,6 +122,7 @@ def measure(source: Path, output: Path, opts: QcOptions) -> tuple[dict, dict]:
         "source_size": [int(src_hw[1]), int(src_hw[0])],
         "output_size": [int(out_hw[1]), int(out_hw[0])],
         "frames": n,
+        "stride": stride,
         "flicker": flicker.result() if flicker is not None else None,
         "seams": seams.result(),
         "fidelity": fidelity.result(),

@@ -32,6 +32,13 @@ def build_qc_parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", type=Path, metavar="DIR", help="write flicker.png, seams.png")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument(
+        "--stride",
+        type=int,
+        default=1,
+        metavar="N",
+        help="measure only frames k*N (against frame k*N-1); the rest are decoded only",
+    )
+    p.add_argument(
         "--seam-every", type=int, default=5, metavar="N", help="seams on every Nth frame (5)"
     )
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -49,6 +56,7 @@ def qc_command(argv: Sequence[str]) -> int:
         overlap_px=args.overlap if args.overlap is not None else spec.default_overlap_px,
         max_frames=args.max_frames,
         seam_every=args.seam_every,
+        stride=args.stride,
     )
     report, plots = measure(args.source, args.output, opts)
     if args.plots is not None:

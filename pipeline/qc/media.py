@@ -8,7 +8,7 @@ TIFFs) with their display time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -74,15 +74,22 @@ def video_size(path: Path) -> tuple[int, int]:
         raise UserError(f"{path}: cannot read it as a video ({exc})") from exc
 
 
-def iter_video(path: Path) -> Iterator[tuple[float, np.ndarray]]:
-    """(time_s, HxWx3 uint8 or uint16) per frame of the first video stream, display order.
+def iter_video(
+    path: Path, wanted: Callable[[int], bool] | None = None
+) -> Iterator[tuple[float, np.ndarray | None]]:
+    """(time_s, HxWx3 uint8 or uint16) per frame of the first video stream, display order;
+    the pixels are None for a frame index ``wanted`` refuses (decoded, not converted).
     Decoding is threaded; only the current frame is held."""
     import av
 
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
-        for frame in c.decode(stream):
+        for i, frame in enumerate(c.decode(stream)):
+            t = float(frame.time) if frame.time is not None else float("nan")
+            if wanted is not None and not wanted(i):
+                yield t, None
+                continue
             deep = frame.format.components[0].bits > 8
             rgb = frame.to_ndarray(format="rgb48le" if deep else "rgb24")
-            yield (float(frame.time) if frame.time is not None else float("nan")), rgb
+            yield t, rgb

@@ -29,11 +29,16 @@ class FlickerMeter:
         self.scale = scale
         self.flow = metrics.FlowEstimator()
         self.prev: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.prev_index = -2
         self.frames: list[tuple[int, float, float, float, float]] = []  # idx, t, out, ref, valid
 
-    def update(self, index: int, time_s: float, pair: metrics.FramePair) -> None:
+    def update(
+        self, index: int, time_s: float, pair: metrics.FramePair, measure: bool = True
+    ) -> None:
+        """Frame ``index``; measured against the previous frame when that was ``index - 1``
+        and ``measure``, else only kept as the previous frame."""
         src, out, ref = pair.src_grey, pair.out_grey, pair.ref_grey
-        if self.prev is not None:
+        if measure and self.prev is not None and self.prev_index == index - 1:
             p_src, p_out, p_ref = self.prev
             back = self.flow(src, p_src)
             fwd = self.flow(p_src, src)
@@ -43,7 +48,7 @@ class FlickerMeter:
             e_out = metrics.warp_error(p_out, out, maps, mask_hr)
             e_ref = metrics.warp_error(p_ref, ref, maps, mask_hr)
             self.frames.append((index, time_s, e_out, e_ref, float(mask.mean())))
-        self.prev = (src, out, ref)
+        self.prev, self.prev_index = (src, out, ref), index
 
     def series(self) -> list[tuple[int, float, float]]:
         """(frame, time_s, ratio) per measured frame; the reference error is floored so a

@@ -17,7 +17,8 @@ def table(report: dict) -> str:
     ow, oh = report["output_size"]
     lines = [
         f"qc {report['kind']}: {w}x{h} -> {ow}x{oh} (x{report['scale']}), "
-        f"{report['frames']} frame(s), {report['fps']} fps",
+        f"{report['frames']} frame(s), {report['fps']} fps"
+        + (f", every {report['stride']}th pair measured" if report.get("stride", 1) > 1 else ""),
     ]
     fl = report.get("flicker")
     if fl:
