@@ -2,7 +2,8 @@
 
 ``run_pipeline.py INPUT -o OUTPUT [...]`` upscales; ``batch MANIFEST`` runs many
 inputs; ``status TARGET`` reads a job's progress; ``sample PATH`` writes a built-in
-synthetic test image; ``weights`` checks S3Diff weights. Errors print as one line and exit non-zero;
+synthetic test image; ``weights`` checks S3Diff weights; ``qc SOURCE OUTPUT`` measures
+flicker, seams and fidelity. Errors print as one line and exit non-zero;
 ``--debug`` shows the traceback.
 """
 
@@ -143,6 +144,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _weights([a for a in argv[1:] if a != "--debug"])
         if argv and argv[0] == "status":
             return _status(argv[1:])
+        if argv and argv[0] == "qc":  # pipeline/qc: flicker, seams, fidelity of an output
+            from pipeline.qc.command import qc_command
+
+            return qc_command(argv[1:])
         if argv and argv[0] == "submit":  # pipeline/submit.py: run it as a Ray Job
             from pipeline.submit import main as submit_main
 
