@@ -5,6 +5,7 @@
 #   call 2: carry bench/_data/gpu_bundle/part2  ->  bash bench/gpu_pipeline.sh
 # Each call unpacks what it finds into /tmp/site (kept while the machine stays warm);
 # call 2 writes full-size random weights and runs bench/gpu_pipeline.py under TOTAL_TIMEOUT.
+# Image only, part 1 alone, one call: IMAGE_ONLY=1 bash bench/gpu_pipeline.sh
 # CPU dry run: DRY=1 SITE=<unpacked sites, ':'-joined> PYTHON=<interpreter> bash bench/gpu_pipeline.sh
 set -u
 OUT=${OUT:-bench/_data/gpu_pipeline_out}
@@ -28,9 +29,11 @@ if [ -z "${SITE:-}" ]; then
     SITE=/tmp/site
 fi
 export PYTHONPATH="$PWD:$SITE" PYTHONUNBUFFERED=1
-"$PY" - <<'EOF' || { echo "bundle incomplete: run call 1 (part1) and call 2 (part2) back to back"; [ "${STAGE_ONLY:-0}" = 1 ] && exit 0; exit 1; }
-import importlib
-for m in ("torch", "ray", "zarr", "numcodecs", "diffusers", "peft", "av"):
+MODS="torch ray zarr numcodecs diffusers peft av"
+[ "${IMAGE_ONLY:-0}" = 1 ] && MODS="${MODS% av}" && set -- --skip a "$@"
+MODS=$MODS "$PY" - <<'EOF' || { echo "bundle incomplete: run call 1 (part1) and call 2 (part2) back to back"; [ "${STAGE_ONLY:-0}" = 1 ] && exit 0; exit 1; }
+import importlib, os
+for m in os.environ["MODS"].split():
     mod = importlib.import_module(m)
     print(f"{m} {getattr(mod, '__version__', '?')}", end="; ")
 print()
