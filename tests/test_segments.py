@@ -235,6 +235,10 @@ def test_kill_while_encoding_redoes_only_unencoded_segments(tmp_path, ray_local)
     done_before = len(flagged)
     before = _segment_files(url)
     assert 2 <= done_before < 8 and len(before) >= done_before
+    status = run_cli("status", out)
+    assert status.returncode == 0, status.stderr
+    assert f"segments encoded: {done_before}/8" in status.stdout, status.stdout
+    assert "scratch in use:" in status.stdout
 
     final = run_cli(*args)
     assert final.returncode == 0, final.stderr
