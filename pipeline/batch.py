@@ -211,6 +211,19 @@ class _Report:
             os.replace(tmp, self.path)
 
 
+def _make_parent(output: str) -> None:
+    """A batch creates its outputs' missing folders (``out/{stem}_x4.tif``), as batch
+    tools do; a single run refuses a missing folder instead (a typo stays visible)."""
+    from pipeline.storage import is_remote
+
+    if is_remote(output):
+        return  # object stores have no folders
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder of {output}: {exc.strerror}") from None
+
+
 def _plan_items(items, preset, overrides, base_set, overwrite, reports):
     """Plans for the items that will run; the others get their report status here."""
     from pipeline.plan import plan_job
@@ -227,6 +240,7 @@ def _plan_items(items, preset, overrides, base_set, overwrite, reports):
                 report.status = "skipped"
                 report.error = "output exists (finished earlier); --overwrite redoes it"
                 continue
+            _make_parent(item.output)
             plans[i] = plan_job(item.input, item.output, cfg, overwrite)
             report.store = plans[i].store_url
         except UserError as exc:

@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipeline.arguments import build_batch_parser, build_parser, job_overrides
+from pipeline.arguments import build_batch_parser, build_parser, job_overrides, program_name
 from pipeline.config import load_config
 from pipeline.errors import JobFailed, UserError
 from pipeline.quiet import set_quiet
@@ -51,7 +51,7 @@ def _sample(argv: Sequence[str]) -> int:
     from pipeline.sample import write_sample
 
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py sample", description="write the built-in synthetic test image"
+        prog=program_name("sample"), description="write the built-in synthetic test image"
     )
     p.add_argument("path", help="where to write it (.png or .tif)")
     p.add_argument("--size", default="640x480", help="WIDTHxHEIGHT (default 640x480)")
@@ -119,7 +119,7 @@ def _status(argv: Sequence[str]) -> int:
     from pipeline.status import status_command
 
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py status",
+        prog=program_name("status"),
         description="progress of a job from its store (works after the driver died), a "
         "batch report, or a Ray job id",
     )
