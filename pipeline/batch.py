@@ -28,11 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from pipeline import stopping
 from pipeline.config import load_config
 from pipeline.errors import JobFailed, UserError, cause
+from pipeline.progress_bar import open_bar
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +290,7 @@ def run_batch(
             if checked[key]:
                 reports[i].status, reports[i].error = "failed", checked[key]
         runnable = [i for i in plans if reports[i].status == "pending"]
-        bar = tqdm(total=total, unit="region", desc="batch", disable=not progress)
+        bar = open_bar(total, unit="region", desc="batch", enabled=progress)
 
         def count(n: int) -> None:
             bar.update(n)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pipeline.arguments import build_batch_parser, build_parser, job_overrides, program_name
 from pipeline.config import load_config
 from pipeline.errors import JobFailed, UserError
+from pipeline.progress_bar import BarLogHandler
 from pipeline.quiet import set_quiet
 from pipeline.stopping import Terminated, install_sigterm_handler
 
@@ -28,7 +29,8 @@ WEIGHTS_COMMAND = "workers.s3diff.command"  # main(argv) -> exit code
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    handler = BarLogHandler(sys.stderr)  # messages above the progress bar, not on it
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
     if not debug:
         for noisy in ("ray", "filelock", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -24,6 +24,7 @@ from pipeline.config import parse_degradation
 from pipeline.errors import JobFailed, UserError, cause
 from pipeline.plan import Plan
 from pipeline.progress import Progress
+from pipeline.progress_bar import open_bar
 from pipeline.publish.files import discard
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
@@ -245,13 +246,12 @@ class JobGraph:
 
     # ------------------------------------------------------------- region stages
     def open_bar(self) -> None:
-        self.bar = tqdm(
-            total=self.regions_total,
+        self.bar = open_bar(
+            self.regions_total,
             initial=self.regions_total - len(self.todo),
             unit="region",
-            dynamic_ncols=True,
             desc="upscale",
-            disable=not self.progress,
+            enabled=self.progress,
         )
 
     def start_conditioning(self) -> None:
