@@ -50,7 +50,8 @@ class BatchItem:
 
 @dataclass
 class ItemReport:
-    """One line of the report. status: done | skipped | failed | terminated | pending."""
+    """One line of the report. status: done | skipped | failed | terminated |
+    interrupted | pending."""
 
     input: str
     output: str
@@ -333,6 +334,8 @@ def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> 
             r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
         elif isinstance(exc, stopping.Terminated):
             r.status, r.error = "terminated", str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            r.status, r.error = "interrupted", "interrupted (Ctrl-C): run the same command to resume"
         elif isinstance(exc, (UserError, JobFailed)):
             r.status, r.error = "failed", str(exc)
         else:  # one item's bug must not stop the others

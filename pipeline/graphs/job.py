@@ -68,6 +68,18 @@ class Summary:
         )
 
 
+def resume_line(
+    regions_done: int, regions_total: int, segments_done: int = 0, segments_total: int = 0
+) -> str | None:
+    """What a resumed job takes over from its store, in one line (None: nothing)."""
+    if not regions_done and not segments_done:
+        return None
+    line = f"resume: {regions_done} of {regions_total} regions done"
+    if segments_total:
+        line += f", {segments_done} of {segments_total} segments encoded"
+    return line
+
+
 def region_failed(store_url: str, task: Any, attempts: int, exc: BaseException) -> JobFailed:
     where = describe(task)
     reason = cause(exc).removeprefix(f"{where} failed: ")
@@ -178,6 +190,13 @@ class JobGraph:
         self.cond: Conditioning | None = None
         self._cond_args = (self.frames, plan.model.needs_degradation, window, fixed)
 
+    def log_resume(self, segments_done: int = 0, segments_total: int = 0) -> None:
+        line = resume_line(
+            self.regions_total - len(self.todo), self.regions_total, segments_done, segments_total
+        )
+        if line:
+            log.info(line)
+
     def finished_frames(self) -> set[int]:
         """Frames whose output is final whatever their flags say (encoded video)."""
         return set()
@@ -216,6 +235,8 @@ class JobGraph:
             self.recorder.finish("done")
         elif isinstance(error, stopping.Terminated):
             self.recorder.finish("terminated", str(error))
+        elif isinstance(error, KeyboardInterrupt):
+            self.recorder.finish("interrupted")
         else:
             self.recorder.finish("failed", cause(error))
             # Nothing worth resuming from a damaged input: leave no store behind.
