@@ -335,7 +335,10 @@ def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> 
         elif isinstance(exc, stopping.Terminated):
             r.status, r.error = "terminated", str(exc)
         elif isinstance(exc, KeyboardInterrupt):
-            r.status, r.error = "interrupted", "interrupted (Ctrl-C): run the same command to resume"
+            r.status, r.error = (
+                "interrupted",
+                "interrupted (Ctrl-C): run the same command to resume",
+            )
         elif isinstance(exc, (UserError, JobFailed)):
             r.status, r.error = "failed", str(exc)
         else:  # one item's bug must not stop the others

@@ -18,7 +18,9 @@ from typing import IO, Any
 from tqdm import tqdm
 
 LINE_EVERY_S = 0.2  # plain lines at most this often (the kill tests read every change)
-LINE_FORMAT = "{desc}: {percentage:3.0f}%| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+LINE_FORMAT = (
+    "{desc}: {percentage:3.0f}%| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+)
 
 
 def is_terminal(stream: IO[str] | None = None) -> bool:

@@ -68,8 +68,7 @@ def format_store_status(s: dict[str, Any]) -> str:
     pct = 100.0 * done / total if total else 0.0
     lines = [f"job store: {s['store']}", f"  state: {s['state']}"]
     explain = {
-        "interrupted": "stopped by Ctrl-C or its driver died: run the same command again "
-        "to resume",
+        "interrupted": "stopped by Ctrl-C or its driver died: run the same command again to resume",
         "stale": "no update for a while from a driver on another host",
         "terminated": "stopped by SIGTERM: run the same command again to resume",
         "failed": "run the same command again once the cause is fixed: it resumes",
