@@ -5,10 +5,21 @@ before sending it to a cluster)."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any
 
 from pipeline.config import FLAGS
 from pipeline.models import MODELS
+
+
+def program_name(sub: str = "") -> str:
+    """The name the user typed (``sr-pipeline`` or ``run_pipeline.py``), for usage lines;
+    ``run_pipeline.py`` when there is none (``python -c``, ``python -m``)."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not name or name in ("-c", "-m", "__main__.py") or name.startswith("python"):
+        name = "run_pipeline.py"
+    return f"{name} {sub}" if sub else name
 
 
 def add_job_options(p: argparse.ArgumentParser) -> None:
@@ -62,7 +73,7 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py",
+        prog=program_name(),
         description="Upscale a video or a gigapixel image on Ray, tiled and blended without "
         "seams, resumable. Subcommands: 'batch MANIFEST' runs many inputs in one job; "
         "'status STORE|OUTPUT|REPORT' shows a job's progress; 'submit' sends a command to "
@@ -84,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_batch_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py batch",
+        prog=program_name("batch"),
         description="Run many inputs in one job over one actor pool. Finished outputs are "
         "skipped and unfinished ones resume, so the command can be repeated (cron). Exit "
         "0 only when every item is done or skipped; 3 when some failed (listed); 75 when "

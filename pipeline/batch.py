@@ -28,11 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from pipeline import stopping
 from pipeline.config import load_config
 from pipeline.errors import JobFailed, UserError, cause
+from pipeline.progress_bar import open_bar
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +50,8 @@ class BatchItem:
 
 @dataclass
 class ItemReport:
-    """One line of the report. status: done | skipped | failed | terminated | pending."""
+    """One line of the report. status: done | skipped | failed | terminated |
+    interrupted | pending."""
 
     input: str
     output: str
@@ -211,6 +211,19 @@ class _Report:
             os.replace(tmp, self.path)
 
 
+def _make_parent(output: str) -> None:
+    """A batch creates its outputs' missing folders (``out/{stem}_x4.tif``), as batch
+    tools do; a single run refuses a missing folder instead (a typo stays visible)."""
+    from pipeline.storage import is_remote
+
+    if is_remote(output):
+        return  # object stores have no folders
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the output folder of {output}: {exc.strerror}") from None
+
+
 def _plan_items(items, preset, overrides, base_set, overwrite, reports):
     """Plans for the items that will run; the others get their report status here."""
     from pipeline.plan import plan_job
@@ -227,6 +240,7 @@ def _plan_items(items, preset, overrides, base_set, overwrite, reports):
                 report.status = "skipped"
                 report.error = "output exists (finished earlier); --overwrite redoes it"
                 continue
+            _make_parent(item.output)
             plans[i] = plan_job(item.input, item.output, cfg, overwrite)
             report.store = plans[i].store_url
         except UserError as exc:
@@ -277,7 +291,7 @@ def run_batch(
             if checked[key]:
                 reports[i].status, reports[i].error = "failed", checked[key]
         runnable = [i for i in plans if reports[i].status == "pending"]
-        bar = tqdm(total=total, unit="region", desc="batch", disable=not progress)
+        bar = open_bar(total, unit="region", desc="batch", enabled=progress)
 
         def count(n: int) -> None:
             bar.update(n)
@@ -320,6 +334,11 @@ def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> 
             r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
         elif isinstance(exc, stopping.Terminated):
             r.status, r.error = "terminated", str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            r.status, r.error = (
+                "interrupted",
+                "interrupted (Ctrl-C): run the same command to resume",
+            )
         elif isinstance(exc, (UserError, JobFailed)):
             r.status, r.error = "failed", str(exc)
         else:  # one item's bug must not stop the others

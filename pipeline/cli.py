@@ -16,9 +16,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from pipeline.arguments import build_batch_parser, build_parser, job_overrides
+from pipeline.arguments import build_batch_parser, build_parser, job_overrides, program_name
 from pipeline.config import load_config
 from pipeline.errors import JobFailed, UserError
+from pipeline.progress_bar import BarLogHandler
 from pipeline.quiet import set_quiet
 from pipeline.stopping import Terminated, install_sigterm_handler
 
@@ -29,7 +30,8 @@ WEIGHTS_COMMAND = "workers.s3diff.command"  # main(argv) -> exit code
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    handler = BarLogHandler(sys.stderr)  # messages above the progress bar, not on it
+    logging.basicConfig(level=level, format="%(message)s", handlers=[handler])
     if not debug:
         for noisy in ("ray", "filelock", "urllib3"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -52,7 +54,7 @@ def _sample(argv: Sequence[str]) -> int:
     from pipeline.sample import write_sample
 
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py sample", description="write the built-in synthetic test image"
+        prog=program_name("sample"), description="write the built-in synthetic test image"
     )
     p.add_argument("path", help="where to write it (.png or .tif)")
     p.add_argument("--size", default="640x480", help="WIDTHxHEIGHT (default 640x480)")
@@ -120,7 +122,7 @@ def _status(argv: Sequence[str]) -> int:
     from pipeline.status import status_command
 
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py status",
+        prog=program_name("status"),
         description="progress of a job from its store (works after the driver died), a "
         "batch report, or a Ray job id",
     )

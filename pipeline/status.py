@@ -68,7 +68,7 @@ def format_store_status(s: dict[str, Any]) -> str:
     pct = 100.0 * done / total if total else 0.0
     lines = [f"job store: {s['store']}", f"  state: {s['state']}"]
     explain = {
-        "interrupted": "its driver is gone: run the same command again to resume",
+        "interrupted": "stopped by Ctrl-C or its driver died: run the same command again to resume",
         "stale": "no update for a while from a driver on another host",
         "terminated": "stopped by SIGTERM: run the same command again to resume",
         "failed": "run the same command again once the cause is fixed: it resumes",
@@ -113,7 +113,9 @@ def report_status(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def resolve_target(target: str) -> tuple[str, str]:
-    """(kind, location): kind is store | report | job. A store is given directly or
+    """(kind, location): kind is store | report | job | complete (an output with no
+    store beside it: finished, its store removed after success, or run with
+    ``--work-dir``). A store is given directly or
     found beside its output (``OUTPUT.job.zarr``), on disk or on object storage."""
     from pipeline.storage import exists
 
@@ -128,15 +130,19 @@ def resolve_target(target: str) -> tuple[str, str]:
         if JobStore.is_job_store(candidate):
             return "store", candidate
     if exists(base):
-        raise UserError(
-            f"{target} has no job store beside it: finished (its store was removed "
-            "after success), or run with --work-dir: give the store's path"
-        )
+        return "complete", base
     raise UserError(f"{target}: no such job store, output or batch report")
 
 
 def status_command(target: str, address: str | None, as_json: bool) -> tuple[int, str]:
     kind, where = resolve_target(target)
+    if kind == "complete":
+        if as_json:
+            return 0, json.dumps({"output": where, "state": "complete"}, indent=1)
+        return 0, (
+            f"{where} is complete (no job store beside it: finished, or run with "
+            "--work-dir: give the store's path)"
+        )
     if kind == "job" or address:
         try:
             from pipeline.submit import ray_job_status

@@ -4,12 +4,14 @@ The CLI installs the handler; it only sets ``STOP``. Every driver loop waits in 
 slices and checks the flag: the region pool stops handing out work, lets the regions in
 flight finish (their ``done`` flags are written) for up to ``run.term_grace_s``, and then
 every job raises :class:`Terminated`. Temporary outputs are removed, stores stay
-resumable, and the CLI exits with ``Terminated.exit_code``.
+resumable, and the CLI exits with ``Terminated.exit_code``. Ctrl-C (SIGINT) stops at
+once instead: the loop ends every running job as ``interrupted`` and the CLI exits 130.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -44,15 +46,41 @@ def check() -> None:
 
 
 _installed: list[bool] = []
+_interrupts: list[float] = []
+AGAIN = (
+    b"\ninterrupted again: still ending the job (its store stays resumable); "
+    b"a third Ctrl-C quits at once\n"
+)
 
 
 def _handler(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
     request_stop("SIGTERM")
 
 
+def _interrupt(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    """Ctrl-C: the first raises KeyboardInterrupt (the jobs end as ``interrupted``, the
+    CLI exits 130); a second only says so, because a KeyboardInterrupt raised inside the
+    tear-down (a lock's release, Ray's shutdown, joining threads) is what ended runs in
+    ``RuntimeError: release unlocked lock``; a third exits at once (the store is
+    resumable whenever the process dies: a region's flag follows its pixels)."""
+    _interrupts.append(time.monotonic())
+    if len(_interrupts) == 1:
+        raise KeyboardInterrupt
+    if len(_interrupts) == 2:
+        os.write(2, AGAIN)  # not sys.stderr: it may be mid-write in the main thread
+        return
+    os._exit(130)
+
+
+def interrupted() -> bool:
+    return bool(_interrupts)
+
+
 def install_sigterm_handler() -> None:
-    """Main thread only. A second SIGTERM does not kill harder: the grace period holds."""
+    """Main thread only: SIGTERM stops gracefully (a second one does not kill harder:
+    the grace period holds), SIGINT as :func:`_interrupt` says."""
     signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _interrupt)
     _installed.append(True)
 
 
@@ -61,3 +89,4 @@ def reinstall_after_ray_init() -> None:
     back if the CLI installed it."""
     if _installed and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _interrupt)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from pipeline.arguments import program_name
 from pipeline.cluster import PROJECT_ROOT
 from pipeline.errors import UserError
 
@@ -60,7 +61,7 @@ POLL_S = 1.0
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py submit",
+        prog=program_name("submit"),
         usage="run_pipeline.py submit [--address URL] [--follow | --no-wait] [--] "
         "INPUT -o OUTPUT [pipeline options] | batch MANIFEST [batch options]",
         description="Run the pipeline's command line on a Ray cluster as a Ray Job "

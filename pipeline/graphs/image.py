@@ -15,6 +15,7 @@ from pipeline.cluster import cluster_cpus
 from pipeline.graphs.job import JobGraph
 from pipeline.ingest import plan_bands
 from pipeline.probe import ImageInfo
+from pipeline.progress_bar import open_bar
 from pipeline.publish import (
     blocks,
     create_ome_zarr,
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 class ImageGraph(JobGraph):
     def begin(self) -> None:
         super().begin()
+        self.log_resume()
         self.phase = "ingest" if not self.store.ingested_mask().all() else "regions"
         self.started = False
         self.outstanding = 0  # calls of the current ingest/publish step in flight
@@ -88,6 +90,9 @@ class ImageGraph(JobGraph):
                 log.info("publish: %s with %d pyramid level(s)", plan.fmt, len(self.shapes))
                 levels = list(range(1, len(self.shapes)))
             self.steps = [*levels, "write", "rename"]
+            self.bar = open_bar(
+                self._publish_calls(levels), desc="publish", unit="step", enabled=self.progress
+            )
         if self.outstanding:
             return
         step = self.steps.pop(0)
@@ -95,11 +100,22 @@ class ImageGraph(JobGraph):
             self._write()
         elif step == "rename":
             replace_output(self.tmp, plan.output_path)
+            self.bar.close()
             self.done_output = True
         else:
             h, w = self.shapes[step]
             calls = [(plan.store_url, step, *b) for b in blocks(h, w, cfg.tile_px * 4)]
             self._calls(PYRAMID, calls)
+
+    def _publish_calls(self, levels: list[int]) -> int:
+        """The publish bar's length: one step per pyramid block and per writer call (the
+        TIFF and PNG/JPEG writers are one call each, so they count as one step)."""
+        plan, cfg = self.plan, self.plan.config.output
+        n = sum(len(blocks(*self.shapes[level], cfg.tile_px * 4)) for level in levels)
+        if plan.fmt in ("png", "jpeg", "tiff"):
+            return n + 1
+        shard = plan.layout.region_out_px
+        return n + sum(len(blocks(h, w, shard)) for h, w in self.shapes)
 
     def _write(self) -> None:
         plan, cfg, lay = self.plan, self.plan.config.output, self.plan.layout
@@ -138,6 +154,8 @@ class ImageGraph(JobGraph):
 
     def settled_other(self, call: Call, result: Any) -> None:
         self.outstanding -= 1
+        if self.phase == "publish" and self.bar is not None:
+            self.bar.update(1)
 
     def failure_other(self, call: Call, exc: BaseException) -> BaseException:
         if call.stage is INGEST:

@@ -24,6 +24,7 @@ from pipeline.config import degradation_mode, parse_degradation
 from pipeline.errors import JobFailed, UserError, cause
 from pipeline.plan import Plan
 from pipeline.progress import Progress
+from pipeline.progress_bar import open_bar
 from pipeline.publish.files import discard
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
@@ -65,6 +66,18 @@ class Summary:
             f"megapixels ({rate:.1f} MP/s), {self.regions_run}/{self.regions_total} regions "
             f"run{extra} -> {self.output}"
         )
+
+
+def resume_line(
+    regions_done: int, regions_total: int, segments_done: int = 0, segments_total: int = 0
+) -> str | None:
+    """What a resumed job takes over from its store, in one line (None: nothing)."""
+    if not regions_done and not segments_done:
+        return None
+    line = f"resume: {regions_done} of {regions_total} regions done"
+    if segments_total:
+        line += f", {segments_done} of {segments_total} segments encoded"
+    return line
 
 
 def region_failed(store_url: str, task: Any, attempts: int, exc: BaseException) -> JobFailed:
@@ -186,6 +199,13 @@ class JobGraph:
         """The longest shot shot-mode conditioning may wait for (video: its window)."""
         return self.frames
 
+    def log_resume(self, segments_done: int = 0, segments_total: int = 0) -> None:
+        line = resume_line(
+            self.regions_total - len(self.todo), self.regions_total, segments_done, segments_total
+        )
+        if line:
+            log.info(line)
+
     def finished_frames(self) -> set[int]:
         """Frames whose output is final whatever their flags say (encoded video)."""
         return set()
@@ -224,6 +244,8 @@ class JobGraph:
             self.recorder.finish("done")
         elif isinstance(error, stopping.Terminated):
             self.recorder.finish("terminated", str(error))
+        elif isinstance(error, KeyboardInterrupt):
+            self.recorder.finish("interrupted")
         else:
             self.recorder.finish("failed", cause(error))
             # Nothing worth resuming from a damaged input: leave no store behind.
@@ -254,13 +276,12 @@ class JobGraph:
 
     # ------------------------------------------------------------- region stages
     def open_bar(self) -> None:
-        self.bar = tqdm(
-            total=self.regions_total,
+        self.bar = open_bar(
+            self.regions_total,
             initial=self.regions_total - len(self.todo),
             unit="region",
-            dynamic_ncols=True,
             desc="upscale",
-            disable=not self.progress,
+            enabled=self.progress,
         )
 
     def start_conditioning(self) -> None:

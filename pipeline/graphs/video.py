@@ -80,10 +80,7 @@ class VideoGraph(JobGraph):
             plan.store_url,
             self.segments_done,
         )
-        if self.segments_done:
-            log.info(
-                "resume: %d of %d segment(s) already encoded", self.segments_done, len(segments)
-            )
+        self.log_resume(self.segments_done, len(segments))
         self.recorder.stage("upscale")
         self.recorder.segments(self.segments_done, self.segments_total)
         self.open_bar()

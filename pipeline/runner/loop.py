@@ -95,16 +95,23 @@ class Loop:
         can hold a graph back (a batch waits for a model change). Returns when every
         started graph has ended; graphs not started by a stop are left alone."""
         pending = deque(graphs)
-        while pending or self.running:
-            while pending and len(self.running) < active and not stopping.STOP.is_set():
-                if may_start is not None and not may_start(pending[0], self.running):
-                    break
-                self._begin(pending.popleft())
-            if not self.running:
-                if stopping.STOP.is_set() or not pending:
-                    break
-                continue
-            self._step()
+        try:
+            while pending or self.running:
+                while pending and len(self.running) < active and not stopping.STOP.is_set():
+                    if may_start is not None and not may_start(pending[0], self.running):
+                        break
+                    self._begin(pending.popleft())
+                if not self.running:
+                    if stopping.STOP.is_set() or not pending:
+                        break
+                    continue
+                self._step()
+        except KeyboardInterrupt as exc:
+            # Ctrl-C: every running job ends as interrupted (flags kept, store unlocked,
+            # temporaries removed); the caller exits 130.
+            for graph in list(self.running):
+                self._end(graph, exc)
+            raise
 
     def _begin(self, graph: Graph) -> None:
         try:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.arguments import program_name
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="run_pipeline.py weights",
+        prog=program_name("weights"),
         description="check an S3Diff weights directory, or convert its pickles to "
         "safetensors (sd-turbo/ from Hugging Face stabilityai/sd-turbo, s3diff.pkl and "
         "de_net.pth from zhangap/S3Diff)",
