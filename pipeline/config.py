@@ -36,6 +36,7 @@ FLAGS = {
     "model.name": "--model",
     "model.scale": "--scale",
     "model.batch_size": "--batch-size",
+    "model.weights": "--weights",
     "tiling.tile_px": "--tile",
     "tiling.overlap_px": "--overlap",
     "run.actors": "--actors",

@@ -49,7 +49,7 @@ def resolve_weights_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
         root = default_cache_dir()
         if not root.is_dir():
             raise UserError(
-                "no S3Diff weights found: set model.weights (--set model.weights=DIR) or "
+                "no S3Diff weights found: pass --weights DIR, set "
                 f"${WEIGHTS_ENV}, or download them: {download_hint(root)}"
             )
         return root
