@@ -269,3 +269,26 @@ def test_prompt_embeds_from_text_encoder_then_safetensors_only(tmp_path):
     ):
         if "prompt_embeds" not in name:
             assert torch.equal(a, b), name
+
+
+@pytest.mark.model
+def test_bad_weights_are_refused_before_a_local_ray_starts(tmp_path, monkeypatch):
+    """A local run checks the weights in this process, before Ray would start."""
+    import numpy as np
+    from PIL import Image
+
+    import pipeline.run as run
+    from pipeline.config import load_config
+
+    def no_ray(address):
+        raise AssertionError("Ray was started before the weights check")
+
+    monkeypatch.setattr(run, "ray_runtime", no_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((16, 16, 3), 100, np.uint8)).save(src)
+    root = make_weights_dir(tmp_path)
+    (root / "de_net.pth").unlink()
+    cfg = load_config(set_items=["model.name=s3diff", f"model.weights={root}"])
+    with pytest.raises(UserError, match="S3Diff weights are not usable: .*de_net"):
+        run.run_job(str(src), str(tmp_path / "out.png"), cfg, progress=False)
