@@ -14,7 +14,11 @@ from pipeline.models import MODELS
 def add_job_options(p: argparse.ArgumentParser) -> None:
     """Options shared by a single job and a batch."""
     p.add_argument("--config", help="YAML preset (see configs/)")
-    p.add_argument("--model", choices=sorted(MODELS), help="upscaler (default: bicubic)")
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        help="upscaler (default: s3diff when its weights are found, else bicubic)",
+    )
     p.add_argument(
         "--weights",
         metavar="DIR",
