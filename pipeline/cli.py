@@ -42,7 +42,8 @@ def default_model(
     module_name, function = FIND_WEIGHTS.split(":")
     found = getattr(importlib.import_module(module_name), function)(cfg.model.weights)
     if found or cfg.model.weights:
-        log.info("model: s3diff (weights: %s; --model bicubic for plain bicubic)", found)
+        where = found or cfg.model.weights
+        log.info("model: s3diff (weights: %s; --model bicubic for plain bicubic)", where)
         return {**overrides, "model.name": "s3diff"}
     log.info("model: bicubic (for S3Diff: 'run_pipeline.py weights download', or --weights DIR)")
     return overrides
