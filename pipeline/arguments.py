@@ -25,7 +25,17 @@ def program_name(sub: str = "") -> str:
 def add_job_options(p: argparse.ArgumentParser) -> None:
     """Options shared by a single job and a batch."""
     p.add_argument("--config", help="YAML preset (see configs/)")
-    p.add_argument("--model", choices=sorted(MODELS), help="upscaler (default: bicubic)")
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        help="upscaler (default: s3diff when its weights are found, else bicubic)",
+    )
+    p.add_argument(
+        "--weights",
+        metavar="DIR",
+        help="S3Diff weights directory (default: $S3DIFF_WEIGHTS, then the caches; "
+        "see 'weights download')",
+    )
     p.add_argument("--scale", type=int, help="upscale factor (default 4)")
     p.add_argument("--tile", type=int, help="tile size in input pixels (model default)")
     p.add_argument("--overlap", type=int, help="tile overlap in input pixels (model default)")

@@ -265,7 +265,7 @@ def run_batch(
     import numpy as np
 
     from pipeline.cluster import ray_runtime
-    from pipeline.run import check_weights
+    from pipeline.run import checks_here
 
     reports = [ItemReport(i.input, i.output, overrides=list(i.set_items)) for i in items]
     report = _Report(report_path, reports)
@@ -278,18 +278,12 @@ def run_batch(
     if any(p.config.run.runner == "local" for p in plans.values()):
         raise UserError("batch runs on Ray; run.runner=local is for single jobs")
     total = sum(p.layout.frames * int(np.prod(p.layout.regions)) for p in plans.values())
+    here = checks_here(cfg)
+    if here:  # the workers' machine is this one: refuse before a local Ray starts
+        _check_weights(plans, reports)
     with ray_runtime(cfg.run.address):
-        checked: dict[str, str | None] = {}
-        for i, plan in plans.items():
-            key = repr(plan.config.model)
-            if key not in checked:
-                try:
-                    check_weights(plan)
-                    checked[key] = None
-                except UserError as exc:
-                    checked[key] = str(exc)
-            if checked[key]:
-                reports[i].status, reports[i].error = "failed", checked[key]
+        if not here:
+            _check_weights(plans, reports)
         runnable = [i for i in plans if reports[i].status == "pending"]
         bar = open_bar(total, unit="region", desc="batch", enabled=progress)
 
@@ -304,6 +298,23 @@ def run_batch(
             bar.close()
     report.save()
     return reports
+
+
+def _check_weights(plans: dict[int, Any], reports: list[ItemReport]) -> None:
+    """Fail the items whose model's weights are not usable (checked once per model)."""
+    from pipeline.run import check_weights
+
+    checked: dict[str, str | None] = {}
+    for i, plan in plans.items():
+        key = repr(plan.config.model)
+        if key not in checked:
+            try:
+                check_weights(plan)
+                checked[key] = None
+            except UserError as exc:
+                checked[key] = str(exc)
+        if checked[key]:
+            reports[i].status, reports[i].error = "failed", checked[key]
 
 
 def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> None:

@@ -15,9 +15,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from pipeline.arguments import build_batch_parser, build_parser, job_overrides, program_name
-from pipeline.config import load_config
+from pipeline.config import chooses_model, load_config
 from pipeline.errors import JobFailed, UserError
 from pipeline.progress_bar import BarLogHandler
 from pipeline.quiet import set_quiet
@@ -26,6 +27,28 @@ from pipeline.stopping import Terminated, install_sigterm_handler
 log = logging.getLogger("pipeline")
 
 WEIGHTS_COMMAND = "workers.s3diff.command"  # main(argv) -> exit code
+# (model.weights) -> where S3Diff's weights are, or None; a path lookup, no torch.
+FIND_WEIGHTS = "workers.s3diff.locations:find_weights"
+
+
+def default_model(
+    preset: str | None, overrides: dict[str, Any], set_items: Sequence[str]
+) -> dict[str, Any]:
+    """``overrides``, plus ``model.name=s3diff`` when no model was chosen and S3Diff's
+    weights are given or found (flag, $S3DIFF_WEIGHTS, the caches); says which in one
+    line. The lookup runs here, on the driver: with ``--address`` the cluster's
+    workers must have the weights where this machine finds them."""
+    if chooses_model(preset, overrides, set_items):
+        return overrides
+    cfg = load_config(preset, overrides, list(set_items))
+    module_name, function = FIND_WEIGHTS.split(":")
+    found = getattr(importlib.import_module(module_name), function)(cfg.model.weights)
+    if found or cfg.model.weights:
+        where = found or cfg.model.weights
+        log.info("model: s3diff (weights: %s; --model bicubic for plain bicubic)", where)
+        return {**overrides, "model.name": "s3diff"}
+    log.info("model: bicubic (for S3Diff: 'run_pipeline.py weights download', or --weights DIR)")
+    return overrides
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -89,7 +112,9 @@ def _batch(argv: Sequence[str]) -> int:
     _setup_logging(args.debug, args.quiet)
     items = read_manifest(args.manifest, args.output_pattern)
     overrides = job_overrides(args)
-    cfg = load_config(args.config, overrides, args.set)  # bad options fail before any item
+    load_config(args.config, overrides, args.set)  # bad options fail before any item
+    overrides = default_model(args.config, overrides, args.set)
+    cfg = load_config(args.config, overrides, args.set)
     from pipeline.cluster import join_address
 
     if not join_address(cfg.run.address):  # $RAY_ADDRESS: joins (a submitted batch)
@@ -159,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _batch(argv[1:])
         args = build_parser().parse_args(argv)
         _setup_logging(args.debug, args.quiet)
-        cfg = load_config(args.config, job_overrides(args), args.set)
+        overrides = job_overrides(args)
+        load_config(args.config, overrides, args.set)  # bad options fail first
+        cfg = load_config(args.config, default_model(args.config, overrides, args.set), args.set)
         from pipeline.cluster import join_address
 
         if not join_address(cfg.run.address):  # $RAY_ADDRESS: joins (a submitted job)

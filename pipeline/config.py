@@ -36,6 +36,7 @@ FLAGS = {
     "model.name": "--model",
     "model.scale": "--scale",
     "model.batch_size": "--batch-size",
+    "model.weights": "--weights",
     "tiling.tile_px": "--tile",
     "tiling.overlap_px": "--overlap",
     "run.actors": "--actors",
@@ -347,6 +348,23 @@ def load_config(
         cfg = _apply(cfg, section, key, _scalar(raw))
     validate(cfg)
     return cfg
+
+
+def chooses_model(
+    preset: str | Path | None,
+    overrides: dict[str, Any] | None = None,
+    set_items: list[str] | tuple[str, ...] = (),
+) -> bool:
+    """Whether the preset, a flag or a ``--set`` item names the model (call it after
+    :func:`load_config` accepted the same arguments)."""
+    if "model.name" in (overrides or {}):
+        return True
+    if any(item.split("=", 1)[0].strip() == "model.name" for item in set_items):
+        return True
+    if preset is None:
+        return False
+    data = yaml.safe_load(Path(preset).read_text()) or {}
+    return "name" in (data.get("model") or {})
 
 
 def _named(key: str) -> str:

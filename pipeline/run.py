@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from typing import Any
 
-from pipeline.cluster import ray_runtime
+from pipeline.cluster import join_address, ray_runtime
 from pipeline.config import JobConfig
 from pipeline.errors import UserError
 from pipeline.graphs.image import ImageGraph
@@ -92,8 +92,12 @@ def run_job(
     plan = plan_job(input_path, output_path, cfg, overwrite)
     log_probe(plan)
     local = plan.config.run.runner == "local"
-    with nullcontext() if local else ray_runtime(plan.config.run.address):
+    here = checks_here(plan.config)
+    if here:  # the workers' machine is this one: refuse before a local Ray starts
         check_weights(plan)
+    with nullcontext() if local else ray_runtime(plan.config.run.address):
+        if not here:
+            check_weights(plan)
         graph = graph_for(plan, restart=restart, progress=progress, t0=t0)
         run_graphs([graph], plan.config)
     if graph.error is not None:
@@ -102,10 +106,18 @@ def run_job(
     return graph.summary
 
 
+def checks_here(cfg: JobConfig) -> bool:
+    """Whether the workers run on this machine (``run.runner=local`` or a private local
+    Ray), so that checks of their files can run in this process before Ray starts."""
+    return cfg.run.runner == "local" or join_address(cfg.run.address) is None
+
+
 def weights_problems(plan: Plan) -> list[str]:
-    """The weights check, run where the workers run (they need the weights there)."""
+    """The weights check, run where the workers run (they need the weights there): in
+    this process for a local run (it imports torch here), else as a task on the
+    cluster, which must be up."""
     weights = plan.config.model.weights
-    if plan.config.run.runner == "local":
+    if checks_here(plan.config):
         return call_by_name(WEIGHTS_CHECK, weights)
     import ray
 

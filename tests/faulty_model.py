@@ -14,6 +14,7 @@ test can "fix the model" between two runs of the same job. Keys, all optional:
 ``poison``         "raise" | "exit" | "hang": what a tile with the poison pixel does
 ``once``           only the first poisoned call misbehaves (a marker file records it)
 ``oom_above``      batches with more tiles than this raise ``torch.OutOfMemoryError``
+``estimate_oom_above``  the same for degradation-estimate calls with more crops
 ``log``            a file that gets one line per call: ``pid tiles poisoned outcome``
 
 ``register(monkeypatch)`` adds the two specs to ``pipeline.models.MODELS`` for one test;
@@ -115,7 +116,18 @@ class FaultyUpscaler:
             return False
 
     def estimate_degradation(self, crops_nchw: torch.Tensor) -> torch.Tensor:
-        return self.inner.estimate_degradation(crops_nchw)
+        control = self._control()
+        n = crops_nchw.shape[0]
+        limit = control.get("estimate_oom_above")
+        if limit is not None and n > limit:
+            self._log(control, n, False, "estimate_oom")
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (injected: {n} crops, more than {limit} fit)"
+            )
+        out = self.inner.estimate_degradation(crops_nchw)
+        if limit is not None:
+            self._log(control, n, False, "estimate_ok")
+        return out
 
     def upscale(
         self, tiles_nchw: torch.Tensor, conditioning: torch.Tensor | None = None

@@ -1,5 +1,6 @@
 """The command line as a user runs it: real subprocess, real local Ray started by the CLI."""
 
+import os
 import struct
 import subprocess
 import sys
@@ -11,6 +12,13 @@ import tifffile
 from PIL import Image
 
 from tests.helpers import ROOT, assert_one_line_error, launch_cli, run_cli
+
+
+def fresh_env(tmp_path, **extra):
+    """This environment without any S3Diff weights in reach (a fresh machine)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "S3DIFF_"))}
+    env.update(HF_HOME=str(tmp_path / "hf"), XDG_CACHE_HOME=str(tmp_path / "cache"), **extra)
+    return env
 
 
 @pytest.mark.integration
@@ -31,8 +39,10 @@ def test_sample_then_upscale_end_to_end(tmp_path):
         "16",
         "--set",
         "store.region_out_px=256",
+        env=fresh_env(tmp_path),
     )
     assert run.returncode == 0, run.stderr
+    assert "model: bicubic (for S3Diff: 'run_pipeline.py weights download'" in run.stderr
     assert "done in" in run.stdout and str(out) in run.stdout
     assert "upscale" in run.stderr and "region" in run.stderr  # progress bar and stages
     assert tifffile.imread(out).shape == (400, 600, 3)
@@ -95,6 +105,20 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.integration
+def test_default_model_is_s3diff_when_its_weights_are_found(tmp_path):
+    png = tmp_path / "in.png"
+    Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(png)
+    weights = ROOT / "tests" / "data" / "golden" / "weights"
+    env = fresh_env(tmp_path, S3DIFF_WEIGHTS=str(weights))
+    local = ("--set", "run.runner=local")
+    run = run_cli(png, "-o", tmp_path / "o.png", *local, env=env)
+    assert run.returncode == 0, run.stderr
+    assert f"model: s3diff (weights: {weights};" in run.stderr
+    chosen = run_cli(png, "-o", tmp_path / "b.png", "--model", "bicubic", *local, env=env)
+    assert chosen.returncode == 0 and "model: " not in chosen.stderr, chosen.stderr
+
+
 @pytest.mark.unit
 def test_presets_load():
     from pipeline.config import load_config
@@ -108,7 +132,7 @@ def test_driver_package_does_not_import_torch():
     modules = sorted(
         ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
         for p in (ROOT / "pipeline").rglob("*.py")
-    ) + ["workers.region_worker"]
+    ) + ["workers.region_worker", "workers.s3diff.locations"]  # the latter: find_weights
     code = (
         "import sys\n"
         f"for m in {modules!r}: __import__(m)\n"

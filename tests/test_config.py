@@ -73,6 +73,13 @@ def test_coercion_follows_the_field_types():
     assert cfg.model.device == "0"
 
 
+def test_weights_flag_sets_model_weights(tmp_path):
+    from pipeline.arguments import build_parser, job_overrides
+
+    args = build_parser().parse_args(["in.png", "-o", "out.png", "--weights", str(tmp_path)])
+    assert load_config(None, job_overrides(args)).model.weights == str(tmp_path)
+
+
 @pytest.mark.parametrize(
     "item, message",
     [

@@ -437,6 +437,28 @@ def test_out_of_memory_in_tiny_s3diff_video_keeps_every_frame(tmp_path, ray_loca
 
 
 @pytest.mark.integration
+def test_out_of_memory_in_the_estimate_halves_the_crop_batch(tmp_path, faulty):
+    """The degradation estimate backs off like the upscale: an injected OOM on two
+    crops halves the crop batch, and the stored scores match a run without faults."""
+    control, log = faulty
+    ctl = control(inner="s3diff", inner_weights=str(WEIGHTS), estimate_oom_above=1)
+    src = tmp_path / "in.png"
+    Image.fromarray(synth_image(130, 256)).save(src)  # two 128 px estimate crops
+    geometry = {"scale": 2, "tile": 128, "overlap": 32, "keep": True}
+    common = {"run__runner": "local", **geometry}
+    clean_cfg = make_config(model__name="s3diff", model__weights=str(WEIGHTS), **common)
+    oom_cfg = make_config(model__name="faulty_s3diff", model__weights=str(ctl), **common)
+    scores = []
+    for name, cfg in (("clean.png", clean_cfg), ("oom.png", oom_cfg)):
+        run_job(str(src), str(tmp_path / name), cfg, progress=False)
+        url = default_store_url(str(src), str(tmp_path / name), None)
+        scores.append(JobStore.open(url, mode="r").array("degradation")[...])
+    np.testing.assert_allclose(scores[0], scores[1], atol=1e-6)
+    calls = [(t, o) for _, t, _, o in fm.read_log(log) if o.startswith("estimate")]
+    assert calls == [(2, "estimate_oom"), (1, "estimate_ok"), (1, "estimate_ok")], calls
+
+
+@pytest.mark.integration
 def test_out_of_memory_with_one_tile_fails_the_region_with_advice(tmp_path, ray_local, faulty):
     control, _ = faulty
     ctl = control(oom_above=0)

@@ -269,3 +269,53 @@ def test_prompt_embeds_from_text_encoder_then_safetensors_only(tmp_path):
     ):
         if "prompt_embeds" not in name:
             assert torch.equal(a, b), name
+
+
+@pytest.mark.model
+def test_bad_weights_are_refused_before_a_local_ray_starts(tmp_path, monkeypatch):
+    """A local run checks the weights in this process, before Ray would start."""
+    import numpy as np
+    from PIL import Image
+
+    import pipeline.run as run
+    from pipeline.config import load_config
+
+    def no_ray(address):
+        raise AssertionError("Ray was started before the weights check")
+
+    monkeypatch.setattr(run, "ray_runtime", no_ray)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    src = tmp_path / "in.png"
+    Image.fromarray(np.full((16, 16, 3), 100, np.uint8)).save(src)
+    root = make_weights_dir(tmp_path)
+    (root / "de_net.pth").unlink()
+    cfg = load_config(set_items=["model.name=s3diff", f"model.weights={root}"])
+    with pytest.raises(UserError, match="S3Diff weights are not usable: .*de_net"):
+        run.run_job(str(src), str(tmp_path / "out.png"), cfg, progress=False)
+
+
+@pytest.mark.unit
+def test_hub_cache_is_the_last_place_looked(tmp_path, monkeypatch):
+    """Without a directory, the Hugging Face cache's two snapshots are used in place."""
+    from workers.s3diff.locations import find_weights, resolve_weights
+
+    monkeypatch.delenv("S3DIFF_WEIGHTS", raising=False)
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert find_weights(None) is None
+    snapshots = {}
+    for repo in ("stabilityai/sd-turbo", "zhangap/S3Diff"):
+        folder = tmp_path / "hf" / "hub" / ("models--" + repo.replace("/", "--"))
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text("c0ffee")
+        snapshots[repo] = folder / "snapshots" / "c0ffee"
+        snapshots[repo].mkdir(parents=True)
+    paths = resolve_weights(None)
+    assert paths.root == snapshots["zhangap/S3Diff"]
+    assert paths.unet == snapshots["stabilityai/sd-turbo"] / "unet"
+    assert paths.prompt_embeds == tmp_path / "cache" / "s3diff-sr" / "prompt_embeds.safetensors"
+    assert find_weights(None) is None  # no checkpoint in the snapshot yet
+    (snapshots["zhangap/S3Diff"] / "s3diff.pkl").write_bytes(b"")
+    assert find_weights(None) == str(snapshots["zhangap/S3Diff"])

@@ -285,8 +285,15 @@ def test_every_offered_codec_works_segmented(tmp_path, codec, ext, pix_fmt):
     assert summary.segments_total == 3
     s = probe_summary(out)
     v = video_stream(s)
-    assert v["codec"] in (codec.removeprefix("lib").removesuffix("_ks"), "av1", "libdav1d",
-                          "hevc", "h264", "prores", "ffv1"), v["codec"]
+    assert v["codec"] in (
+        codec.removeprefix("lib").removesuffix("_ks"),
+        "av1",
+        "libdav1d",
+        "hevc",
+        "h264",
+        "prores",
+        "ffv1",
+    ), v["codec"]
     assert v["packets"] == 24 and len(decode_frames(out)) == 24
     if pix_fmt:
         assert v["pix_fmt"] == pix_fmt

@@ -7,7 +7,8 @@ small status dict; pixels never travel through Ray. Torch is imported in the act
 never on the driver.
 
 Out of GPU memory, the worker halves its batch (down to one tile) and redoes that batch;
-the smaller batch stays for the actor's life. A tile that does not fit alone fails the
+the smaller batch stays for the actor's life. The degradation estimate does the same
+with its batch of crops. A tile that does not fit alone fails the
 region with a message saying so: the tile size cannot shrink for one region, because
 every region must use the same global tile grid (DESIGN.md section 4) or seams appear
 and resumed output would differ. The region then goes through the driver's bounded
@@ -94,6 +95,9 @@ class RegionWorker:
             self.upscaler = cls(model)
         # Tiles per model call; halved (for the actor's life) when the GPU runs out.
         self.batch_size = max(1, model.batch_size)
+        # Degradation-estimate crops per model call (None: a frame's crops at once);
+        # halved like ``batch_size`` when the GPU runs out.
+        self.estimate_batch: int | None = None
         self._jobs: dict[str, _JobView] = {}
         self._view: _JobView | None = None
         self.node = current_node()  # reported with each region (pipeline/placement)
@@ -190,8 +194,7 @@ class RegionWorker:
             crops_t = crops_t.permute(0, 3, 1, 2)
             # Colour images as RGB; otherwise the first band, as gray.
             crops_t = crops_t[:, :3] if lay.colour else crops_t[:, :1].expand(-1, 3, -1, -1)
-            with torch.inference_mode():
-                out[i] = self.upscaler.estimate_degradation(crops_t.contiguous()).numpy()
+            out[i] = self._estimate_frame(crops_t.contiguous(), f)
         return out
 
     def signatures(self, frames: tuple[int, ...]) -> np.ndarray:
@@ -200,6 +203,49 @@ class RegionWorker:
         return np.stack(
             [frame_signature(to_unit(np.asarray(self.input[f]), low, span), 1.0) for f in frames]
         )
+
+    def _estimate_frame(self, crops_nchw, frame: int) -> np.ndarray:
+        """The mean scores (2,) of one frame's crops, at most ``estimate_batch`` crops per
+        call; out of memory halves that and redoes the frame's remaining crops."""
+        total = np.zeros(2, np.float64)
+        done = 0
+        while done < len(crops_nchw):
+            step = self.estimate_batch or len(crops_nchw)
+            chunk = crops_nchw[done : done + step]
+            scores = self._estimate_or_shrink(chunk, frame)
+            if scores is None:
+                continue
+            total += scores.astype(np.float64) * len(chunk)  # a mean over the chunk
+            done += len(chunk)
+        return (total / len(crops_nchw)).astype(np.float32)
+
+    def _estimate_or_shrink(self, crops_nchw, frame: int) -> np.ndarray | None:
+        """The mean scores of these crops, or None after an out-of-memory error (the
+        crop batch is halved; the caller retries the same crops)."""
+        import torch
+
+        try:
+            with torch.inference_mode():
+                return self.upscaler.estimate_degradation(crops_nchw).numpy()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(crops_nchw) == 1:
+            raise OutOfMemory(
+                f"out of memory estimating degradation on a single "
+                f"{crops_nchw.shape[-2]}x{crops_nchw.shape[-1]} px crop ({message}); "
+                "free GPU memory"
+            )
+        self.estimate_batch = max(1, len(crops_nchw) // 2)
+        log.warning(
+            "frame %d degradation estimate: out of memory, crop batch now %d",
+            frame,
+            self.estimate_batch,
+        )
+        return None
 
     def _range(self) -> tuple[float, float, bool]:
         text = self.config.model.value_range

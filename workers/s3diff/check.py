@@ -50,13 +50,15 @@ _SD_TURBO_CONFIG = {
 }
 
 
-def check_weights(root: str | os.PathLike[str], full_size: bool | None = None) -> list[str]:
+def check_weights(
+    root: str | os.PathLike[str] | WeightsPaths, full_size: bool | None = None
+) -> list[str]:
     """Every problem of a weights directory, one actionable line each ([] when usable).
 
     ``full_size`` True compares the checkpoints key by key with the published full-size
     files and the SD-Turbo configs; None decides from ``sd-turbo/unet/config.json``.
     """
-    paths = WeightsPaths(Path(root))
+    paths = root if isinstance(root, WeightsPaths) else WeightsPaths(Path(root))
     problems: list[str] = []
     if not paths.root.is_dir():
         return [f"{paths.root} does not exist; download {download_hint(paths.root)}"]

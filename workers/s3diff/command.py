@@ -1,4 +1,4 @@
-"""``run_pipeline.py weights check|convert [DIR]``: the weights subcommand.
+"""``run_pipeline.py weights check|convert|download [DIR]``: the weights subcommand.
 
 The driver's CLI (``pipeline/cli.py``) hands the subcommand's arguments to :func:`main`
 by dotted path, without importing worker code itself. A UserError (e.g. no weights
@@ -16,15 +16,16 @@ from pipeline.arguments import program_name
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=program_name("weights"),
-        description="check an S3Diff weights directory, or convert its pickles to "
-        "safetensors (sd-turbo/ from Hugging Face stabilityai/sd-turbo, s3diff.pkl and "
-        "de_net.pth from zhangap/S3Diff)",
+        description="download S3Diff's weights (Hugging Face stabilityai/sd-turbo and "
+        "zhangap/S3Diff; into the Hugging Face cache, or DIR), check them, or convert a "
+        "directory's pickles to safetensors",
     )
-    p.add_argument("action", choices=["check", "convert"])
+    p.add_argument("action", choices=["check", "convert", "download"])
     p.add_argument(
         "dir",
         nargs="?",
-        help="weights directory (default: $S3DIFF_WEIGHTS, then ~/.cache/s3diff-sr/weights)",
+        help="weights directory (default: $S3DIFF_WEIGHTS, ~/.cache/s3diff-sr/weights, then "
+        "the Hugging Face cache; download: the Hugging Face cache)",
     )
     p.add_argument(
         "--full-size",
@@ -41,14 +42,22 @@ def main(argv: list[str]) -> int:
     # torch loads with these, after parsing, so that --help and usage errors stay quick.
     from workers.s3diff.check import check_weights
     from workers.s3diff.checkpoint import convert_to_safetensors
-    from workers.s3diff.locations import resolve_weights_dir
+    from workers.s3diff.locations import resolve_weights, resolve_weights_dir
 
-    root = resolve_weights_dir(args.dir)
     if args.action == "convert":
-        for path in convert_to_safetensors(root):
+        for path in convert_to_safetensors(resolve_weights_dir(args.dir)):
             print(f"wrote {path}")
         return 0
-    problems = check_weights(root, True if args.full_size else None)
+    if args.action == "download":
+        from pathlib import Path
+
+        from workers.s3diff.download import download_weights
+
+        paths = download_weights(Path(args.dir).expanduser() if args.dir else None)
+    else:
+        paths = resolve_weights(args.dir)
+    root = f"{paths.sd_turbo} and {paths.root}" if paths.sd_turbo_dir else str(paths.root)
+    problems = check_weights(paths, True if args.full_size else None)
     for problem in problems:
         print(f"problem: {problem}")
     if problems:

@@ -62,9 +62,8 @@ from workers.s3diff.degradation import DEResNet
 from workers.s3diff.locations import (
     S3DIFF_REPO,
     SD_TURBO_REPO,
-    WeightsPaths,
     diffusers_variant,
-    resolve_weights_dir,
+    resolve_weights,
 )
 from workers.s3diff.prompts import load_prompt_embeds
 
@@ -455,7 +454,7 @@ class S3Diff(nn.Module):
         """Load from a weights directory (see ``locations.py`` for the layout and lookup)."""
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-        paths = WeightsPaths(resolve_weights_dir(weights_dir))
+        paths = resolve_weights(weights_dir)
         checkpoint = load_s3diff_checkpoint(paths.s3diff)
         de_state = load_de_net_state(paths.de_net)
         positive, negative = load_prompt_embeds(paths)

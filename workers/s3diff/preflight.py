@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pipeline.errors import UserError
 from workers.s3diff.check import check_weights
-from workers.s3diff.locations import resolve_weights_dir
+from workers.s3diff.locations import resolve_weights
 
 
 def weights_problems(weights: str | None) -> list[str]:
     """Every problem of the weights directory ``weights`` resolves to ([] when usable);
     a directory that cannot be found is one problem, not an exception."""
     try:
-        return check_weights(resolve_weights_dir(weights))
+        return check_weights(resolve_weights(weights))
     except UserError as exc:
         return [str(exc)]
