@@ -1,14 +1,11 @@
-"""Encode and publish video: frames from the store, in order, while upscaling goes on.
+"""What the output video can be: container, pixel format, copied streams, timing.
 
-``VideoEncoder`` runs as one Ray actor (or in-process for the local runner). It keeps
-the output container open, encodes frames as the driver reports them done, keeps each
-frame's source pts and duration (VFR stays VFR), copies colour tags and rotation, every
-stream's tags and disposition and the container's tags and chapters (the pieces are in
-``pipeline/streammeta``), and remuxes the audio, subtitle and data streams packet for
-packet, interleaved by time. It writes to a temporary name; the driver renames the file
-only after ``finish`` returns. A
-temporary on an object store is written to a local file on the encoder's node and
-uploaded by ``finish`` (the object appears only when the upload completes).
+Decided on the driver before any work (``plan``): the container from the extension, the
+encoder's pixel format (10-bit in stays 10-bit), which audio/subtitle/data streams the
+container can hold. Used by the segment encoders and the assembly (``segments``,
+``assemble``): the declared frame rate, each frame's real duration, and the lead a
+Matroska output needs so nothing starts before 0 (the stream metadata pieces are in
+``pipeline/streammeta``).
 """
 
 from __future__ import annotations

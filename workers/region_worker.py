@@ -222,17 +222,9 @@ class RegionWorker:
     def _estimate_or_shrink(self, crops_nchw, frame: int) -> np.ndarray | None:
         """The mean scores of these crops, or None after an out-of-memory error (the
         crop batch is halved; the caller retries the same crops)."""
-        import torch
-
-        try:
-            with torch.inference_mode():
-                return self.upscaler.estimate_degradation(crops_nchw).numpy()
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        scores, message = call_or_oom(lambda: self.upscaler.estimate_degradation(crops_nchw))
+        if message is None:
+            return scores.numpy()
         if len(crops_nchw) == 1:
             raise OutOfMemory(
                 f"out of memory estimating degradation on a single "
@@ -366,18 +358,9 @@ class RegionWorker:
     def _upscale_or_shrink(self, tiles_nchw, conditioning, task: RegionTask):
         """The model's output for these tiles, or None after an out-of-memory error
         (the batch size is halved; the caller retries the same tiles)."""
-        import torch
-
-        try:
-            with torch.inference_mode():
-                return self.upscaler.upscale(tiles_nchw, conditioning)
-        except Exception as exc:
-            if not is_out_of_memory(exc):
-                raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        # Outside the except block, so the failed call's tensors can be freed.
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        out, message = call_or_oom(lambda: self.upscaler.upscale(tiles_nchw, conditioning))
+        if message is None:
+            return out
         if self.batch_size == 1:
             raise OutOfMemory(
                 f"out of memory with a single {self.grid.tile_h}x{self.grid.tile_w} px tile "
@@ -393,6 +376,24 @@ class RegionWorker:
             self.batch_size,
         )
         return None
+
+
+def call_or_oom(fn) -> tuple[Any, str | None]:
+    """(fn()'s result, None) under inference mode, or (None, the error's first line)
+    when it ran out of memory, with the device's cached memory freed."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            return fn(), None
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    # Outside the except block, so the failed call's tensors can be freed.
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None, message
 
 
 def model_inputs(image_nchw, colour: bool):

@@ -143,6 +143,7 @@ class JobGraph:
         self.summary: Summary | None = None
         self.done_output = False
         self.store: JobStore | None = None
+        self.store_removed = False  # after success (or a damaged input) without --keep-store
         self.bar: tqdm | None = None
         self._out: list[Call] = []
 
@@ -314,7 +315,7 @@ class JobGraph:
     def settled(self, call: Call, result: Any) -> None:
         if call.stage is self.upscale_stage:
             task = call.address
-            if getattr(self, "store_removed", False):
+            if self.store_removed:
                 return
             self.store.mark_done(task.frame, task.row, task.col)
             if self.error is not None:
