@@ -13,14 +13,12 @@ from __future__ import annotations
 import logging
 from fractions import Fraction
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.storage import av_input
-from pipeline.streammeta import (
-    declared_rate,
-    frame_durations,
-)
+from pipeline.streammeta import declared_rate, frame_durations, kept_disposition
 from pipeline.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -128,6 +126,35 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
                     "use .mkv, or pass --drop-unsupported to leave it out"
                 )
     return keep
+
+
+def check_dispositions(
+    info: VideoInfo, out_path: str, streams: Sequence[int], drop_unsupported: bool
+) -> None:
+    """Refuse (or, when asked, warn about) a disposition of the video stream or of a
+    copied stream ``streams`` that the output container cannot hold."""
+    fmt = container_format(out_path)
+    for index in (info.video_index, *streams):
+        src = source_stream(info, index)
+        _, lost = kept_disposition(int(src.get("disposition") or 0), src["type"], fmt)
+        if not lost:
+            continue
+        flags = ", ".join(n.replace("_", "-") for n in lost)
+        what = f"stream #{index} ({src['type']}) is marked {flags}"
+        if drop_unsupported:
+            log.warning("%s, which %s cannot hold: written without it", what, fmt)
+            continue
+        value = int(src["disposition"])
+        can = [
+            ext
+            for ext, other in ((".mkv", "matroska"), (".mp4", "mp4"))
+            if other != fmt and not kept_disposition(value, src["type"], other)[1]
+        ]
+        hint = f"use {' or '.join(can)}, or " if can else ""
+        raise UserError(
+            f"{what}, which {Path(out_path).suffix} cannot hold; "
+            f"{hint}pass --drop-unsupported to write it without"
+        )
 
 
 def source_stream(info: VideoInfo, index: int) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import JobConfig, resolve_model_defaults
-from pipeline.encode import CONTAINERS, choose_pix_fmt, remux_streams
+from pipeline.encode import CONTAINERS, check_dispositions, choose_pix_fmt, remux_streams
 from pipeline.errors import UserError
 from pipeline.models import ModelSpec, get_spec
 from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
@@ -159,6 +159,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             raise UserError(f"{src} is a video; give a video output (.mp4 .mkv .mov)")
         pix_fmt = choose_pix_fmt(v.codec, info.pix_fmt, v.pix_fmt)
         remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
+        check_dispositions(info, str(out), remux, v.drop_unsupported)
         target = segment_target_frames(info, v.segment_s, v.segment_frames)
         segments = tuple(plan_segments(info, target, v.segment_max_frames or 4 * target))
         side = max(info.height, info.width) * scale

@@ -63,12 +63,71 @@ def stream_tags_for(tags: Mapping[str, str], out_format: str) -> dict[str, str]:
     return out
 
 
+# The dispositions each output container reads back as written (FFmpeg's muxers and
+# demuxers; tests/test_video_metadata.py checks this table against them). Others are
+# lost on the way: refused at plan time, or left out on request (--drop-unsupported).
+# MP4/MOV also mark the first track of a kind default when none is (the track-enabled
+# flag), and MP4 reads hearing-impaired/visual-impaired back with their aliases
+# captions/descriptions as well.
+KEPT_DISPOSITIONS: dict[str, dict[str, frozenset[str]]] = {
+    "matroska": {
+        "audio": frozenset(
+            {"default", "dub", "original", "comment", "forced", "hearing_impaired",
+             "visual_impaired"}
+        ),  # fmt: skip
+        "subtitle": frozenset(
+            {"default", "dub", "original", "comment", "forced", "hearing_impaired",
+             "visual_impaired", "descriptions"}
+        ),  # fmt: skip
+    },
+    "mp4": {
+        kind: frozenset(
+            {"default", "dub", "comment", "forced", "hearing_impaired", "visual_impaired",
+             "captions", "descriptions"}
+        )  # fmt: skip
+        for kind in ("audio", "subtitle")
+    },
+    "mov": {kind: frozenset({"default"}) for kind in ("audio", "subtitle")},
+}
+# Two names for one meaning (MP4 writes both); either one kept keeps the meaning.
+DISPOSITION_ALIASES = {
+    "captions": "hearing_impaired",
+    "hearing_impaired": "captions",
+    "descriptions": "visual_impaired",
+    "visual_impaired": "descriptions",
+}
+
+
+def disposition_names(value: int) -> list[str]:
+    """The flag names set in a disposition value (PyAV's ``Disposition`` names)."""
+    import av
+
+    return [f.name for f in av.stream.Disposition if f.value and value & f.value]
+
+
+def kept_disposition(value: int, stream_type: str, out_format: str) -> tuple[int, list[str]]:
+    """(what of disposition ``value`` ``out_format`` can hold, names of the flags it
+    cannot). Video and data streams are held to the audio row."""
+    import av
+
+    kept = KEPT_DISPOSITIONS[out_format]["subtitle" if stream_type == "subtitle" else "audio"]
+    names = disposition_names(value)
+    held = {n for n in names if n in kept}
+    lost = [n for n in names if n not in held and DISPOSITION_ALIASES.get(n) not in held]
+    bits = 0
+    for n in held:
+        bits |= av.stream.Disposition[n].value
+    return bits, lost
+
+
 def copy_stream_meta(src: Mapping[str, Any], dst: Any, out_format: str) -> None:
     """Give output stream ``dst`` (a PyAV stream, before the header is written) the tags
-    and disposition of source stream ``src`` (a probe entry: ``metadata``, ``disposition``)."""
+    and disposition of source stream ``src`` (a probe entry: ``metadata``, ``disposition``)
+    that ``out_format`` can hold (plan time refused or accepted the rest)."""
     tags = stream_tags_for(content_tags(src.get("metadata") or {}), out_format)
     dst.metadata.update(tags)
-    dst.disposition = int(src.get("disposition") or 0)
+    kind = src.get("type") or "audio"
+    dst.disposition = kept_disposition(int(src.get("disposition") or 0), kind, out_format)[0]
 
 
 def container_tags(metadata: Mapping[str, str]) -> dict[str, str]:

@@ -112,7 +112,15 @@ def read_meta(path: Path) -> dict:
 
 # Source container -> output container. Across containers the subtitle track cannot go
 # (SubRip in MP4, mov_text in Matroska) and is dropped on request.
-PAIRS = [("mkv", "mkv"), ("mp4", "mp4"), ("mov", "mov"), ("mkv", "mp4"), ("mp4", "mkv")]
+# mkv -> mov also leaves out the commentary flag MOV cannot hold (asked for, see below).
+PAIRS = [
+    ("mkv", "mkv"),
+    ("mp4", "mp4"),
+    ("mov", "mov"),
+    ("mkv", "mp4"),
+    ("mp4", "mkv"),
+    ("mkv", "mov"),
+]
 
 
 @pytest.mark.parametrize("src_ext,out_ext", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
@@ -150,6 +158,64 @@ def test_tags_dispositions_and_chapters_survive(tmp_path, src_ext, out_ext):
     assert lines == ffmpeg_stream_lines(reference)
     assert any(line.startswith("Audio (jpn) (default)") for line in lines), lines
     assert ffmpeg_errors(out) == ""
+
+
+def _round_trip(src: Path, fmt: str, kind: str, value: int) -> int:
+    """The disposition a ``fmt`` file made in memory from ``src``'s first ``kind`` stream
+    (and its first packet) set to ``value`` reads back with."""
+    import io
+
+    with av.open(str(src)) as source:
+        stream = next(s for s in source.streams if s.type == kind)
+        buf = io.BytesIO()
+        with av.open(buf, mode="w", format=fmt) as out:
+            copy = out.add_stream_from_template(stream)
+            copy.disposition = value
+            out.start_encoding()
+            packet = next(p for p in source.demux(stream) if p.dts is not None)
+            packet.stream = copy
+            out.mux(packet)
+    with av.open(io.BytesIO(buf.getvalue())) as back:
+        return int(back.streams[0].disposition)
+
+
+def test_kept_dispositions_table_matches_the_muxers(tmp_path):
+    """streammeta.KEPT_DISPOSITIONS says what FFmpeg's muxers keep: every flag, written
+    alone, reads back (or its alias does) exactly when the table says it is kept."""
+    from pipeline.streammeta import DISPOSITION_ALIASES, KEPT_DISPOSITIONS, kept_disposition
+
+    sources = {"matroska": make_tagged_clip(tmp_path / "s.mkv", frames=2)}
+    sources["mp4"] = sources["mov"] = make_tagged_clip(tmp_path / "s.mp4", frames=2)
+    flags = [f for f in D if f.value and f.name != "attached_pic"]
+    for fmt, rows in KEPT_DISPOSITIONS.items():
+        for kind in rows:
+            for flag in flags:
+                back = _round_trip(sources[fmt], fmt, kind, flag.value)
+                alias = DISPOSITION_ALIASES.get(flag.name)
+                kept = bool(back & flag.value) or bool(alias and back & D[alias].value)
+                said = not kept_disposition(flag.value, kind, fmt)[1]
+                assert kept == said, (fmt, kind, flag.name, D(back))
+
+
+def test_disposition_the_output_cannot_hold_is_refused(tmp_path, caplog):
+    from pipeline.errors import UserError
+    from pipeline.plan import plan_job
+
+    src = make_tagged_clip(tmp_path / "src.mkv", subtitles=False)  # audio: default, comment
+    with pytest.raises(UserError) as err:
+        plan_job(str(src), str(tmp_path / "out.mov"), video_cfg(), overwrite=False)
+    assert str(err.value) == (
+        "stream #1 (audio) is marked comment, which .mov cannot hold; use .mkv or .mp4, "
+        "or pass --drop-unsupported to write it without"
+    )
+    cfg = video_cfg(video__drop_unsupported=True)
+    with caplog.at_level("WARNING"):
+        plan_job(str(src), str(tmp_path / "out.mov"), cfg, overwrite=False)
+    assert "stream #1 (audio) is marked comment, which mov cannot hold" in caplog.text
+    # mp4 holds it: no refusal, no warning.
+    caplog.clear()
+    plan_job(str(src), str(tmp_path / "out.mp4"), video_cfg(), overwrite=False)
+    assert "cannot hold" not in caplog.text
 
 
 def test_tags_survive_on_ray(tmp_path, ray_local):
