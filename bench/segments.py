@@ -5,7 +5,8 @@ Three tables, each with its baseline measured in the same run:
 
 1. Peak scratch (the job store's size, sampled every 0.2 s while the CLI runs) for a
    clip and a 4x longer one, segmented (frames freed once their segment is encoded,
-   decode bounded by the window) next to the old behaviour (every frame kept in the
+   decode bounded by the window; with the default 4 s segments and with 1 s segments,
+   whose window the short clip overfills) next to the old behaviour (every frame kept in the
    store: ``video.keep_frames=true`` with an unbounded window); bytes per frame.
 2. Encode throughput of 1, 2 and 4 encoders on a CPU-bound encode (720p -> 1440p
    libx264): the segments of one stored job encoded by N processes at once
@@ -13,7 +14,7 @@ Three tables, each with its baseline measured in the same run:
 3. End to end: the pipeline CLI against the single-process loop of bench/video.py on
    the same clip and encoder settings.
 
-    python bench/segments.py            # 1280x720 clip, 240 frames (scratch: 320x180)
+    python bench/segments.py            # 1280x720, 120 frames (scratch: 320x180, 240/960)
     python bench/segments.py --quick    # smaller, for a smoke run
 """
 
@@ -85,10 +86,11 @@ def scratch_table(width: int, height: int, frames: int) -> None:
         src = make_clip(DATA / f"scratch_{width}x{height}_{n}.mp4", width, height, n)
         for name, extra in (
             ("segmented", []),
+            ("segmented, 1 s segments", ["--set", "video.segment_s=1"]),
             ("old (all frames kept)", ["--set", "video.keep_frames=true", "--set",
                                        "video.max_frames_in_store=100000000"]),
         ):  # fmt: skip
-            out = DATA / f"scratch_out_{n}_{len(extra)}.mp4"
+            out = DATA / f"scratch_out_{n}_{len(rows)}.mp4"
             store = Path(f"{out}.job.zarr")
             shutil.rmtree(store, ignore_errors=True)
             args = [str(src), "-o", str(out), "--model", "bicubic", "--scale", "2",
@@ -96,16 +98,17 @@ def scratch_table(width: int, height: int, frames: int) -> None:
             r = run_sampled(args, store)
             rows.append((name, n, r))
     print("\nPeak scratch (job store, sampled every 0.2 s), bicubic x2 libx264")
-    print(f"{'run':24} {'frames':>7} {'peak MiB':>9} {'frames MiB':>11} {'segs MiB':>9} "
+    print(f"{'run':26} {'frames':>7} {'peak MiB':>9} {'frames MiB':>11} {'segs MiB':>9} "
           f"{'bytes/frame':>12} {'wall s':>7}")  # fmt: skip
     for name, n, r in rows:
-        print(f"{name:24} {n:7d} {r['total'] / MIB:9.1f} {r['frames'] / MIB:11.1f} "
+        print(f"{name:26} {n:7d} {r['total'] / MIB:9.1f} {r['frames'] / MIB:11.1f} "
               f"{r['segments'] / MIB:9.1f} {r['total'] / n:12.0f} {r['wall_s']:7.1f}"
               + ("" if r["rc"] == 0 else "  FAILED"))  # fmt: skip
-    seg = [r for name, _, r in rows if name == "segmented"]
-    if len(seg) == 2 and seg[0]["frames"]:
-        ratio = seg[1]["frames"] / seg[0]["frames"]
-        print(f"segmented: frame scratch at 4x the length / at 1x = {ratio:.2f}")
+    for kind in ("segmented", "segmented, 1 s segments", "old (all frames kept)"):
+        seg = [r for name, _, r in rows if name == kind]
+        if len(seg) == 2 and seg[0]["frames"]:
+            ratio = seg[1]["frames"] / seg[0]["frames"]
+            print(f"{kind}: frame scratch at 4x the length / at 1x = {ratio:.2f}")
 
 
 def _encode_one(args: tuple) -> float:
