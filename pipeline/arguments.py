@@ -57,7 +57,8 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     v.add_argument(
         "--drop-unsupported",
         action="store_true",
-        help="leave out streams the output container cannot hold",
+        help="leave out streams, cover art, attachments and dispositions the output "
+        "container cannot hold",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument(

@@ -19,7 +19,14 @@ from fractions import Fraction
 from typing import Any
 
 from pipeline.config import VideoConfig
-from pipeline.encode import container_format, matroska_lead, output_durations, source_stream
+from pipeline.encode import (
+    container_format,
+    is_attachment,
+    is_cover,
+    matroska_lead,
+    output_durations,
+    source_stream,
+)
 from pipeline.publish.files import finish_staged, staging_path
 from pipeline.segments import SegmentPackets, pts_offset, read_segment, video_stream
 from pipeline.storage import av_input
@@ -32,6 +39,15 @@ from pipeline.streammeta import (
 from pipeline.video import VideoInfo
 
 log = logging.getLogger(__name__)
+
+# Cover art codec -> (file extension, MIME type) for a Matroska attachment without a name.
+COVER_TYPES = {
+    "png": ("png", "image/png"),
+    "mjpeg": ("jpg", "image/jpeg"),
+    "bmp": ("bmp", "image/bmp"),
+    "webp": ("webp", "image/webp"),
+    "gif": ("gif", "image/gif"),
+}
 
 
 def reorder_delay(pts_in_decode_order: list[int]) -> int:
@@ -67,22 +83,49 @@ class Remuxer:
         import av
 
         self.info, self.out = info, out
+        self.copied = 0
         self.src = av.open(av_input(info.path)) if remux else None
         self.map: dict[int, Any] = {}
+        self.packets: Any = iter(())
         if self.src is not None:
             for idx in remux:
-                stream = out.add_stream_from_template(self.src.streams[idx])
-                copy_stream_meta(source_stream(info, idx), stream, out.format.name)
-                self.map[idx] = stream
-            self.packets = self.src.demux(*[self.src.streams[i] for i in remux])
-        else:
-            self.packets = iter(())
+                entry, stream = source_stream(info, idx), self.src.streams[idx]
+                if out.format.name == "matroska" and (is_cover(entry) or is_attachment(entry)):
+                    self._attach(stream, entry)
+                    continue
+                copy = out.add_stream_from_template(stream)
+                copy_stream_meta(entry, copy, out.format.name)
+                self.map[idx] = copy
+            if self.map:
+                self.packets = self.src.demux(*[self.src.streams[i] for i in self.map])
         self.pending: Any = None
         self.t_start = pts_offset(info) * info.tb
         self.t_end = info.end_pts * info.tb if info.end_pts is not None else None
         self.ranged = info.first > 0 or info.end_pts is not None
         self.shift = self.t_start - lead
-        self.copied = 0
+
+    def _attach(self, stream: Any, entry: dict[str, Any]) -> None:
+        """Copy an attachment, or cover art, as a Matroska attachment (written with the
+        header): its file name, MIME type and bytes."""
+        import av
+
+        meta = entry.get("metadata") or {}
+        if is_attachment(entry):
+            data = bytes(stream.data)
+            name = stream.name or meta.get("filename") or f"attachment{stream.index}"
+            mimetype = stream.mimetype or meta.get("mimetype") or "application/octet-stream"
+        else:  # the picture is the stream's one packet, which demuxing returns first
+            with av.open(av_input(self.info.path)) as src:
+                pic = src.streams[stream.index]
+                packet = next((p for p in src.demux(pic) if p.size), None)
+                if packet is None:
+                    raise RuntimeError(f"cover art stream #{stream.index} has no picture")
+                data = bytes(packet)
+            ext, mime = COVER_TYPES.get(entry.get("codec") or "", ("bin", "image/unknown"))
+            name = meta.get("filename") or f"cover.{ext}"
+            mimetype = meta.get("mimetype") or mime
+        self.out.add_attachment(name, mimetype, data)
+        self.copied += 1
 
     @staticmethod
     def _time(packet: Any) -> Fraction | None:

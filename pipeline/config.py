@@ -182,7 +182,7 @@ class VideoConfig:
     preset: str | None = "medium"
     pix_fmt: str | None = None  # None: follow the source (10-bit stays 10-bit)
     options: str | None = None  # extra encoder options "key=value,key=value"
-    drop_unsupported: bool = False  # leave out streams the output container cannot hold
+    drop_unsupported: bool = False  # leave out what the output container cannot hold
     frames: str | None = None  # "A:B" frame indices to process
     start_s: float | None = None
     end_s: float | None = None

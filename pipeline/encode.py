@@ -1,19 +1,19 @@
 """What the output video can be: container, pixel format, copied streams, timing.
 
 Decided on the driver before any work (``plan``): the container from the extension, the
-encoder's pixel format (10-bit in stays 10-bit), which audio/subtitle/data streams the
-container can hold. Used by the segment encoders and the assembly (``segments``,
-``assemble``): the declared frame rate, each frame's real duration, and the lead a
-Matroska output needs so nothing starts before 0 (the stream metadata pieces are in
-``pipeline/streammeta``).
+encoder's pixel format (10-bit in stays 10-bit), which streams (audio, subtitle, data,
+cover art, attachments) and dispositions the container can hold. Used by the segment
+encoders and the assembly (``segments``, ``assemble``): the declared frame rate, each
+frame's real duration, and the lead a Matroska output needs so nothing starts before 0
+(the stream metadata pieces are in ``pipeline/streammeta``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 from pipeline.errors import UserError
@@ -82,50 +82,100 @@ def _codec_name(stream: Any) -> str:
     return cc.name if cc is not None else "no codec"
 
 
-def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> list[int]:
-    """Indices of the non-video streams to copy; refuses (or drops, when asked) the ones
-    the output container cannot hold. Tried on a throwaway in-memory container."""
-    import io
+ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC: cover art, one picture, no timing
 
+
+def is_cover(entry: dict[str, Any]) -> bool:
+    """A probe entry for cover art (an attached picture: MP4's covr, an image attached to
+    a Matroska file)."""
+    return entry["type"] == "video" and bool(int(entry.get("disposition") or 0) & ATTACHED_PIC)
+
+
+def is_attachment(entry: dict[str, Any]) -> bool:
+    """A probe entry that is a Matroska attachment (fonts for styled subtitles, ...)."""
+    return entry["type"] == "attachment"
+
+
+def timed_streams(info: VideoInfo, remux: Sequence[int]) -> list[int]:
+    """The copied streams that carry timed packets (not cover art, not attachments)."""
+    return [
+        i
+        for i in remux
+        if not (is_cover(source_stream(info, i)) or is_attachment(source_stream(info, i)))
+    ]
+
+
+def _untimed_reason(entry: dict[str, Any], fmt: str, suffix: str) -> str | None:
+    """Why ``fmt`` cannot hold cover art or an attachment (None: it can)."""
+    if is_attachment(entry):
+        if fmt == "matroska":
+            return None
+        return f" cannot be stored in {suffix} (only Matroska has attachments); use .mkv"
+    return (
+        None if fmt in ("matroska", "mp4") else f" cannot be stored in {suffix}; use .mp4 or .mkv"
+    )
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    name = (entry.get("metadata") or {}).get("filename")
+    what = "cover art" if is_cover(entry) else entry["type"]
+    codec = entry.get("codec")
+    return ", ".join(x for x in (what, codec if not is_attachment(entry) else None, name) if x)
+
+
+def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> list[int]:
+    """Indices of the streams besides the video to copy (audio, subtitle, data, cover
+    art, attachments); refuses (or drops, when asked) the ones the output container
+    cannot hold. Timed streams are tried on a throwaway in-memory container."""
     import av
 
     keep = []
     fmt = container_format(out_path)
+    suffix = Path(out_path).suffix
     with av.open(av_input(info.path)) as src:
         for stream in src.streams:
-            if stream.index == info.video_index or stream.type not in ("audio", "subtitle", "data"):
+            if stream.index == info.video_index:
                 continue
-            if stream.discard == av.stream.Discard.all:
+            entry = source_stream(info, stream.index)
+            if stream.type == "video" and not is_cover(entry):
+                reason = " is a second video track, which is not upscaled; it cannot be copied"
+            elif is_cover(entry) or is_attachment(entry):
+                reason = _untimed_reason(entry, fmt, suffix)
+            elif stream.discard == av.stream.Discard.all:
                 continue  # MP4/MOV's chapter text track: carried as the chapters
-            probe = av.open(io.BytesIO(), mode="w", format=fmt)
-            try:
-                probe.add_stream_from_template(stream)
-                probe.start_encoding()
-                ok = True
-            except (av.error.FFmpegError, ValueError, TypeError):
-                ok = False
-            finally:
-                try:
-                    probe.close()
-                except Exception:  # closing a container whose header failed
-                    pass
-            if ok:
-                keep.append(stream.index)
-            elif drop_unsupported:
-                log.warning(
-                    "dropping stream #%d (%s %s): %s cannot hold it",
-                    stream.index,
-                    stream.type,
-                    _codec_name(stream),
-                    fmt,
-                )
+            elif stream.type in ("audio", "subtitle", "data") and _muxer_takes(stream, fmt):
+                reason = None
             else:
-                raise UserError(
-                    f"stream #{stream.index} ({stream.type}, "
-                    f"{_codec_name(stream)}) cannot be stored in {Path(out_path).suffix}; "
-                    "use .mkv, or pass --drop-unsupported to leave it out"
-                )
+                reason = f" cannot be stored in {suffix}; use .mkv"
+            if reason is None:
+                keep.append(stream.index)
+                continue
+            what = f"stream #{stream.index} ({_describe(entry)})"
+            if drop_unsupported:
+                log.warning("dropping %s: it%s", what, reason.split(";")[0])
+                continue
+            raise UserError(f"{what}{reason}, or pass --drop-unsupported to leave it out")
     return keep
+
+
+def _muxer_takes(stream: Any, fmt: str) -> bool:
+    """Whether a ``fmt`` muxer accepts a copy of ``stream`` (an in-memory trial)."""
+    import io
+
+    import av
+
+    probe = av.open(io.BytesIO(), mode="w", format=fmt)
+    try:
+        probe.add_stream_from_template(stream)
+        probe.start_encoding()
+        return True
+    except (av.error.FFmpegError, ValueError, TypeError):
+        return False
+    finally:
+        try:
+            probe.close()
+        except Exception:  # closing a container whose header failed
+            pass
 
 
 def check_dispositions(
@@ -136,6 +186,8 @@ def check_dispositions(
     fmt = container_format(out_path)
     for index in (info.video_index, *streams):
         src = source_stream(info, index)
+        if is_cover(src) or is_attachment(src):
+            continue  # what they are is kept as such, or refused by remux_streams
         _, lost = kept_disposition(int(src.get("disposition") or 0), src["type"], fmt)
         if not lost:
             continue
@@ -218,6 +270,7 @@ def matroska_lead(info: VideoInfo, remux: list[int]) -> Fraction:
     """
     t_start = info.pts[0] * info.tb if info.first > 0 else Fraction(0)
     starts = [info.pts[0] * info.tb - t_start]
-    if remux:
-        starts += first_times(info.path, remux, t_start)
+    timed = timed_streams(info, remux)
+    if timed:
+        starts += first_times(info.path, timed, t_start)
     return max(Fraction(0), -min(starts))

@@ -72,18 +72,41 @@ def stream_tags_for(tags: Mapping[str, str], out_format: str) -> dict[str, str]:
 KEPT_DISPOSITIONS: dict[str, dict[str, frozenset[str]]] = {
     "matroska": {
         "audio": frozenset(
-            {"default", "dub", "original", "comment", "forced", "hearing_impaired",
-             "visual_impaired"}
+            {
+                "default",
+                "dub",
+                "original",
+                "comment",
+                "forced",
+                "hearing_impaired",
+                "visual_impaired",
+            }
         ),  # fmt: skip
         "subtitle": frozenset(
-            {"default", "dub", "original", "comment", "forced", "hearing_impaired",
-             "visual_impaired", "descriptions"}
+            {
+                "default",
+                "dub",
+                "original",
+                "comment",
+                "forced",
+                "hearing_impaired",
+                "visual_impaired",
+                "descriptions",
+            }
         ),  # fmt: skip
     },
     "mp4": {
         kind: frozenset(
-            {"default", "dub", "comment", "forced", "hearing_impaired", "visual_impaired",
-             "captions", "descriptions"}
+            {
+                "default",
+                "dub",
+                "comment",
+                "forced",
+                "hearing_impaired",
+                "visual_impaired",
+                "captions",
+                "descriptions",
+            }
         )  # fmt: skip
         for kind in ("audio", "subtitle")
     },
@@ -111,6 +134,8 @@ def kept_disposition(value: int, stream_type: str, out_format: str) -> tuple[int
     import av
 
     kept = KEPT_DISPOSITIONS[out_format]["subtitle" if stream_type == "subtitle" else "audio"]
+    if stream_type == "video" and out_format == "mp4":
+        kept = kept | {"attached_pic"}  # cover art (MP4's covr); Matroska: an attachment
     names = disposition_names(value)
     held = {n for n in names if n in kept}
     lost = [n for n in names if n not in held and DISPOSITION_ALIASES.get(n) not in held]

@@ -143,9 +143,13 @@ def probe_video(
             f"from the content) and not a readable video ({exc})"
         ) from None
     with container:
-        videos = [s for s in container.streams if s.type == "video"]
+        videos = [
+            s
+            for s in container.streams
+            if s.type == "video" and not s.disposition & av.stream.Disposition.attached_pic
+        ]
         if not videos:
-            raise UserError(f"{p} has no video stream; nothing to upscale")
+            raise UserError(f"{p} has no video stream (cover art is not one); nothing to upscale")
         vs = videos[0]
         cc = vs.codec_context
         if cc.width <= 0 or cc.height <= 0 or cc.format is None:

@@ -22,6 +22,7 @@ import pytest
 from pipeline.run import run_job
 from tests.helpers import make_config
 from tests.video_fixtures import (
+    covers_and_attachments,
     dropped_frame_times,
     make_10bit_hevc_clip,
     make_clip,
@@ -29,6 +30,8 @@ from tests.video_fixtures import (
     make_rotated_clip,
     make_tagged_clip,
     make_vfr_clip,
+    png_bytes,
+    with_cover,
 )
 
 pytestmark = pytest.mark.integration
@@ -216,6 +219,51 @@ def test_disposition_the_output_cannot_hold_is_refused(tmp_path, caplog):
     caplog.clear()
     plan_job(str(src), str(tmp_path / "out.mp4"), video_cfg(), overwrite=False)
     assert "cannot hold" not in caplog.text
+
+
+COVER = png_bytes()
+FONT = ("signs.ttf", "font/ttf", b"not really a font, bytes to carry")
+# (source container, output container): what comes out, or the refusal.
+COVER_RUNS = {
+    ("mp4", "mp4"): ([COVER], {}),
+    ("mp4", "mkv"): ([COVER], {}),
+    ("mkv", "mkv"): ([COVER], {FONT[0]: FONT[1:]}),
+    ("mkv", "mp4"): "stream #3 (attachment, signs.ttf) cannot be stored in .mp4 (only "
+    "Matroska has attachments); use .mkv, or pass --drop-unsupported to leave it out",
+    ("mp4", "mov"): "stream #3 (cover art, png) cannot be stored in .mov; use .mp4 or "
+    ".mkv, or pass --drop-unsupported to leave it out",
+}
+
+
+@pytest.mark.parametrize(
+    "src_ext,out_ext", list(COVER_RUNS), ids=[f"{a}-{b}" for a, b in COVER_RUNS]
+)
+def test_cover_art_and_attachments_survive_or_are_refused(tmp_path, src_ext, out_ext):
+    from pipeline.errors import UserError
+
+    plain = make_tagged_clip(tmp_path / f"plain.{src_ext}", subtitles=False, frames=6)
+    src = with_cover(plain, tmp_path / f"src.{src_ext}", COVER, [FONT])
+    out = tmp_path / f"out.{out_ext}"
+    want = COVER_RUNS[(src_ext, out_ext)]
+    if isinstance(want, str):
+        with pytest.raises(UserError) as err:
+            run_job(str(src), str(out), video_cfg(), progress=False)
+        assert str(err.value) == want
+        assert not out.exists()
+        # Asked to, the job leaves it out and keeps the rest.
+        run_job(str(src), str(out), video_cfg(video__drop_unsupported=True), progress=False)
+        pictures, attached = covers_and_attachments(out)
+        assert attached == {}
+        assert pictures == ([COVER] if out_ext != "mov" else [])
+    else:
+        run_job(str(src), str(out), video_cfg(), progress=False)
+        assert covers_and_attachments(out) == want
+    # The cover is not taken for the video: the picture upscaled is the clip's.
+    with av.open(str(out)) as c:
+        v = next(s for s in c.streams.video if not s.disposition & D.attached_pic)
+        assert (v.width, v.height) == (192, 128)
+        assert sum(1 for _ in c.demux(v) if _.size) == 6
+    assert ffmpeg_errors(out) == ""
 
 
 def test_tags_survive_on_ray(tmp_path, ray_local):

@@ -534,6 +534,77 @@ def make_tagged_clip(
     )
 
 
+def png_bytes(width: int = 8, height: int = 6, value: int = 200) -> bytes:
+    """A small PNG picture (for cover art)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((height, width, 3), value, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def with_cover(src, dst, cover: bytes, attachments: Sequence[tuple[str, str, bytes]] = ()):
+    """Copy ``src`` to ``dst`` packet for packet, adding PNG cover art ``cover`` (MP4:
+    an attached-picture stream, made the first stream so a reader must not take it for
+    the video; Matroska: an image attachment) and, for Matroska, ``attachments`` as
+    (file name, MIME type, bytes). The way ffmpeg's ``-disposition attached_pic`` and
+    ``-attach`` write them."""
+    from PIL import Image
+
+    dst = Path(dst)
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        if dst.suffix == ".mkv":
+            out.add_attachment("cover.png", "image/png", cover)
+            for name, mimetype, data in attachments:
+                out.add_attachment(name, mimetype, data)
+            pic = None
+        else:
+            import io
+
+            width, height = Image.open(io.BytesIO(cover)).size
+            pic = out.add_mux_stream("png", width=width, height=height)
+            pic.time_base = Fraction(1, 90000)
+            pic.disposition = av.stream.Disposition.attached_pic
+        streams = [s for s in source.streams if s.discard != av.stream.Discard.all]
+        copies = {s.index: out.add_stream_from_template(s) for s in streams}  # no chapter track
+        for s in streams:
+            copies[s.index].metadata.update(s.metadata)
+            copies[s.index].disposition = int(s.disposition)
+        out.metadata.update(source.metadata)
+        if source.chapters():
+            out.set_chapters(source.chapters())
+        out.start_encoding()
+        if pic is not None:
+            packet = av.Packet(cover)
+            packet.stream = pic
+            out.mux(packet)
+        for packet in source.demux(*streams):
+            if packet.size == 0:  # the demuxer's end-of-stream packets
+                continue
+            packet.stream = copies[packet.stream_index]
+            out.mux(packet)
+    return dst
+
+
+def covers_and_attachments(path) -> tuple[list[bytes], dict[str, tuple[str, bytes]]]:
+    """(the cover art pictures' bytes, {attachment name: (MIME type, bytes)}) of a file as
+    PyAV reads them (an image attached to a Matroska file reads as cover art)."""
+    pictures, attached = [], {}
+    with av.open(str(path)) as c:
+        for s in c.streams:
+            if s.type == "attachment":
+                attached[s.name] = (s.mimetype, bytes(s.data))
+    with av.open(str(path)) as c:
+        for s in c.streams:
+            if s.type == "video" and s.disposition & av.stream.Disposition.attached_pic:
+                with av.open(str(path)) as again:
+                    packet = next(p for p in again.demux(again.streams[s.index]) if p.size)
+                    pictures.append(bytes(packet))
+    return pictures, attached
+
+
 def make_rotated_clip(
     path,
     rotation: float = 90,
