@@ -16,6 +16,7 @@ from pipeline.config import JobConfig, resolve_model_defaults
 from pipeline.encode import CONTAINERS, check_dispositions, choose_pix_fmt, remux_streams
 from pipeline.errors import UserError
 from pipeline.models import ModelSpec, get_spec
+from pipeline.nodata import GDAL_NODATA, parse_nodata
 from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
 from pipeline.publish import FORMATS, check_output
 from pipeline.samples import has_natural_range
@@ -167,6 +168,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         shard, chunk = shard_geometry(scale, target, cfg.store.chunk_out_px)
         frames = info.frames
         selection = {"first": info.first, "frames": info.frames}
+    nodata_tag = info.geo_tags.get(GDAL_NODATA) if is_image else None
     layout = Layout(
         frames=frames,
         height=info.height,
@@ -177,7 +179,12 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         region_out_px=shard,
         chunk_out_px=chunk,
         **(
-            {"alpha": info.alpha, "rgb": info.rgb, "premultiplied": info.premultiplied}
+            {
+                "alpha": info.alpha,
+                "rgb": info.rgb,
+                "premultiplied": info.premultiplied,
+                "nodata": None if info.palette else parse_nodata(nodata_tag, info.dtype),
+            }
             if is_image
             else {}
         ),

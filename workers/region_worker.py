@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import JobConfig, ModelConfig, degradation_mode, parse_value_range
+from pipeline.nodata import fill_tiles, invalid_mask, mark_output
 from pipeline.placement import current_node
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
 from pipeline.samples import from_unit, sample_range, to_unit
@@ -272,10 +273,12 @@ class RegionWorker:
         bx1 = max(x for _, x in tiles) + g.tile_w
         low, span, bounded = self._range()
         halo = np.asarray(self.input[task.frame, by0:by1, bx0:bx1, :])
+        invalid = invalid_mask(halo, lay.nodata)  # no-data samples (pipeline/nodata.py)
         halo_unit = to_unit(halo, low, span)
         if bounded:  # samples outside model.value_range are its black or white
             np.clip(halo_unit, 0.0, 1.0, out=halo_unit)
         halo_t = torch.from_numpy(halo_unit).permute(2, 0, 1)
+        invalid_t = None if invalid is None else torch.from_numpy(invalid).permute(2, 0, 1)
 
         oy0, ox0 = region.y0 * s, region.x0 * s
         oh, ow = (region.y1 - region.y0) * s, (region.x1 - region.x0) * s
@@ -298,6 +301,14 @@ class RegionWorker:
                     for y, x in coords
                 ]
             )
+            if invalid_t is not None:  # filled from their neighbours, tile by tile
+                holes = torch.stack(
+                    [
+                        invalid_t[:, y - by0 : y - by0 + g.tile_h, x - bx0 : x - bx0 + g.tile_w]
+                        for y, x in coords
+                    ]
+                )
+                lr = torch.from_numpy(fill_tiles(lr.numpy(), holes.numpy()))
             images = model_inputs(lr[:, :n_image], lay.colour)
             if (ph, pw) != (g.tile_h, g.tile_w):
                 images = _pad(images, ph, pw)
@@ -315,6 +326,11 @@ class RegionWorker:
             for (y, x), tile in zip(coords, sr_np, strict=True):
                 accumulate(acc, wsum, tile, self._window(y, x), (y * s, x * s), (oy0, ox0))
         out = from_unit(normalise(acc, wsum), lay.dtype, low, span, bounded)
+        if invalid is not None:  # no data stays no data, pixel for pixel at output scale
+            ry, rx = region.y0 - by0, region.x0 - bx0
+            rows = slice(ry, ry + region.y1 - region.y0)
+            cols = slice(rx, rx + region.x1 - region.x0)
+            mark_output(out, halo[rows, cols], invalid[rows, cols], s)
         self._drop_shard(task)
         self.output[task.frame, oy0 : oy0 + oh, ox0 : ox0 + ow, :] = np.moveaxis(out, 0, -1)
         return {

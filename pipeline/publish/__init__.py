@@ -26,6 +26,7 @@ import numpy as np
 from pipeline.config import OutputConfig
 from pipeline.errors import UserError
 from pipeline.image_meta import ImageMeta
+from pipeline.nodata import GDAL_NODATA, invalid_mask, mean_valid_2x2, parse_nodata
 from pipeline.publish.cog import write_cog
 from pipeline.publish.files import local_target, replace
 from pipeline.publish.metadata import (
@@ -122,8 +123,12 @@ def read_level(store: JobStore, level: int, y0: int, y1: int, x0: int, x1: int) 
     return np.asarray(arr[y0:y1, x0:x1, :])
 
 
-def downsample2(block: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """2x2 mean of (h, w, C), replicating the last row/column of odd sizes."""
+def downsample2(
+    block: np.ndarray, out_h: int, out_w: int, nodata: float | None = None
+) -> np.ndarray:
+    """2x2 mean of (h, w, C), replicating the last row/column of odd sizes. Samples with
+    no data (``nodata``, NaN in float rasters) are left out of the mean; all four
+    without data give no data (``pipeline.nodata``)."""
     need_h, need_w = out_h * 2, out_w * 2
     if block.shape[0] < need_h or block.shape[1] < need_w:
         block = np.pad(
@@ -132,7 +137,11 @@ def downsample2(block: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
             mode="edge",
         )
     f = block.astype(np.float32)
-    mean = (f[0::2, 0::2] + f[1::2, 0::2] + f[0::2, 1::2] + f[1::2, 1::2]) * 0.25
+    invalid = invalid_mask(block, nodata)
+    if invalid is not None:
+        mean = mean_valid_2x2(f, invalid, nodata)
+    else:
+        mean = (f[0::2, 0::2] + f[1::2, 0::2] + f[0::2, 1::2] + f[1::2, 1::2]) * 0.25
     if block.dtype.kind == "f":
         return mean.astype(block.dtype)
     return np.rint(mean).astype(block.dtype)
@@ -142,7 +151,8 @@ def downsample_task(store_url: str, level: int, y0: int, y1: int, x0: int, x1: i
     """Write block [y0:y1, x0:x1] of pyramid level ``level`` from level - 1."""
     store = JobStore.open(store_url)
     src = read_level(store, level - 1, 2 * y0, 2 * y1, 2 * x0, 2 * x1)
-    store.level(level)[y0:y1, x0:x1, :] = downsample2(src, y1 - y0, x1 - x0)
+    nodata = store.layout.nodata
+    store.level(level)[y0:y1, x0:x1, :] = downsample2(src, y1 - y0, x1 - x0, nodata)
     return (y1 - y0) * (x1 - x0)
 
 
@@ -228,6 +238,9 @@ def create_ome_zarr(
             "transform but no CRS; write .tif to keep the GeoKeys as they are",
             path,
         )
+    # The nodata value as the arrays' fill value, which GDAL's Zarr driver reports as
+    # the band's nodata (pipeline/nodata.py keeps those pixels exact).
+    nodata = parse_nodata((geo or {}).get(GDAL_NODATA), dtype)
     group = zarr.open_group(**zarr_kwargs(str(path)), mode="w")
     for level, (h, w) in enumerate(shapes):
         array = group.create_array(
@@ -237,7 +250,7 @@ def create_ome_zarr(
             shards=(channels, shard_px, shard_px),
             chunks=(1, chunk_px, chunk_px),
             dimension_names=("c", "y", "x"),
-            fill_value=0,
+            fill_value=0 if nodata is None else nodata,
         )
         geo_attrs = geozarr_attrs(geo or {}, scale, level, (h, w))
         if geo_attrs:

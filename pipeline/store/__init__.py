@@ -98,6 +98,7 @@ class Layout:
     alpha: bool = False
     rgb: bool = True
     premultiplied: bool = False  # the alpha is associated (colours premultiplied by it)
+    nodata: float | None = None  # GDAL's nodata value (pipeline/nodata.py); NaN is implicit
 
     @property
     def colour(self) -> bool:
