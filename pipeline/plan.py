@@ -19,6 +19,7 @@ from pipeline.models import ModelSpec, get_spec
 from pipeline.nodata import GDAL_NODATA, parse_nodata
 from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
 from pipeline.publish import FORMATS, check_output
+from pipeline.publish.metadata import geo_keys_complete
 from pipeline.samples import has_natural_range
 from pipeline.storage import ObjectPath, as_path, check_output_location
 from pipeline.store import Layout, default_store_url
@@ -121,6 +122,26 @@ def check_pixel_semantics(info: ImageInfo, cfg: JobConfig, model: ModelSpec) -> 
         )
 
 
+def check_geo(src: Path | ObjectPath, info: ImageInfo, fmt: str) -> None:
+    """Georeferencing goes to .tif and .zarr; PNG/JPEG have no place for it (one warning
+    line). A CRS known only by its EPSG code (a GeoZarr input without GDAL's WKT) cannot
+    be written as GeoKeys: refused for .tif."""
+    if not info.geo_tags:
+        return
+    if fmt in ("png", "jpeg"):
+        log.warning(
+            "%s is georeferenced; %s has no place for it: write .tif or .zarr to keep it",
+            src,
+            fmt.upper(),
+        )
+    elif fmt == "tiff" and not geo_keys_complete(info.geo_tags):
+        raise UserError(
+            f"{src} names its CRS only by its EPSG code, and GeoTIFF keys need to know "
+            "whether it is projected or geographic; write .zarr (which keeps the code), "
+            "or add GDAL's _CRS attribute with the WKT to the input"
+        )
+
+
 def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool) -> Plan:
     src, out = as_path(input_path), as_path(output_path)
     fmt = _output_kind(out)
@@ -151,6 +172,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             rgb=info.rgb,
             premultiplied=info.premultiplied,
         )
+        check_geo(src, info, fmt)
         shard, chunk = shard_geometry(scale, cfg.store.region_out_px, cfg.store.chunk_out_px)
         frames = 1
         selection: dict[str, Any] = {}

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.image_meta import ImageMeta, read_ome_zarr, read_pillow, read_tiff
+from pipeline.publish.metadata import geo_from_zarr
 from pipeline.storage import ObjectPath, as_path, head_identity, open_input, open_zarr
 
 # Unsigned samples are scaled by their type's maximum; signed and float samples keep
@@ -405,6 +406,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
     lead, shape, axes = _squeeze_lead(path, tuple(node.shape), axes)
     height, width, channels, layout = _classify_array(path, shape, axes)
     _check_size(path, height, width, channels)
+    geo = geo_from_zarr(dict(node.attrs))  # GeoZarr / GDAL attributes, our own GeoKeys
     return ImageInfo(
         str(path),
         "zarr",
@@ -415,6 +417,7 @@ def _probe_zarr(path: Path) -> ImageInfo:
         layout,
         lead=lead,
         zarr_path=inner,
+        geo_tags=geo,
         rgb=channels == 3,  # a Zarr array cannot say; three channels are taken as RGB
         meta=meta,
     )

@@ -140,6 +140,62 @@ def test_geotiff_to_zarr_keeps_crs_and_transform_per_level(tmp_path):
         assert {c["name"] for c in attrs["zarr_conventions"]} == {"proj:", "spatial:"}
 
 
+def test_zarr_input_keeps_its_georeferencing(tmp_path):
+    """GeoTIFF -> .zarr -> .tif and -> .zarr: the CRS and the twice-scaled transform
+    reach both (the GeoKeys travel in the ``geotiff`` attribute); the .tif is a COG."""
+    rasterio = pytest.importorskip("rasterio")
+    cogeo = pytest.importorskip("rio_cogeo.cogeo")
+    src = tmp_path / "scene.tif"
+    _geotiff(src, 40, 50)
+    upscale(src, tmp_path / "x2.zarr")
+    upscale(tmp_path / "x2.zarr", tmp_path / "x4.tif")
+    upscale(tmp_path / "x2.zarr", tmp_path / "x4.zarr")
+    with rasterio.open(src) as lr, rasterio.open(tmp_path / "x4.tif") as out:
+        t4 = lr.transform @ lr.transform.scale(0.25, 0.25)
+        assert out.crs == lr.crs and out.crs.to_epsg() == 32633
+        assert out.transform.almost_equals(t4)
+        assert out.shape == (160, 200)
+    assert cogeo.cog_validate(str(tmp_path / "x4.tif"), quiet=True)[0]
+    level0 = zarr.open_group(str(tmp_path / "x4.zarr"), mode="r")["0"].attrs
+    assert level0["proj:code"] == "EPSG:32633"
+    assert rasterio.Affine(*level0["spatial:transform"]).almost_equals(t4)
+    assert level0["geotiff"]["GeoKeyDirectoryTag"] == list(UTM_KEYS)
+
+
+def _geozarr(path: Path, attrs: dict) -> Path:
+    """A single-array GeoZarr, as another tool would write it."""
+    arr = zarr.create_array(str(path), shape=(30, 40), chunks=(30, 40), dtype="uint8")
+    arr[:] = synth_image(30, 40)[:, :, 0]
+    arr.attrs.update(attrs)
+    return path
+
+
+def test_geozarr_input_with_only_an_epsg_code(tmp_path):
+    """A CRS named only by its code goes to .zarr; for .tif it is refused (GeoKeys need
+    projected or geographic), unless GDAL's ``_CRS`` gives the WKT."""
+    rasterio = pytest.importorskip("rasterio")
+    from pipeline.errors import UserError
+
+    t = [10.0, 0.0, 500000.0, 0.0, -10.0, 4000000.0]
+    src = _geozarr(tmp_path / "in.zarr", {"proj:code": "EPSG:32633", "spatial:transform": t})
+    with pytest.raises(UserError, match="names its CRS only by its EPSG code"):
+        upscale(src, tmp_path / "out.tif")
+    assert not (tmp_path / "out.tif").exists()
+    upscale(src, tmp_path / "out.zarr")
+    level0 = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["0"].attrs
+    assert level0["proj:code"] == "EPSG:32633"
+    assert level0["spatial:transform"] == [5.0, 0.0, 500000.0, 0.0, -5.0, 4000000.0]
+    assert "geotiff" not in level0  # no GeoKeys of its own to pass on
+
+    wkt = rasterio.crs.CRS.from_epsg(32633).to_wkt()
+    src = _geozarr(tmp_path / "wkt.zarr", {"_CRS": {"wkt": wkt}, "proj:code": "EPSG:32633",
+                                           "spatial:transform": t})  # fmt: skip
+    upscale(src, tmp_path / "wkt.tif")
+    with rasterio.open(tmp_path / "wkt.tif") as out:
+        assert out.crs.to_epsg() == 32633
+        assert out.transform.almost_equals(rasterio.Affine(5.0, 0, 500000.0, 0, -5.0, 4e6))
+
+
 def test_gdal_reads_crs_of_zarr_output_if_it_can_open_it(tmp_path):
     """GDAL's Zarr driver reads ``_CRS``; the GDAL inside the installed rasterio (3.10)
     cannot decode zarr-python 3's "bytes" codec, so this checks what it can."""

@@ -75,15 +75,117 @@ def level_affine(lr: tuple[float, ...], scale: int, level: int) -> list[float]:
     return [a * k, b * k, c, d * k, e * k, f]
 
 
+# A GeoTIFF's tags besides the transform (which is ``spatial:transform``), kept on every
+# level array under GEOTIFF_ATTR by their TIFF names, so that a .zarr -> .tif run writes
+# the same GeoKeys (a user-defined CRS too): the GeoZarr attributes name a CRS only by
+# its EPSG code, which does not say whether it is projected or geographic.
+GEOTIFF_ATTR = "geotiff"
+GEOTIFF_TAGS = {
+    34735: "GeoKeyDirectoryTag",
+    34736: "GeoDoubleParamsTag",
+    34737: "GeoAsciiParamsTag",
+    42112: "GDAL_METADATA",
+    42113: "GDAL_NODATA",
+}
+
+
+def geotiff_attr(geo: dict[int, Any]) -> dict[str, Any]:
+    """``{GEOTIFF_ATTR: {tag name: value}}`` for the GeoTIFF tags in ``geo`` (none when
+    its GeoKeys were not the file's own: see ``geo_from_zarr``)."""
+    if 34735 in geo and 1024 not in _geokeys(geo):
+        return {}
+    tags: dict[str, Any] = {}
+    for code, name in GEOTIFF_TAGS.items():
+        if code not in geo:
+            continue
+        value = geo[code]
+        if code == 34735:
+            tags[name] = [int(v) for v in value]
+        elif code == 34736:
+            tags[name] = [float(v) for v in value]
+        else:
+            tags[name] = str(value)
+    return {GEOTIFF_ATTR: tags} if tags else {}
+
+
+def _epsg_of(attrs: dict[str, Any]) -> int | None:
+    code = attrs.get("proj:code")
+    if isinstance(code, str) and code.upper().startswith("EPSG:"):
+        return int(code.split(":", 1)[1])
+    url = (attrs.get("_CRS") or {}).get("url") if isinstance(attrs.get("_CRS"), dict) else None
+    if isinstance(url, str) and "/EPSG/" in url:
+        return int(url.rstrip("/").rsplit("/", 1)[1])
+    return None
+
+
+def _model_type(attrs: dict[str, Any]) -> int | None:
+    """GTModelTypeGeoKey (1 projected, 2 geographic) from GDAL's ``_CRS`` WKT or PROJJSON."""
+    crs = attrs.get("_CRS")
+    if not isinstance(crs, dict):
+        return None
+    wkt = str(crs.get("wkt") or "").lstrip().upper()
+    if wkt.startswith(("PROJCS", "PROJCRS")):
+        return 1
+    if wkt.startswith(("GEOGCS", "GEOGCRS", "GEODCRS")):
+        return 2
+    kind = (
+        (crs.get("projjson") or {}).get("type") if isinstance(crs.get("projjson"), dict) else None
+    )
+    return {"ProjectedCRS": 1, "GeographicCRS": 2}.get(kind)
+
+
+def geo_from_zarr(attrs: dict[str, Any]) -> dict[int, Any]:
+    """GeoTIFF tags (as ``ImageInfo.geo_tags``) for a Zarr level array's attributes: the
+    transform from ``spatial:transform``; GeoKeys from our ``geotiff`` attribute, else
+    made from the EPSG code (``proj:code`` or ``_CRS.url``) and, where GDAL's ``_CRS``
+    gives its WKT or PROJJSON, the model type. Without a model type the GeoKeys hold only
+    the code (no 1024 key): enough for a .zarr output, refused for a .tif (plan)."""
+    geo: dict[int, Any] = {}
+    own = attrs.get(GEOTIFF_ATTR) if isinstance(attrs.get(GEOTIFF_ATTR), dict) else {}
+    for code, name in GEOTIFF_TAGS.items():
+        if name in own:
+            geo[code] = tuple(own[name]) if code in (34735, 34736) else own[name]
+    epsg = _epsg_of(attrs)
+    if 34735 not in geo and epsg is not None:
+        model = _model_type(attrs)
+        crs_key = 2048 if model == 2 else 3072
+        keys = [1, 1, 0, 0] + ([1024, 0, 1, model] if model else []) + [1025, 0, 1, 1]
+        keys += [crs_key, 0, 1, epsg]
+        keys[3] = (len(keys) - 4) // 4
+        geo[34735] = tuple(keys)
+    t = attrs.get("spatial:transform")
+    if isinstance(t, list | tuple) and len(t) == 6:
+        a, b, c, d, e, f = (float(v) for v in t)
+        if 34735 in geo:  # the transform is pixel corners: PixelIsArea
+            keys = list(geo[34735])
+            for i in range(4, len(keys) - 3, 4):
+                if keys[i] == 1025 and keys[i + 1] == 0:
+                    keys[i + 3] = 1
+            geo[34735] = tuple(keys)
+        if b == 0 and d == 0:
+            geo[33550] = (a, -e, 0.0)
+            geo[33922] = (0.0, 0.0, 0.0, c, f, 0.0)
+        else:
+            geo[34264] = (a, b, 0.0, c, d, e, 0.0, f, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    return geo if (33550 in geo or 34264 in geo or 34735 in geo) else {}
+
+
+def geo_keys_complete(geo: dict[int, Any]) -> bool:
+    """Whether ``geo`` can be written as GeoTIFF tags: no GeoKeys, or GeoKeys that say
+    what the model is (see ``geo_from_zarr``)."""
+    return 34735 not in geo or 1024 in _geokeys(geo)
+
+
 def geozarr_attrs(
     geo: dict[int, Any], scale: int, level: int, shape: tuple[int, int]
 ) -> dict[str, Any]:
-    """Attributes for one OME-Zarr level array: ``_CRS`` (GDAL) + proj:/spatial:."""
+    """Attributes for one OME-Zarr level array: ``_CRS`` (GDAL) + proj:/spatial:, and
+    the GeoTIFF tags besides the transform (``geotiff_attr``)."""
     lr = geo_affine(geo)
     epsg = geo_epsg(geo)
     if lr is None and epsg is None:
         return {}
-    attrs: dict[str, Any] = {}
+    attrs: dict[str, Any] = geotiff_attr(geo)
     conventions = []
     if epsg is not None:
         attrs["_CRS"] = {"url": f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"}
