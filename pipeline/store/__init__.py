@@ -125,6 +125,7 @@ class JobStore:
     def __init__(self, url: str, group: zarr.Group) -> None:
         self.url = url
         self.group = group
+        self._arrays: dict[str, zarr.Array] = {}
         self._lock: FileLock | Lease | None = None
 
     # ----------------------------------------------------------------- open/create
@@ -201,31 +202,35 @@ class JobStore:
         return Layout(**self.group.attrs["layout"])
 
     def array(self, name: str) -> zarr.Array:
-        return self.group[name]
+        """An array of the store, opened once (its metadata is read once per JobStore;
+        the data is always read from the store)."""
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
 
     # --------------------------------------------------------------------- flags
     def done_mask(self) -> np.ndarray:
-        return np.asarray(self.group["done"][...], dtype=bool)
+        return np.asarray(self.array("done")[...], dtype=bool)
 
     def mark_done(self, frame: int, row: int, col: int) -> None:
         """Driver only, after the region's shard write returned."""
-        self.group["done"][frame, row, col] = 1
+        self.array("done")[frame, row, col] = 1
 
     def ingested_mask(self) -> np.ndarray:
         """(units,) bool: which ingest units (video segments; the image) are in."""
-        return np.asarray(self.group["ingested"][...], dtype=bool)
+        return np.asarray(self.array("ingested")[...], dtype=bool)
 
     def mark_ingested(self, unit: int, value: bool = True) -> None:
         """Driver only, after the unit's frames were written."""
-        self.group["ingested"][unit] = int(value)
+        self.array("ingested")[unit] = int(value)
 
     def encoded_mask(self) -> np.ndarray:
         """(units,) bool: which video segments have their encoded file committed."""
-        return np.asarray(self.group["encoded"][...], dtype=bool)
+        return np.asarray(self.array("encoded")[...], dtype=bool)
 
     def mark_encoded(self, unit: int) -> None:
         """Driver only, after the segment's file was committed."""
-        self.group["encoded"][unit] = 1
+        self.array("encoded")[unit] = 1
 
     # ------------------------------------------------------------ video segments
     def segment_path(self, unit: int) -> str:
@@ -239,7 +244,7 @@ class JobStore:
         from zarr.core.sync import sync
 
         for name in ("input", "output"):
-            arr = self.group[name]
+            arr = self.array(name)
             unit = arr.metadata.chunk_grid.chunk_shape  # the shard, where sharded
             grid = [-(-n // c) for n, c in zip(arr.shape, unit, strict=True)]
             path = arr.store_path
@@ -249,7 +254,7 @@ class JobStore:
                         for k in range(grid[3]):
                             key = arr.metadata.encode_chunk_key((f, i, j, k))
                             sync(path.store.delete(f"{path.path}/{key}" if path.path else key))
-        self.group["done"][start:stop] = 0
+        self.array("done")[start:stop] = 0
 
     def scratch_bytes(self) -> int:
         """Bytes the store holds now (frames in flight and encoded segments)."""
