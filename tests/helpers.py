@@ -34,6 +34,13 @@ def cli_argv(*args: object) -> list[str]:
     return [sys.executable, str(CLI), *map(str, args)]
 
 
+# Extra CLI arguments for the in-process runner (``run.runner=local``), for the runs of a
+# test whose subject is the store and the job graph rather than Ray: starting and
+# stopping a private Ray costs a CLI run about 10 s on 2 cores. Each behaviour that
+# depends on Ray keeps a run on Ray.
+LOCAL_RUNNER = ("--set", "run.runner=local")
+
+
 def run_cli(
     *args: object,
     env: Mapping[str, str] | None = None,

@@ -25,7 +25,7 @@ from pipeline.batch import BatchItem, exit_code, format_table, read_manifest, ru
 from pipeline.errors import UserError
 from pipeline.run import run_job
 from tests import faulty_model as fm
-from tests.helpers import launch_cli, make_config, run_cli, synth_image
+from tests.helpers import LOCAL_RUNNER, launch_cli, make_config, run_cli, synth_image
 
 SMALL = {"scale": 2, "tile": 32, "overlap": 8, "region_out_px": 128, "chunk_out_px": 64}
 SMALL_SET = (
@@ -249,7 +249,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
         cut = np.s_[row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64]
         assert np.array_equal(partial[cut], expected[cut])
 
-    resumed = run_cli(*args, "--quiet")
+    resumed = run_cli(*args, "--quiet", *LOCAL_RUNNER)  # stopped on Ray, resumed in-process
     assert resumed.returncode == 0, resumed.stderr
     assert f"{int(flags.sum())} resumed from the store" in resumed.stdout
     assert np.array_equal(tifffile.imread(out), expected)

@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.arguments import build_parser, program_name
 from pipeline.graphs.job import resume_line
 from pipeline.progress_bar import BarLogHandler, LineWriter, open_bar
-from tests.helpers import launch_cli, run_cli, synth_image
+from tests.helpers import LOCAL_RUNNER, launch_cli, run_cli, synth_image
 
 BAR = re.compile(r"upscale:.*\|\s*(\d+)/(\d+) ")  # as tests/test_reliability.py reads it
 
@@ -157,7 +157,7 @@ def test_ctrl_c_twice_exits_130_and_the_rerun_resumes(tmp_path):
     assert status["state"] == "interrupted" and not status.get("error")
     assert status["regions_done"] >= sent
 
-    again = run_cli(*args)
+    again = run_cli(*args, *LOCAL_RUNNER)  # interrupted on Ray, resumed in-process
     assert again.returncode == 0, again.stderr
     m = re.search(r"resume: (\d+) of (\d+) regions done\n", again.stderr)
     assert m and int(m.group(1)) >= sent, again.stderr
