@@ -216,7 +216,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     and gives exactly the output of an uninterrupted run."""
     from pipeline.status import store_status
 
-    src = _png(tmp_path / "in.png", 600, 800, seed=3)
+    src = _png(tmp_path / "in.png", 320, 400, seed=3)
     out = tmp_path / "out.tif"
     args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8", "--batch-size", "1"]
     args += ["--set", "store.region_out_px=64", "--set", "store.chunk_out_px=64"]
@@ -292,7 +292,7 @@ def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(4):
-        _png(src / f"img{i}.png", 320, 320, seed=20 + i)
+        _png(src / f"img{i}.png", 192, 192, seed=20 + i)
     (tmp_path / "up").mkdir()
     report = tmp_path / "r.json"
     args = ["batch", src, "--output-pattern", str(tmp_path / "up" / "{stem}_x2.tif")]
@@ -321,4 +321,4 @@ def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
     run, total = (sum(i[k] for i in final[:2]) for k in ("regions_run", "regions_total"))
     assert run <= total - seen
     for i in range(4):
-        assert tifffile.imread(tmp_path / "up" / f"img{i}_x2.tif").shape == (640, 640, 3)
+        assert tifffile.imread(tmp_path / "up" / f"img{i}_x2.tif").shape == (384, 384, 3)
