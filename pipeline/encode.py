@@ -77,11 +77,6 @@ def choose_pix_fmt(codec: str, source_pix_fmt: str, requested: str | None) -> st
     )
 
 
-def _codec_name(stream: Any) -> str:
-    cc = stream.codec_context
-    return cc.name if cc is not None else "no codec"
-
-
 ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC: cover art, one picture, no timing
 
 
@@ -98,11 +93,8 @@ def is_attachment(entry: dict[str, Any]) -> bool:
 
 def timed_streams(info: VideoInfo, remux: Sequence[int]) -> list[int]:
     """The copied streams that carry timed packets (not cover art, not attachments)."""
-    return [
-        i
-        for i in remux
-        if not (is_cover(source_stream(info, i)) or is_attachment(source_stream(info, i)))
-    ]
+    entries = [source_stream(info, i) for i in remux]
+    return [e["index"] for e in entries if not (is_cover(e) or is_attachment(e))]
 
 
 def _untimed_reason(entry: dict[str, Any], fmt: str, suffix: str) -> str | None:

@@ -69,47 +69,16 @@ def stream_tags_for(tags: Mapping[str, str], out_format: str) -> dict[str, str]:
 # MP4/MOV also mark the first track of a kind default when none is (the track-enabled
 # flag), and MP4 reads hearing-impaired/visual-impaired back with their aliases
 # captions/descriptions as well.
+_MATROSKA = frozenset(
+    {"default", "dub", "original", "comment", "forced", "hearing_impaired", "visual_impaired"}
+)
+_MP4 = frozenset(
+    {"default", "dub", "comment", "forced", "hearing_impaired", "visual_impaired", "captions",
+     "descriptions"}
+)  # fmt: skip
 KEPT_DISPOSITIONS: dict[str, dict[str, frozenset[str]]] = {
-    "matroska": {
-        "audio": frozenset(
-            {
-                "default",
-                "dub",
-                "original",
-                "comment",
-                "forced",
-                "hearing_impaired",
-                "visual_impaired",
-            }
-        ),  # fmt: skip
-        "subtitle": frozenset(
-            {
-                "default",
-                "dub",
-                "original",
-                "comment",
-                "forced",
-                "hearing_impaired",
-                "visual_impaired",
-                "descriptions",
-            }
-        ),  # fmt: skip
-    },
-    "mp4": {
-        kind: frozenset(
-            {
-                "default",
-                "dub",
-                "comment",
-                "forced",
-                "hearing_impaired",
-                "visual_impaired",
-                "captions",
-                "descriptions",
-            }
-        )  # fmt: skip
-        for kind in ("audio", "subtitle")
-    },
+    "matroska": {"audio": _MATROSKA, "subtitle": _MATROSKA | {"descriptions"}},
+    "mp4": {"audio": _MP4, "subtitle": _MP4},
     "mov": {kind: frozenset({"default"}) for kind in ("audio", "subtitle")},
 }
 # Two names for one meaning (MP4 writes both); either one kept keeps the meaning.
