@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,13 +27,36 @@ import pytest
 # test module, so a failure shows the values. Registered before its first import.
 pytest.register_assert_rewrite("tests.helpers")
 
-from tests.helpers import LOCAL_RAY, synth_image  # noqa: E402
+# ------------------------------------------------------------------- a fresh user
+# The suite runs as a user who has never run anything here (DESIGN 6.12): HOME and every
+# cache and config folder the code or its libraries read (S3Diff weights lookup, the
+# Hugging Face cache, matplotlib's font cache, torch hub, XDG folders) point at empty
+# folders made for this session, and variables that would steer them are dropped. What a
+# first run on a new machine does (build a font cache, find no weights), every run does;
+# a test that needs a cache or weights makes them itself. Set before anything imports
+# the libraries that read them. Ray's session folders follow TMPDIR (.ci/run sets it).
+FRESH_HOME = Path(tempfile.mkdtemp(prefix="sr-tests-home-"))
+for _name in [k for k in os.environ if k.startswith(("HF_", "HUGGINGFACE_", "S3DIFF_"))] + [
+    "TRANSFORMERS_CACHE",
+    "RAY_ADDRESS",  # ray.init() would join whatever cluster it names
+]:
+    os.environ.pop(_name, None)
+os.environ.update(
+    HOME=str(FRESH_HOME),
+    XDG_CACHE_HOME=str(FRESH_HOME / ".cache"),
+    XDG_CONFIG_HOME=str(FRESH_HOME / ".config"),
+    XDG_DATA_HOME=str(FRESH_HOME / ".local" / "share"),
+    MPLCONFIGDIR=str(FRESH_HOME / ".config" / "matplotlib"),
+    TORCH_HOME=str(FRESH_HOME / ".cache" / "torch"),
+)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Every Ray of the test session (local, multi-node, the job server) on loopback only:
 # read when ray is first imported, so before that. Joining 127.0.0.1 would otherwise
 # be resolved to the machine's routable address.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from tests.helpers import LOCAL_RAY, synth_image  # noqa: E402
 
 TIERS = ("unit", "model", "integration")  # exactly one per test; "gpu" may come on top
 
@@ -126,6 +151,10 @@ def _guarded(item: pytest.Item):
     if refused:
         pytest.fail(refused[0], pytrace=False)
     return result
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(FRESH_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -178,7 +178,9 @@ def test_images_seams_and_orientation(tmp_path):
     assert flipped["fidelity"]["psnr_db"] < bic["fidelity"]["psnr_db"] - 15
 
 
-@pytest.mark.unit
+# integration: matplotlib builds its font cache on a user's first import of pyplot, and
+# that runs fc-list in a subprocess (the suite's user is always a first-time user).
+@pytest.mark.integration
 def test_plots_are_written(clips, tmp_path):
     from pipeline.qc.report import table, write_plots
 
