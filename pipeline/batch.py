@@ -65,6 +65,7 @@ class ItemReport:
     segments_run: int = 0  # video: encode segments run / in all
     segments_total: int = 0
     scratch_peak_bytes: int | None = None
+    model_busy: float | None = None  # share of the region workers' time in the model
     store: str | None = None
     error: str | None = None
     overrides: list[str] = field(default_factory=list)
@@ -342,6 +343,7 @@ def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> 
             r.regions_run, r.regions_total = summary.regions_run, summary.regions_total
             r.segments_run, r.segments_total = summary.segments_run, summary.segments_total
             r.scratch_peak_bytes = summary.scratch_peak_bytes
+            r.model_busy = summary.model_busy
             r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
         elif isinstance(exc, stopping.Terminated):
             r.status, r.error = "terminated", str(exc)
@@ -402,7 +404,7 @@ def exit_code(reports: list[ItemReport]) -> int:
 
 
 def format_table(reports: list[ItemReport]) -> str:
-    rows = [("#", "status", "frames", "MP", "time s", "MP/s", "output / error")]
+    rows = [("#", "status", "frames", "MP", "time s", "MP/s", "busy", "output / error")]
     for i, r in enumerate(reports, 1):
         tail = r.output + (f"  ({r.error})" if r.error else "")
         rows.append(
@@ -413,12 +415,13 @@ def format_table(reports: list[ItemReport]) -> str:
                 f"{r.megapixels:.1f}" if r.megapixels else "-",
                 f"{r.seconds:.1f}" if r.seconds else "-",
                 f"{r.mp_per_s:.2f}" if r.mp_per_s else "-",
+                f"{r.model_busy * 100:.0f}%" if r.model_busy is not None else "-",
                 tail,
             )
         )
-    widths = [max(len(row[c]) for row in rows) for c in range(6)]
+    widths = [max(len(row[c]) for row in rows) for c in range(7)]
     lines = [
-        "  ".join(cell.rjust(w) for cell, w in zip(row[:6], widths, strict=True)) + "  " + row[6]
+        "  ".join(cell.rjust(w) for cell, w in zip(row[:7], widths, strict=True)) + "  " + row[7]
         for row in rows
     ]
     counts: dict[str, int] = {}

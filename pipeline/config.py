@@ -23,6 +23,12 @@ import yaml
 from pipeline.errors import UserError
 from pipeline.models import MODELS, ModelSpec
 
+# The codecs ``store.codec`` names, for the frames of the job store's ``input`` and
+# ``output`` arrays (pipeline.store.scratch_codecs). Each frame is written once and read
+# once, and a video's scratch is bounded by its decode window, so speed decides more
+# than size: bench/store_codecs.py measures them.
+SCRATCH_CODECS = ("zstd-0", "zstd-1", "blosc-lz4", "blosc-zstd-1", "none")
+
 WINDOWS = ("gaussian", "cosine")
 RUNNERS = ("ray", "local")
 COLOR_FIXES = ("wavelet", "adain", "none")
@@ -149,6 +155,9 @@ class StoreConfig:
     region_out_px: int = 2048
     chunk_out_px: int = 512
     keep: bool = False
+    # The input and output frames' codec: auto (video: none, image: zstd-0) or one of
+    # pipeline.store.SCRATCH_CODECS (bench/store_codecs.py measures them).
+    codec: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -453,6 +462,11 @@ def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
         s.chunk_out_px >= 16, "store.chunk_out_px", f"must be at least 16, got {s.chunk_out_px}"
     )
     _require(
+        s.codec in ("auto", *SCRATCH_CODECS),
+        "store.codec",
+        f"must be auto or one of {', '.join(SCRATCH_CODECS)}, got {s.codec!r}",
+    )
+    _require(
         r.runner in RUNNERS, "run.runner", f"must be one of {', '.join(RUNNERS)}, got {r.runner!r}"
     )
     _require(r.actors >= 0, "run.actors", f"must be 0 (automatic) or more, got {r.actors}")
@@ -551,3 +565,12 @@ def resolve_model_defaults(cfg: JobConfig, model: ModelSpec) -> JobConfig:
     cfg = replace(cfg, tiling=replace(cfg.tiling, tile_px=tile, overlap_px=overlap))
     validate(cfg, model)
     return cfg
+
+
+def frame_codec(codec: str, is_image: bool) -> str:
+    """``store.codec`` resolved: auto is none for video frames (scratch, bounded, written
+    and read once each) and zstd-0 for images (the output array is the whole upscaled
+    image until it is published, so its size counts)."""
+    if codec != "auto":
+        return codec
+    return "zstd-0" if is_image else "none"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import JobConfig, resolve_model_defaults
+from pipeline.config import JobConfig, frame_codec, resolve_model_defaults
 from pipeline.encode import CONTAINERS, check_dispositions, choose_pix_fmt, remux_streams
 from pipeline.errors import UserError
 from pipeline.models import ModelSpec, get_spec
@@ -200,6 +200,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         scale=scale,
         region_out_px=shard,
         chunk_out_px=chunk,
+        codec=frame_codec(cfg.store.codec, is_image),
         **(
             {
                 "alpha": info.alpha,
@@ -221,7 +222,8 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             "overlap_px": cfg.tiling.overlap_px,
             "window": cfg.tiling.window,
         },
-        "layout": layout.__dict__,
+        # The codec changes how frames are stored, not what they hold: a store keeps its own.
+        "layout": {k: v for k, v in layout.__dict__.items() if k != "codec"},
         "selection": selection,
         "segments": [list(s) for s in segments],
         "config": {"model": cfg.to_dict()["model"] | {"batch_size": None, "device": None}},

@@ -95,6 +95,11 @@ class Progress:
         self.record["scratch_peak_bytes"] = max(nbytes, self.record.get("scratch_peak_bytes", 0))
         self.maybe_flush()
 
+    def model_busy(self, fraction: float | None) -> None:
+        """The share of the region workers' time spent in the model (``ModelBusy``)."""
+        self.record["model_busy"] = fraction
+        self.maybe_flush()
+
     def finish(self, status: str, error: str | None = None) -> None:
         self.record.update(status=status, error=error, eta_s=None)
         self.flush()
@@ -120,3 +125,39 @@ def driver_alive(record: dict[str, Any]) -> bool | None:
 
     pid = record.get("pid")
     return bool(pid) and psutil.pid_exists(int(pid))
+
+
+class ModelBusy:
+    """How much of its region workers' time a job kept the model busy.
+
+    Each region result carries the worker that ran it, the seconds its model calls took
+    and the wall clock when the region started and ended on that worker. A worker's busy
+    share is its model seconds over the span from its first region's start to its last
+    region's end; the job's is the sum of model seconds over the sum of spans. Below 100%
+    the model waited: for its input (decode, the store), or for the blend and the write.
+    """
+
+    def __init__(self) -> None:
+        self.workers: dict[str, list[float]] = {}  # worker -> [model_s, first start, last end]
+
+    def record(self, result: Any) -> None:
+        if not isinstance(result, dict) or result.get("started") is None:
+            return
+        worker = str(result.get("worker") or result.get("node") or "local")
+        w = self.workers.setdefault(worker, [0.0, result["started"], result["ended"]])
+        w[0] += float(result.get("model_s", 0.0))
+        w[1], w[2] = min(w[1], result["started"]), max(w[2], result["ended"])
+
+    def fraction(self) -> float | None:
+        span = sum(end - start for _, start, end in self.workers.values())
+        if span <= 0:
+            return None
+        return min(1.0, sum(model for model, _, _ in self.workers.values()) / span)
+
+    def per_worker(self) -> dict[str, float]:
+        return {k: min(1.0, m / max(e - s, 1e-9)) for k, (m, s, e) in self.workers.items()}
+
+
+def busy_text(fraction: float | None) -> str:
+    """How summaries, ``status`` and batch reports say it: "model busy 87%"."""
+    return "" if fraction is None else f"model busy {fraction * 100:.0f}%"

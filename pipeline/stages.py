@@ -27,6 +27,9 @@ from pipeline.runner.stage import PoolSpec, Stage
 
 REGION_WORKER = "workers.region_worker:RegionWorker"
 WEIGHTS_CHECK = "workers.s3diff.preflight:weights_problems"
+# Under Ray an upscale call is two methods of its region worker: the model and blend on
+# the actor's sequential thread, the halo read and shard write on its io threads.
+REGION_SPLIT = ("compute", "io")
 
 INGEST = Stage("ingest", "pipeline.ingest:ingest_rows_task", cpus=1, priority=1)
 PYRAMID = Stage("pyramid", "pipeline.publish:downsample_task", cpus=1, priority=4)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.progress import driver_alive
+from pipeline.progress import busy_text, driver_alive
 from pipeline.store import JobStore, is_local, local_path, read_progress
 
 
@@ -90,6 +90,8 @@ def format_store_status(s: dict[str, Any]) -> str:
         lines.append(f"  frames encoded: {s.get('frames_encoded', 0)}/{s['frames_total']}")
     if s.get("segments_total"):
         lines.append(f"  segments encoded: {s.get('segments_encoded', 0)}/{s['segments_total']}")
+    if s.get("model_busy") is not None:
+        lines.append(f"  {busy_text(s['model_busy'])} (the region workers' time in the model)")
     if s.get("scratch_bytes") is not None:
         lines.append(f"  scratch in use: {s['scratch_bytes'] / 2**20:.1f} MiB")
     if s.get("updated_s_ago") is not None:

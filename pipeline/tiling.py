@@ -182,6 +182,27 @@ def tile_window(
     return np.outer(wy, wx)
 
 
+def overlap_slices(
+    tile_origin_out: tuple[int, int],
+    tile_hw: tuple[int, int],
+    region_origin_out: tuple[int, int],
+    region_hw: tuple[int, int],
+) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    """(rows, cols) of a tile and (rows, cols) of a region that cover the same output
+    pixels, or None when the tile misses the region. Origins are (y, x) top-left corners
+    in the frame's OUTPUT pixels; shapes (h, w). The one place the blend's geometry is
+    worked out: the numpy accumulator below and the region worker's torch one use it."""
+    (ty0, tx0), (th, tw) = tile_origin_out, tile_hw
+    (oy0, ox0), (oh, ow) = region_origin_out, region_hw
+    iy0, iy1 = max(ty0, oy0), min(ty0 + th, oy0 + oh)
+    ix0, ix1 = max(tx0, ox0), min(tx0 + tw, ox0 + ow)
+    if iy1 <= iy0 or ix1 <= ix0:
+        return None
+    tile = (slice(iy0 - ty0, iy1 - ty0), slice(ix0 - tx0, ix1 - tx0))
+    region = (slice(iy0 - oy0, iy1 - oy0), slice(ix0 - ox0, ix1 - ox0))
+    return tile, region
+
+
 def accumulate(
     acc_chw: np.ndarray,
     wsum_hw: np.ndarray,
@@ -200,19 +221,13 @@ def accumulate(
     """
     if tile_chw.shape[1:] != weights_hw.shape:
         raise ValueError(f"tile {tile_chw.shape} and weights {weights_hw.shape} differ in size")
-    (ty0, tx0), (oy0, ox0) = tile_origin_out, region_origin_out
-    th, tw = weights_hw.shape
-    oh, ow = wsum_hw.shape
-    # Intersection of the tile's footprint with the region, in frame output pixels.
-    iy0, iy1 = max(ty0, oy0), min(ty0 + th, oy0 + oh)
-    ix0, ix1 = max(tx0, ox0), min(tx0 + tw, ox0 + ow)
-    if iy1 <= iy0 or ix1 <= ix0:
+    hit = overlap_slices(tile_origin_out, weights_hw.shape, region_origin_out, wsum_hw.shape)
+    if hit is None:
         return
-    wt = weights_hw[iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0]
-    acc_chw[:, iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += (
-        tile_chw[:, iy0 - ty0 : iy1 - ty0, ix0 - tx0 : ix1 - tx0] * wt
-    )
-    wsum_hw[iy0 - oy0 : iy1 - oy0, ix0 - ox0 : ix1 - ox0] += wt
+    (ty, tx), (ry, rx) = hit
+    wt = weights_hw[ty, tx]
+    acc_chw[:, ry, rx] += tile_chw[:, ty, tx] * wt
+    wsum_hw[ry, rx] += wt
 
 
 def normalise(acc_chw: np.ndarray, wsum_hw: np.ndarray) -> np.ndarray:

@@ -136,8 +136,11 @@ def test_batch_shares_workers_isolates_failures_and_resumes(tmp_path, ray_local,
     assert saved["counts"] == {"done": 3, "failed": 3}
     assert [i["status"] for i in saved["items"]] == status
     assert saved["items"][0]["megapixels"] == pytest.approx(96 * 2 * 128 * 2 / 1e6)
+    # The workers' share of time in the model, from the regions' own timings (Ray path).
+    assert all(0 < i["model_busy"] <= 1 for i in saved["items"][:3]), saved["items"][:3]
     table = format_table(reports)
     assert "3 done, 3 failed" in table and "poisoned_x2.tif" in table
+    assert " busy " in table.splitlines()[0] and "%" in table.splitlines()[1]
     # One pool for the whole batch: the model calls came from the two actors only.
     pids = {pid for pid, *_ in fm.read_log(log)}
     assert 1 <= len(pids) <= 2, pids

@@ -147,7 +147,7 @@ def test_bands_reach_the_model_one_by_one():
     must not mix bands: each band is its own gray image."""
     import torch
 
-    from workers.region_worker import model_inputs, model_outputs
+    from workers.region import model_inputs, model_outputs
 
     tiles = torch.rand(2, 5, 8, 8)
 

@@ -1,10 +1,19 @@
 """The region worker: a Ray actor that upscales one output region at a time.
 
-It loads its upscaler once, and for each region reads the LR region plus the halo that
-the global tiles touching it need, runs those tiles in batches, blends them with their
-windows in float32, and writes the region's output shard in one piece. It returns a
-small status dict; pixels never travel through Ray. Torch is imported in the actor,
-never on the driver.
+It loads its upscaler once. For each region it reads the LR region plus the halo that
+the global tiles touching it need, hands them to the pure region compute
+(``workers/region.py``: tiles in batches through the model, blended and converted on the
+model's device), and writes the region's output shard in one piece. It returns a small
+status dict; pixels never travel through Ray. Torch is imported in the actor, never on
+the driver.
+
+Under Ray a region is two calls on the same actor, so the model is called back to back:
+``compute`` (the actor's default, sequential thread: the model and the blend) and ``io``
+(the ``io`` thread group: read the halo, then wait for ``compute`` and write the shard,
+and return the region's status). With two regions in flight on an actor, the next
+region's halo is read and the previous region's shard written while the model runs: at
+most one region each way. The in-process runner calls ``process``, which does the same
+three steps in turn. The results are the same byte for byte.
 
 Out of GPU memory, the worker halves its batch (down to one tile) and redoes that batch;
 the smaller batch stays for the actor's life. The degradation estimate does the same
@@ -19,30 +28,31 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from pipeline.config import JobConfig, ModelConfig, degradation_mode, parse_value_range
-from pipeline.nodata import fill_tiles, invalid_mask, mark_output
+from pipeline.nodata import invalid_mask
 from pipeline.placement import current_node
-from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
-from pipeline.samples import from_unit, sample_range, to_unit
+from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
+from pipeline.samples import sample_range, to_unit
 from pipeline.shots import frame_signature
 from pipeline.store import JobStore
-from pipeline.tiling import (
-    Grid,
-    accumulate,
-    normalise,
-    pad_to_multiple,
-    plan_grid,
-    region_at,
-    tile_window,
-    tiles_for_region,
-)
+from pipeline.tiling import Grid, Region, plan_grid, region_at, tile_window, tiles_for_region
+from workers.region import Samples, region_weights
 
 log = logging.getLogger(__name__)
+
+# How long ``compute`` waits for its region's halo from ``io`` (both are sent together,
+# so only a lost call could make it wait this long).
+HALO_WAIT_S = 600.0
 
 
 class _JobView:
@@ -61,8 +71,122 @@ class _JobView:
             job.config.tiling.tile_px,
             job.config.tiling.overlap_px,
         )
-        self.windows: dict[tuple[int, int], np.ndarray] = {}
+        self.windows: dict[tuple, Any] = {}  # blend windows on the model's device
         self.degradation = None
+        text = job.config.model.value_range
+        self.range = sample_range(self.layout.dtype, parse_value_range(text) if text else None)
+        lay = self.layout
+        self.samples = Samples(lay.channels, lay.alpha, lay.colour, lay.dtype, *self.range)
+        self._weights: OrderedDict[tuple, Any] = OrderedDict()  # region rect -> sum of windows
+
+    def region(self, task: RegionTask) -> tuple[Region, list[tuple[int, int]]]:
+        lay = self.layout
+        region = region_at(task.frame, task.row, task.col, lay.height, lay.width, lay.region_lr_px)
+        return region, tiles_for_region(self.grid, region)
+
+    def read_halo(self, task: RegionTask) -> _Halo:
+        """The LR pixels every tile touching the region needs, and their no-data mask."""
+        region, tiles = self.region(task)
+        g = self.grid
+        by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
+        by1, bx1 = max(y for y, _ in tiles) + g.tile_h, max(x for _, x in tiles) + g.tile_w
+        halo = np.asarray(self.input[task.frame, by0:by1, bx0:bx1, :])
+        invalid = invalid_mask(halo, self.layout.nodata)  # pipeline/nodata.py
+        return _Halo(region, tiles, self.layout.scale, (by0, bx0), halo, invalid)
+
+    def write(self, task: RegionTask, out_hwc: np.ndarray) -> None:
+        """The region's output shard, whole (after deleting whatever shard was there)."""
+        from zarr.core.sync import sync
+
+        s = self.layout.scale
+        region, _ = self.region(task)
+        oy0, ox0 = region.y0 * s, region.x0 * s
+        # The region owns the whole shard, but zarr merges a write into the shard it
+        # finds: a shard left torn by an interrupted attempt (a store without atomic
+        # writes) would fail every retry, and an intact one would be read for nothing.
+        path = self.output.store_path
+        key = self.output.metadata.encode_chunk_key((task.frame, task.row, task.col, 0))
+        sync(path.store.delete(f"{path.path}/{key}" if path.path else key))
+        h, w = out_hwc.shape[:2]
+        self.output[task.frame, oy0 : oy0 + h, ox0 : ox0 + w, :] = out_hwc
+
+    def weights(self, halo: _Halo, device) -> Any:
+        """The region's sum of tile windows on ``device``: the same for every frame, so
+        a video sums it once (a few regions' worth are kept)."""
+        r = halo.region
+        key = (r.y0, r.x0, r.y1, r.x1, str(device))
+        if key not in self._weights:
+            if len(self._weights) >= 4:
+                self._weights.popitem(last=False)
+            window = partial(self.window, device=device)
+            self._weights[key] = region_weights(
+                self.grid, r, halo.tiles, self.layout.scale, window, device
+            )
+        self._weights.move_to_end(key)
+        return self._weights[key]
+
+    def window(self, y: int, x: int, device) -> Any:
+        """The blend window of the tile at LR (y, x), on ``device``."""
+        import torch
+
+        g = self.grid
+        # Only whether the tile touches each image edge matters, so cache on that.
+        key = (
+            (y > 0) + 2 * (y + g.tile_h < g.height),
+            (x > 0) + 2 * (x + g.tile_w < g.width),
+            str(device),
+        )
+        if key not in self.windows:
+            t = self.config.tiling
+            w = tile_window(g, y, x, self.layout.scale, t.overlap_px, t.window, self.job.context_px)
+            self.windows[key] = torch.from_numpy(w).to(device)
+        return self.windows[key]
+
+
+class _Buffers:
+    """Float32 accumulators for regions, reused: a fresh 4K one costs more to allocate
+    (the pages are touched for the first time) than to zero. As many exist as regions are
+    between ``compute`` and ``io``'s finish (at most the calls in flight)."""
+
+    def __init__(self) -> None:
+        self._free: list[Any] = []
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], device) -> Any:
+        import torch
+
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if tuple(buf.shape) == shape and buf.device == torch.device(device):
+                    return self._free.pop(i)
+        return torch.empty(shape, dtype=torch.float32, device=device)
+
+    def give(self, buf: Any) -> None:
+        with self._lock:
+            self._free.append(buf)
+            del self._free[:-4]  # keep a few; shapes change only at an image's edges
+
+
+@dataclass
+class _Halo:
+    region: Region
+    tiles: list[tuple[int, int]]
+    scale: int
+    origin: tuple[int, int]  # (y, x) of the halo's top-left corner, LR pixels
+    pixels_hwc: np.ndarray
+    invalid_hwc: np.ndarray | None
+
+
+@dataclass
+class _Slot:
+    """Where a region's ``io`` and ``compute`` calls meet (Ray only)."""
+
+    halo: _Halo | None = None
+    blend: Any = None  # workers.region.Blend, once computed
+    started: float = field(default_factory=time.time)
+    error: BaseException | None = None
+    read: threading.Event = field(default_factory=threading.Event)
+    computed: threading.Event = field(default_factory=threading.Event)
 
 
 class RegionWorker:
@@ -94,24 +218,30 @@ class RegionWorker:
             module_name, class_name = factory.split(":")
             cls = getattr(importlib.import_module(module_name), class_name)
             self.upscaler = cls(model)
+        self.device = getattr(self.upscaler, "device", None) or torch.device("cpu")
         # Tiles per model call; halved (for the actor's life) when the GPU runs out.
         self.batch_size = max(1, model.batch_size)
         # Degradation-estimate crops per model call (None: a frame's crops at once);
         # halved like ``batch_size`` when the GPU runs out.
         self.estimate_batch: int | None = None
         self._jobs: dict[str, _JobView] = {}
-        self._view: _JobView | None = None
+        self._view: _JobView | None = None  # the model thread's current job
+        self._lock = threading.Lock()  # the io threads open jobs and meet compute too
+        self._slots: dict[tuple, _Slot] = {}
+        self._buffers = _Buffers()
         self.node = current_node()  # reported with each region (pipeline/placement)
+        self.worker = uuid.uuid4().hex[:12]  # reported too: "model busy" is per worker
 
     def _open(self, job: JobRef) -> _JobView:
-        view = self._jobs.get(job.store_url)
-        if view is None or view.job != job:
-            if len(self._jobs) >= self.MAX_OPEN_JOBS:
-                self._jobs.pop(next(iter(self._jobs)))
-            view = self._jobs[job.store_url] = _JobView(job)
-        return view
+        with self._lock:
+            view = self._jobs.get(job.store_url)
+            if view is None or view.job != job:
+                if len(self._jobs) >= self.MAX_OPEN_JOBS:
+                    self._jobs.pop(next(iter(self._jobs)))
+                view = self._jobs[job.store_url] = _JobView(job)
+            return view
 
-    # The current job's state, for the methods below (set by ``process``).
+    # The model thread's current job, for the methods below (set by ``process``).
     @property
     def store(self) -> JobStore:
         return self._view.store
@@ -125,10 +255,6 @@ class RegionWorker:
         return self._view.input
 
     @property
-    def output(self):
-        return self._view.output
-
-    @property
     def grid(self) -> Grid:
         return self._view.grid
 
@@ -136,48 +262,93 @@ class RegionWorker:
     def config(self) -> JobConfig:
         return self._view.config
 
-    @property
-    def size_multiple(self) -> int:
-        return self._view.job.size_multiple
-
-    @property
-    def context_px(self) -> int:
-        return self._view.job.context_px
-
-    def _window(self, y: int, x: int) -> np.ndarray:
-        g = self.grid
-        # Only whether the tile touches each image edge matters, so cache on that.
-        key = (
-            (y > 0) + 2 * (y + g.tile_h < g.height),
-            (x > 0) + 2 * (x + g.tile_w < g.width),
-        )
-        windows = self._view.windows
-        if key not in windows:
-            t = self.config.tiling
-            windows[key] = tile_window(
-                g, y, x, self.layout.scale, t.overlap_px, t.window, self.context_px
-            )
-        return windows[key]
-
+    # ------------------------------------------------------------------ calls
     def process(self, task: RegionTask | EstimateTask, job: JobRef) -> Any:
         """Upscale one region of ``job`` and write its shard (returns counts and
         timings), or estimate degradation scores (returns them: 2 floats a frame)."""
         try:
-            self._view = self._open(job)
+            self._view = view = self._open(job)
             if isinstance(task, EstimateTask):
                 scores = self.estimate(task.frames)
                 if degradation_mode(job.config.model, self.layout.frames > 1) != "shot":
                     return scores
                 return {"scores": scores, "signatures": self.signatures(task.frames)}
-            return self._process(task)
+            started, t0 = time.time(), time.perf_counter()
+            halo = view.read_halo(task)
+            blend = self._blend(view, task, halo)
+            view.write(task, self._finish(view, halo, blend))
+            return self._status(task, halo, blend.model_s, started, t0)
         except Exception as exc:
-            where = (
-                f"frames {task.frames[0]}..{task.frames[-1]} (degradation estimate)"
-                if isinstance(task, EstimateTask)
-                else f"frame {task.frame} region (row {task.row}, col {task.col})"
-            )
-            raise RuntimeError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+            raise _failed(task, exc) from exc
 
+    def compute(self, task: RegionTask, job: JobRef) -> None:
+        """Ray, default thread: the model and the blend of a region whose ``io`` call
+        reads the halo, then normalises the blend and writes the shard."""
+        slot = self._slot(job, task)
+        try:
+            self._view = view = self._open(job)
+            if not slot.read.wait(HALO_WAIT_S):
+                raise TimeoutError(f"the halo was not read within {HALO_WAIT_S:.0f} s")
+            if slot.error is None:
+                assert slot.halo is not None
+                slot.blend = self._blend(view, task, slot.halo)
+        except BaseException as exc:
+            slot.error = slot.error or exc
+            raise _failed(task, exc) from exc
+        finally:
+            slot.computed.set()
+
+    def io(self, task: RegionTask, job: JobRef) -> dict[str, Any]:
+        """Ray, ``io`` threads: read the region's halo, wait for ``compute``, finish the
+        blend and write the shard; returns the region's status (what ``process``
+        returns)."""
+        slot = self._slot(job, task)
+        t0 = time.perf_counter()
+        try:
+            try:
+                view = self._open(job)
+                slot.halo = view.read_halo(task)
+            except BaseException as exc:
+                slot.error = exc
+                raise
+            finally:
+                slot.read.set()
+            slot.computed.wait()
+            if slot.error is not None:
+                raise slot.error
+            assert slot.blend is not None and slot.halo is not None
+            view.write(task, self._finish(view, slot.halo, slot.blend))
+            return self._status(task, slot.halo, slot.blend.model_s, slot.started, t0)
+        except Exception as exc:
+            raise _failed(task, exc) from exc
+        finally:
+            with self._lock:
+                self._slots.pop((job.store_url, task), None)
+
+    def _slot(self, job: JobRef, task: RegionTask) -> _Slot:
+        with self._lock:
+            return self._slots.setdefault((job.store_url, task), _Slot())
+
+    def _status(
+        self, task: RegionTask, halo: _Halo, model_s: float, started: float, t0: float
+    ) -> dict[str, Any]:
+        r, s = halo.region, halo.scale
+        return {
+            "frame": task.frame,
+            "row": task.row,
+            "col": task.col,
+            "tiles": len(halo.tiles),
+            "batch_size": self.batch_size,
+            "out_px": (r.y1 - r.y0) * (r.x1 - r.x0) * s * s,
+            "model_s": model_s,
+            "total_s": time.perf_counter() - t0,
+            "started": started,  # wall clock, for the driver's "model busy" per worker
+            "ended": time.time(),
+            "node": self.node,
+            "worker": self.worker,
+        }
+
+    # ------------------------------------------------------------- estimate
     def estimate(self, frames: tuple[int, ...]) -> np.ndarray:
         """Mean degradation scores over a fixed set of LR crops of each frame: (n, 2)."""
         import torch
@@ -185,7 +356,7 @@ class RegionWorker:
         from workers.s3diff.degradation import plan_degradation_crops
 
         lay = self.layout
-        low, span, _ = self._range()
+        low, span, _ = self._view.range
         corners = plan_degradation_crops(lay.height, lay.width)
         ch, cw = min(128, lay.height), min(128, lay.width)
         out = np.zeros((len(frames), 2), np.float32)
@@ -200,7 +371,7 @@ class RegionWorker:
 
     def signatures(self, frames: tuple[int, ...]) -> np.ndarray:
         """(n, K) shot signatures of these LR frames (pipeline/shots.py)."""
-        low, span, _ = self._range()
+        low, span, _ = self._view.range
         return np.stack(
             [frame_signature(to_unit(np.asarray(self.input[f]), low, span), 1.0) for f in frames]
         )
@@ -240,10 +411,6 @@ class RegionWorker:
         )
         return None
 
-    def _range(self) -> tuple[float, float, bool]:
-        text = self.config.model.value_range
-        return sample_range(self.layout.dtype, parse_value_range(text) if text else None)
-
     def _conditioning(self, frame: int):
         """The frame's scores from the store (written by the driver), or None."""
         import torch
@@ -258,103 +425,51 @@ class RegionWorker:
             raise RuntimeError(f"frame {frame} has no degradation scores in the store")
         return torch.from_numpy(scores)
 
-    def _process(self, task: RegionTask) -> dict[str, Any]:
-        import torch
+    def _blend(self, view: _JobView, task: RegionTask, halo: _Halo):
+        """The region's tiles through this worker's model (with its conditioning and
+        out-of-memory back-off), weighted and summed into a pooled buffer
+        (workers/region.py)."""
+        from workers.region import blend_region
 
-        from workers.upscaler import bicubic_upscale
-
-        t_start = time.perf_counter()
-        lay, g, s = self.layout, self.grid, self.layout.scale
-        region = region_at(task.frame, task.row, task.col, lay.height, lay.width, lay.region_lr_px)
-        tiles = tiles_for_region(g, region)
-        by0 = min(y for y, _ in tiles)
-        bx0 = min(x for _, x in tiles)
-        by1 = max(y for y, _ in tiles) + g.tile_h
-        bx1 = max(x for _, x in tiles) + g.tile_w
-        low, span, bounded = self._range()
-        halo = np.asarray(self.input[task.frame, by0:by1, bx0:bx1, :])
-        invalid = invalid_mask(halo, lay.nodata)  # no-data samples (pipeline/nodata.py)
-        halo_unit = to_unit(halo, low, span)
-        if bounded:  # samples outside model.value_range are its black or white
-            np.clip(halo_unit, 0.0, 1.0, out=halo_unit)
-        halo_t = torch.from_numpy(halo_unit).permute(2, 0, 1)
-        invalid_t = None if invalid is None else torch.from_numpy(invalid).permute(2, 0, 1)
-
-        oy0, ox0 = region.y0 * s, region.x0 * s
-        oh, ow = (region.y1 - region.y0) * s, (region.x1 - region.x0) * s
-        acc = np.zeros((lay.channels, oh, ow), np.float32)
-        wsum = np.zeros((oh, ow), np.float32)
-        # Image channels go through the model as one RGB image, or one gray image each
-        # (independent bands); an alpha channel, only where the file said so, by bicubic.
-        n_image = lay.channels - lay.alpha
-        per_tile = 1 if lay.colour else n_image
-        ph = pad_to_multiple(g.tile_h, self.size_multiple)
-        pw = pad_to_multiple(g.tile_w, self.size_multiple)
+        lay = view.layout
         conditioning = self._conditioning(task.frame)
-        model_s = 0.0
-        b0 = 0
-        while b0 < len(tiles):
-            coords = tiles[b0 : b0 + max(1, self.batch_size // per_tile)]
-            lr = torch.stack(
-                [
-                    halo_t[:, y - by0 : y - by0 + g.tile_h, x - bx0 : x - bx0 + g.tile_w]
-                    for y, x in coords
-                ]
+        r, s = halo.region, lay.scale
+        shape = (lay.channels, (r.y1 - r.y0) * s, (r.x1 - r.x0) * s)
+        return blend_region(
+            halo.pixels_hwc,
+            halo.origin,
+            view.grid,
+            r,
+            halo.tiles,
+            s,
+            view.samples,
+            window=lambda y, x: view.window(y, x, self.device),
+            upscale=lambda images: self._run_model(images, conditioning, task),
+            tiles_per_call=lambda: self.batch_size,
+            device=self.device,
+            size_multiple=view.job.size_multiple,
+            invalid_hwc=halo.invalid_hwc,
+            acc=self._buffers.take(shape, self.device),
+            wsum=view.weights(halo, self.device),
+        )
+
+    def _finish(self, view: _JobView, halo: _Halo, blend) -> np.ndarray:
+        """The blend as the region's output samples on the host; its buffer goes back
+        to the pool."""
+        from workers.region import finish_region
+
+        try:
+            return finish_region(
+                blend,
+                view.samples,
+                halo.region,
+                view.layout.scale,
+                halo.pixels_hwc,
+                halo.origin,
+                halo.invalid_hwc,
             )
-            if invalid_t is not None:  # filled from their neighbours, tile by tile
-                holes = torch.stack(
-                    [
-                        invalid_t[:, y - by0 : y - by0 + g.tile_h, x - bx0 : x - bx0 + g.tile_w]
-                        for y, x in coords
-                    ]
-                )
-                lr = torch.from_numpy(fill_tiles(lr.numpy(), holes.numpy()))
-            images = model_inputs(lr[:, :n_image], lay.colour)
-            if (ph, pw) != (g.tile_h, g.tile_w):
-                images = _pad(images, ph, pw)
-            t0 = time.perf_counter()
-            sr = self._run_model(images, conditioning, task)
-            model_s += time.perf_counter() - t0
-            if sr is None:
-                continue  # out of memory: the same tiles again, in a smaller batch
-            b0 += len(coords)
-            sr = sr[:, :, : g.tile_h * s, : g.tile_w * s].float().cpu()
-            sr = model_outputs(sr, len(coords), n_image, lay.colour)
-            if lay.alpha:
-                sr = torch.cat([sr, bicubic_upscale(lr[:, -1:], s)], dim=1)
-            sr_np = sr.numpy()
-            for (y, x), tile in zip(coords, sr_np, strict=True):
-                accumulate(acc, wsum, tile, self._window(y, x), (y * s, x * s), (oy0, ox0))
-        out = from_unit(normalise(acc, wsum), lay.dtype, low, span, bounded)
-        if invalid is not None:  # no data stays no data, pixel for pixel at output scale
-            ry, rx = region.y0 - by0, region.x0 - bx0
-            rows = slice(ry, ry + region.y1 - region.y0)
-            cols = slice(rx, rx + region.x1 - region.x0)
-            mark_output(out, halo[rows, cols], invalid[rows, cols], s)
-        self._drop_shard(task)
-        self.output[task.frame, oy0 : oy0 + oh, ox0 : ox0 + ow, :] = np.moveaxis(out, 0, -1)
-        return {
-            "frame": task.frame,
-            "row": task.row,
-            "col": task.col,
-            "tiles": len(tiles),
-            "batch_size": self.batch_size,
-            "out_px": oh * ow,
-            "model_s": model_s,
-            "total_s": time.perf_counter() - t_start,
-            "node": self.node,
-        }
-
-    def _drop_shard(self, task: RegionTask) -> None:
-        """Delete the region's shard before writing it. The region owns the whole shard,
-        but zarr merges a write into the shard it finds: a shard left torn by an
-        interrupted attempt (a store without atomic writes) would fail every retry, and
-        an intact one would be read for nothing."""
-        from zarr.core.sync import sync
-
-        path = self.output.store_path
-        key = self.output.metadata.encode_chunk_key((task.frame, task.row, task.col, 0))
-        sync(path.store.delete(f"{path.path}/{key}" if path.path else key))
+        finally:
+            self._buffers.give(blend.acc)
 
     def _run_model(self, images_nchw, conditioning, task: RegionTask):
         """The model's output for these images, at most ``batch_size`` per call (a tile
@@ -412,24 +527,6 @@ def call_or_oom(fn) -> tuple[Any, str | None]:
     return None, message
 
 
-def model_inputs(image_nchw, colour: bool):
-    """(N, C, h, w) image channels -> the model's (M, 3, h, w): the RGB tiles as they
-    are (``colour``), else every channel of every tile as its own gray image (M = N*C)."""
-    if colour:
-        return image_nchw
-    n, c, h, w = image_nchw.shape
-    return image_nchw.reshape(n * c, 1, h, w).expand(-1, 3, -1, -1)
-
-
-def model_outputs(sr_m3hw, tiles: int, channels: int, colour: bool):
-    """The model's (M, 3, H, W) back to (tiles, channels, H, W): gray images are the
-    mean of the model's three outputs."""
-    if colour:
-        return sr_m3hw
-    _, _, h, w = sr_m3hw.shape
-    return sr_m3hw.mean(dim=1).reshape(tiles, channels, h, w)
-
-
 class OutOfMemory(RuntimeError):
     """A single tile does not fit in the device's memory."""
 
@@ -443,10 +540,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-def _pad(x, height: int, width: int):
-    """Reflect-pad right/bottom to (height, width); replicate where reflect cannot reach."""
-    import torch.nn.functional as F
+def _failed(task: RegionTask | EstimateTask, exc: BaseException) -> RuntimeError:
+    """The error a failed call raises: where (the frame and region, or the frames of an
+    estimate), then what. The driver shows it as it is."""
+    if isinstance(exc, _RegionFailed):
+        return exc
+    return _RegionFailed(f"{describe(task)} failed: {type(exc).__name__}: {exc}")
 
-    dh, dw = height - x.shape[-2], width - x.shape[-1]
-    mode = "reflect" if dh < x.shape[-2] and dw < x.shape[-1] else "replicate"
-    return F.pad(x, (0, dw, 0, dh), mode=mode)
+
+class _RegionFailed(RuntimeError):
+    """A call's failure, already located (never wrapped twice)."""

@@ -23,12 +23,12 @@ from pipeline.conditioning import Conditioning
 from pipeline.config import degradation_mode, parse_degradation
 from pipeline.errors import JobFailed, UserError, cause
 from pipeline.plan import Plan
-from pipeline.progress import Progress
+from pipeline.progress import ModelBusy, Progress, busy_text
 from pipeline.progress_bar import open_bar
 from pipeline.publish.files import discard
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
-from pipeline.stages import region_pool, region_stages
+from pipeline.stages import REGION_SPLIT, region_pool, region_stages
 from pipeline.storage import as_path, list_prefix
 from pipeline.store import JobStore, open_for_job, remove_store
 from pipeline.tiling import plan_regions
@@ -53,6 +53,7 @@ class Summary:
     segments_total: int = 0  # video: encode segments
     segments_run: int = 0
     scratch_peak_bytes: int | None = None  # the store's largest sampled size
+    model_busy: float | None = None  # the workers' share of time in the model (ModelBusy)
 
     def line(self) -> str:
         rate = self.out_megapixels / max(self.seconds, 1e-9)
@@ -61,6 +62,8 @@ class Summary:
         frames = f"{self.frames} frames, " if self.frames > 1 else ""
         if self.segments_total:
             extra += f", {self.segments_run}/{self.segments_total} segments encoded"
+        if self.model_busy is not None:
+            extra += f", {busy_text(self.model_busy)}"
         return (
             f"done in {self.seconds:.1f} s: {frames}{self.out_megapixels:.1f} output "
             f"megapixels ({rate:.1f} MP/s), {self.regions_run}/{self.regions_total} regions "
@@ -141,6 +144,7 @@ class JobGraph:
         )
         self.error: BaseException | None = None
         self.summary: Summary | None = None
+        self.busy = ModelBusy()
         self.done_output = False
         self.store: JobStore | None = None
         self.store_removed = False  # after success (or a damaged input) without --keep-store
@@ -266,6 +270,7 @@ class JobGraph:
                 regions_total=self.regions_total,
                 regions_run=len(self.todo),
                 store_url=plan.store_url,
+                model_busy=self.busy.fraction(),
                 **self.summary_extra(),
             )
 
@@ -310,7 +315,16 @@ class JobGraph:
         for f in self.cond.release(sorted(self.waiting)):
             self.waiting.discard(f)
             for task in self.by_frame.get(f, []):
-                self.emit(Call(self, self.upscale_stage, (task, self.job), task, pool=self.pool))
+                self.emit(
+                    Call(
+                        self,
+                        self.upscale_stage,
+                        (task, self.job),
+                        task,
+                        pool=self.pool,
+                        split=REGION_SPLIT,
+                    )
+                )
 
     def settled(self, call: Call, result: Any) -> None:
         if call.stage is self.upscale_stage:
@@ -320,6 +334,8 @@ class JobGraph:
             self.store.mark_done(task.frame, task.row, task.col)
             if self.error is not None:
                 return
+            self.busy.record(result)
+            self.recorder.model_busy(self.busy.fraction())
             self.left[task.frame] -= 1
             self.regions_left -= 1
             if self.bar is not None:

@@ -24,6 +24,7 @@ from pipeline.runner.stage import Call, Hosted, PoolSpec, Settled, call_by_name
 from pipeline.runner.tasks import JobRef
 
 log = logging.getLogger(__name__)
+IO_GROUP = "io"  # the actors' thread group for the io half of split calls
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Flight:
     slot: int = -1
     actor: Any = None
     seq: int = 0
+    compute: Any = None  # a split call's compute ref (its io ref settles the call)
 
 
 class ActorPool:
@@ -47,7 +49,9 @@ class ActorPool:
         # No Ray-side restarts or retries: the loop counts every failed attempt and the
         # pool replaces a dead actor itself, so retries stay bounded however one dies.
         options = {"max_restarts": 0, "max_task_retries": 0, **spec.options}
-        self._cls = ray.remote(Hosted).options(**options)
+        # Split calls' io halves run on their own threads: one per call an actor may hold.
+        hosted = ray.remote(concurrency_groups={IO_GROUP: self.per_actor})(Hosted)
+        self._cls = hosted.options(**options)
         self.actors = [self._new_actor() for _ in range(max(1, spec.count))]
         self.load = [0] * len(self.actors)
         self.seq = 0
@@ -66,8 +70,13 @@ class ActorPool:
         actor = self.actors[slot]
         self.seq += 1
         self.load[slot] += 1
-        ref = actor.call.remote(call.method, *args)
-        return ref, Flight(call, slot, actor, self.seq)
+        if call.split is None:
+            ref = actor.call.remote(call.method, *args)
+            return ref, Flight(call, slot, actor, self.seq)
+        compute, io = call.split
+        compute_ref = actor.call.remote(compute, *args)
+        ref = actor.call.options(concurrency_group=IO_GROUP).remote(io, *args)
+        return ref, Flight(call, slot, actor, self.seq, compute_ref)
 
     def replace(self, slot: int) -> None:
         import ray
@@ -186,27 +195,19 @@ class RayExecutor:
         return Settled(flight.call, error=exc)
 
     def _blame(self, ref: Any, flight: Flight) -> None:
-        """A dead actor failed every call queued on it but ran only the oldest
-        unfinished one: spare the others an attempt."""
-        import ray
-
-        others = sorted((f.seq, r) for r, f in self.flights.items() if f.actor is flight.actor)
-        culprit = ref
-        for seq, r in others:
-            if seq > flight.seq:
-                break
-            ready, _ = ray.wait([r], timeout=10)
-            try:
-                if ready:
-                    ray.get(r)
-                    continue  # finished before the death
-            except ray.exceptions.RayError:
-                pass
-            culprit = r
-            break
-        self.spared.update(r for _, r in others if r is not culprit)
-        if culprit is not ref:
-            self.spared.add(ref)
+        """A dead actor failed every call queued on it, but only one call was running its
+        model: spare the others an attempt. Calls run in order, so the culprit is the
+        oldest whose model step had not finished: for split calls, the oldest whose
+        compute ref failed (the io halves of older regions may still have been writing);
+        else the oldest unfinished call."""
+        mine = [(f.seq, r, f) for r, f in self.flights.items() if f.actor is flight.actor]
+        calls = sorted([*mine, (flight.seq, ref, flight)], key=lambda c: c[0])
+        culprit = next(
+            (r for _, r, f in calls if f.compute is not None and _failed(f.compute)), None
+        )
+        if culprit is None:
+            culprit = next((r for seq, r, _ in calls if seq <= flight.seq and _failed(r)), ref)
+        self.spared.update(r for _, r, _ in calls if r is not culprit)
 
     # ------------------------------------------------------------------- pools
     def release(self, job: Any) -> None:
@@ -241,3 +242,17 @@ def wait_all(refs: list[Any]) -> list[Any]:
             stopping.check()
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
     return ray.get(refs)
+
+
+def _failed(ref: Any) -> bool:
+    """Whether a call of a dead actor failed (True) or had finished before (False)."""
+    import ray
+
+    ready, _ = ray.wait([ref], timeout=10)
+    if not ready:
+        return True
+    try:
+        ray.get(ref)
+    except ray.exceptions.RayError:
+        return True
+    return False

@@ -72,6 +72,10 @@ class Call:
     args: tuple = ()
     address: Any = None  # what it works on (a task, a segment, a block)
     method: str = "process"  # actor stages
+    # Ray: the call as two methods on one actor, (compute, io): ``compute`` on the actor's
+    # sequential thread, ``io`` (whose result settles the call) on its "io" thread group,
+    # so an actor's I/O overlaps its model. The in-process runner calls ``method``.
+    split: tuple[str, str] | None = None
     pool: PoolSpec | None = None  # actor stages
     first: bool = False  # queue ahead of the stage's other calls
     attempt: int = 0

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from pipeline.config import SCRATCH_CODECS
 from pipeline.errors import UserError
 from pipeline.storage import filesystem, is_remote, local_path, zarr_kwargs
 from pipeline.store.lock import FileLock, Lease
@@ -43,6 +44,21 @@ from pipeline.tiling import region_counts
 
 FORMAT_VERSION = 3  # 3: the layout says which channel is alpha and whether RGB
 PROGRESS_KEY = "progress.json"
+
+
+def scratch_codecs(name: str) -> Any:
+    """zarr ``compressors`` for a ``store.codec`` name (None: stored uncompressed)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "none":
+        return None
+    if name.startswith("zstd-"):
+        return (ZstdCodec(level=int(name.removeprefix("zstd-"))),)
+    if name == "blosc-lz4":
+        return (BloscCodec(cname="lz4", clevel=1, shuffle="noshuffle"),)
+    if name == "blosc-zstd-1":
+        return (BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle"),)
+    raise UserError(f"store.codec {name!r} is not one of {', '.join(SCRATCH_CODECS)}")
 
 
 def _canonical(path: str | Path) -> str:
@@ -99,6 +115,7 @@ class Layout:
     rgb: bool = True
     premultiplied: bool = False  # the alpha is associated (colours premultiplied by it)
     nodata: float | None = None  # GDAL's nodata value (pipeline/nodata.py); NaN is implicit
+    codec: str = "zstd-0"  # the input and output arrays' codec (``scratch_codecs``)
 
     @property
     def colour(self) -> bool:
@@ -169,6 +186,7 @@ class JobStore:
             dtype=layout.dtype,
             chunks=(1, min(h, chunk_lr * 4), min(w, chunk_lr * 4), c),
             fill_value=0,
+            compressors=scratch_codecs(layout.codec),
         )
         _, sh, sw, _ = layout.out_shape
         r, ch = layout.region_out_px, layout.chunk_out_px
@@ -179,6 +197,7 @@ class JobStore:
             shards=(1, r, r, c),
             chunks=(1, ch, ch, c),
             fill_value=0,
+            compressors=scratch_codecs(layout.codec),
         )
         rows, cols = layout.regions
         group.create_array(

@@ -1,0 +1,164 @@
+"""The pure region compute (workers/region.py) on arrays alone: it equals the numpy
+reference blend byte for byte, it is seam-free against whole-image bicubic, it does not
+depend on how a frame is cut into regions, and the out-of-memory back-off changes no
+sample."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.samples import from_unit, sample_range, to_unit
+from pipeline.tiling import (
+    accumulate,
+    normalise,
+    plan_grid,
+    plan_regions,
+    tile_window,
+    tiles_for_region,
+)
+from tests.helpers import bicubic_reference
+from workers.region import Samples, upscale_region
+from workers.upscaler import bicubic_upscale
+
+CPU = torch.device("cpu")
+
+
+def _image(h: int, w: int, c: int, dtype: str, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "float32":
+        return (rng.standard_normal((h, w, c)) * 40 + 100).astype(np.float32)
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, int(info.max) + 1, (h, w, c)).astype(dtype)
+
+
+def _run(image, scale, tile, overlap, region_px, window="gaussian", oom_every=0, colour=True):
+    """The whole frame through ``upscale_region``, region by region."""
+    h, w, c = image.shape
+    grid = plan_grid(h, w, tile, overlap)
+    low, span, bounded = sample_range(image.dtype.name)
+    samples = Samples(c, 0, colour, image.dtype.name, low, span, bounded)
+    out = np.zeros((h * scale, w * scale, c), image.dtype)
+    batch = [4]
+    calls = [0]
+
+    def upscale(images):
+        calls[0] += 1
+        if oom_every and calls[0] % oom_every == 0 and batch[0] > 1:
+            batch[0] //= 2  # what the worker does on out-of-memory: a smaller batch
+            return None
+        return bicubic_upscale(images, scale, clamp=False)
+
+    for region in plan_regions(0, h, w, region_px):
+        tiles = tiles_for_region(grid, region)
+        by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
+        by1 = max(y for y, _ in tiles) + grid.tile_h
+        bx1 = max(x for _, x in tiles) + grid.tile_w
+        result = upscale_region(
+            image[by0:by1, bx0:bx1],
+            (by0, bx0),
+            grid,
+            region,
+            tiles,
+            scale,
+            samples,
+            window=lambda y, x: torch.from_numpy(
+                tile_window(grid, y, x, scale, overlap, window, 0)
+            ),
+            upscale=upscale,
+            tiles_per_call=lambda: batch[0],
+            device=CPU,
+        )
+        assert result.out_hwc.dtype == image.dtype
+        ys, xs = region.y0 * scale, region.x0 * scale
+        oh, ow = result.out_hwc.shape[:2]
+        out[ys : ys + oh, xs : xs + ow] = result.out_hwc
+    return out
+
+
+def _numpy_reference(image, scale, tile, overlap, window="gaussian"):
+    """The blend as pipeline.tiling and pipeline.samples write it, over the whole frame."""
+    h, w, c = image.shape
+    grid = plan_grid(h, w, tile, overlap)
+    low, span, bounded = sample_range(image.dtype.name)
+    unit = to_unit(image, low, span)
+    if bounded:
+        np.clip(unit, 0.0, 1.0, out=unit)
+    acc = np.zeros((c, h * scale, w * scale), np.float32)
+    wsum = np.zeros((h * scale, w * scale), np.float32)
+    for y in grid.ys:
+        for x in grid.xs:
+            lr = torch.from_numpy(unit[y : y + grid.tile_h, x : x + grid.tile_w]).permute(2, 0, 1)
+            sr = bicubic_upscale(lr[None], scale, clamp=False)[0].numpy()
+            weights = tile_window(grid, y, x, scale, overlap, window, 0)
+            accumulate(acc, wsum, sr, weights, (y * scale, x * scale), (0, 0))
+    out = from_unit(normalise(acc, wsum), image.dtype.name, low, span, bounded)
+    return np.moveaxis(out, 0, -1)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_equals_the_numpy_blend_byte_for_byte(dtype):
+    image = _image(70, 90, 3, dtype)
+    got = _run(image, 2, 32, 8, region_px=1000)  # one region: the whole frame
+    want = _numpy_reference(image, 2, 32, 8)
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "h,w,scale,tile,overlap,window", [(61, 97, 4, 24, 8, "gaussian"), (80, 50, 2, 32, 12, "cosine")]
+)
+def test_seam_free_against_whole_image_bicubic(h, w, scale, tile, overlap, window):
+    image = _image(h, w, 3, "uint8", seed=3)
+    got = _run(image, scale, tile, overlap, region_px=16, window=window).astype(np.int16)
+    want = bicubic_reference(image, scale).astype(np.int16)
+    assert np.abs(got - want).max() <= 1
+
+
+@pytest.mark.unit
+def test_regions_and_out_of_memory_back_off_change_no_sample():
+    image = _image(75, 83, 3, "uint8", seed=7)
+    whole = _run(image, 2, 20, 6, region_px=1000)
+    assert _run(image, 2, 20, 6, region_px=16).tobytes() == whole.tobytes()
+    assert _run(image, 2, 20, 6, region_px=24, oom_every=2).tobytes() == whole.tobytes()
+
+
+@pytest.mark.unit
+def test_gray_bands_run_one_by_one():
+    """Independent bands go through the model as gray images, one per band."""
+    image = _image(40, 44, 5, "uint16", seed=2)
+    got = _run(image, 2, 16, 4, region_px=1000, colour=False)
+    for band in range(5):
+        alone = _run(image[:, :, band : band + 1], 2, 16, 4, 1000, colour=False)
+        assert got[:, :, band].tobytes() == alone[:, :, 0].tobytes()
+
+
+@pytest.mark.unit
+def test_cached_window_sums_and_reused_buffers_give_the_same_blend():
+    """The worker sums a region's windows once (``region_weights``) and reuses its
+    accumulators: the blend is the one ``blend_region`` makes from scratch."""
+    from workers.region import blend_region, region_weights
+
+    image = _image(50, 70, 3, "uint8", seed=4)
+    grid = plan_grid(50, 70, 24, 8)
+    samples = Samples(3, 0, True, "uint8", *sample_range("uint8"))
+    region = plan_regions(0, 50, 70, 32)[1]
+    tiles = tiles_for_region(grid, region)
+    by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
+    halo = image[by0 : max(y for y, _ in tiles) + 24, bx0 : max(x for _, x in tiles) + 24]
+
+    def window(y, x):
+        return torch.from_numpy(tile_window(grid, y, x, 2, 8, "gaussian", 0))
+
+    def blend(**kw):
+        return blend_region(
+            halo, (by0, bx0), grid, region, tiles, 2, samples, window,
+            lambda im: bicubic_upscale(im, 2, clamp=False), lambda: 4, CPU, **kw,
+        )  # fmt: skip
+
+    fresh = blend()
+    wsum = region_weights(grid, region, tiles, 2, window, CPU)
+    dirty = torch.full_like(fresh.acc, 7.0)  # a used buffer: zeroed before summing
+    reused = blend(acc=dirty, wsum=wsum)
+    assert torch.equal(wsum, fresh.wsum)
+    assert reused.acc is dirty and torch.equal(reused.acc, fresh.acc)
