@@ -83,7 +83,18 @@ def _output_kind(out: Path | ObjectPath) -> str:
 
 def check_pixel_semantics(info: ImageInfo, cfg: JobConfig, model: ModelSpec) -> None:
     """Refuse what the model would get wrong (class codes, samples without a display
-    range); say in one line what is converted (palette -> colours, orientation)."""
+    range); say in one line what is converted (palette -> colours, orientation) and
+    what a multi-resolution or multi-image TIFF holds besides the level that is read."""
+    if info.skipped:
+        log.info(
+            "probe: %s: reading level 0 of series %d (%dx%d); not read: %s (labels, macros "
+            "and thumbnails are never copied to the output)",
+            info.path,
+            info.series,
+            info.width,
+            info.height,
+            info.skipped,
+        )
     if info.palette:
         if cfg.output.palette == "refuse":
             raise UserError(

@@ -38,6 +38,7 @@ from pipeline.publish.metadata import (
     omero_block,
     tiff_ome_metadata,
     tiff_resolution,
+    tiff_slide_description,
 )
 from pipeline.publish.tiles import encoded_tiles
 from pipeline.storage import ObjectPath, is_remote, zarr_kwargs
@@ -406,6 +407,7 @@ def write_tiff(
                 kwargs["subifds"] = len(shapes) - 1
                 kwargs["extratags"] = geo_tags + icc
                 kwargs["metadata"] = tiff_ome_metadata(meta, channels) if meta.ome else None
+                kwargs["description"] = tiff_slide_description(meta, w, h)
             else:
                 kwargs["subfiletype"] = 1
                 kwargs["metadata"] = None

@@ -267,6 +267,19 @@ def tiff_resolution(meta: ImageMeta) -> dict[str, Any]:
     return {}
 
 
+def tiff_slide_description(meta: ImageMeta, width: int, height: int) -> str | None:
+    """An Aperio ImageDescription for a ``.tif`` output of an Aperio slide: its ``MPP``
+    and ``AppMag`` (already scaled), where OpenSlide, QuPath and tifffile read them."""
+    if meta.slide != "aperio" or meta.ome:
+        return None
+    fields = [f"{width}x{height} [0,0 {width}x{height}]"]
+    if meta.magnification:
+        fields.append(f"AppMag = {meta.magnification:g}")
+    if meta.pixel_size and meta.pixel_unit == "micrometer":
+        fields.append(f"MPP = {meta.pixel_size[1]:.6g}")
+    return "Aperio Image Library (upscaled by s3diff-sr-pipeline)\r\n" + "|".join(fields)
+
+
 def tiff_ome_metadata(meta: ImageMeta, channels: int) -> dict[str, Any]:
     """tifffile ``metadata`` for an OME-TIFF output: scaled physical sizes, channels.
     (Interleaved samples share one OME Channel element, so only the first name and
