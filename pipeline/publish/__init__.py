@@ -30,7 +30,9 @@ from pipeline.nodata import GDAL_NODATA, invalid_mask, mean_valid_2x2, parse_nod
 from pipeline.publish.cog import write_cog
 from pipeline.publish.files import local_target, replace
 from pipeline.publish.metadata import (
+    engineering_wkt,
     geo_affine,
+    geo_crs_kind,
     geo_epsg,
     geozarr_attrs,
     icc_attr,
@@ -233,10 +235,13 @@ def create_ome_zarr(
     import zarr
 
     meta = meta or ImageMeta()
-    if geo and geo_affine(geo) is not None and geo_epsg(geo) is None:
+    geo = geo or {}
+    if geo_affine(geo) is not None and geo_epsg(geo) is None and engineering_wkt(geo) is None:
         log.warning(
-            "the input's CRS has no EPSG code (user-defined GeoKeys): %s gets the scaled "
-            "transform but no CRS; write .tif to keep the GeoKeys as they are",
+            "the input's CRS is %s with no EPSG code: %s gets the scaled transform and the "
+            "GeoKeys (its 'geotiff' attribute) but no _CRS/proj: CRS; write .tif to keep "
+            "the CRS where GDAL reads it",
+            geo_crs_kind(geo) or "not given",
             path,
         )
     # The nodata value as the arrays' fill value, which GDAL's Zarr driver reports as
