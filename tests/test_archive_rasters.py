@@ -29,8 +29,9 @@ H, W = 96, 128  # LR size of every fixture; tiles and strips of 16/32 px
 
 
 def upscale(src: Path, out: Path, **cfg):
+    cfg = {"tile": 48, "region_out_px": 64, **cfg}
     cfg = make_config(
-        scale=2, tile=48, overlap=12, region_out_px=64, chunk_out_px=32, run__runner="local",
+        scale=2, overlap=12, chunk_out_px=32, run__runner="local",
         output__tile_px=64, output__pyramid_min_px=64, **cfg,
     )  # fmt: skip
     return run_job(str(src), str(out), cfg, progress=False)
@@ -101,14 +102,20 @@ def write_planar_strips(path: Path) -> dict:
 
 
 def write_pixel_tiles_rotated(path: Path) -> dict:
-    """8-band int16, pixel-interleaved 16-px tiles; a rotated transform (GDAL writes a
-    ModelTransformationTag)."""
+    """64-band int16 (the most bands taken), pixel-interleaved 16-px tiles; a rotated
+    transform (GDAL writes a ModelTransformationTag)."""
     from rasterio import Affine
 
     rotated = Affine(30.0, 4.0, 500000.0, 3.0, -30.0, 4000000.0)
-    _gdal(path, bands(8, "int16", 3), "EPSG:32633", rotated,
+    _gdal(path, bands(64, "int16", 3), "EPSG:32633", rotated,
           interleave="pixel", tiled=True, blockxsize=16, blockysize=16)  # fmt: skip
-    return {"out": "rotated.tif", "levels": 1, "geo": True}
+    # 64 bands run one by one: the whole image as one tile and one region keeps it cheap
+    return {
+        "out": "rotated.tif",
+        "levels": 1,
+        "geo": True,
+        "cfg": {"tile": 128, "region_out_px": 256},
+    }
 
 
 def write_float_geographic(path: Path) -> dict:
@@ -182,7 +189,7 @@ def write_svs(path: Path) -> dict:
 LAYOUTS = {
     "cog-overviews": write_cog,
     "planar-strips-6band-uint16": write_planar_strips,
-    "pixel-tiles-8band-int16-rotated": write_pixel_tiles_rotated,
+    "pixel-tiles-64band-int16-rotated": write_pixel_tiles_rotated,
     "planar-tiles-float32-geographic": write_float_geographic,
     "jpeg-ycbcr": write_jpeg_ycbcr,
     "engineering-crs-tif": write_engineering,
@@ -241,7 +248,7 @@ def test_archive_layout_read_at_full_resolution(tmp_path, caplog, layout):
     image = _level0(src)
     out = tmp_path / case["out"]
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        upscale(src, out)
+        upscale(src, out, **case.get("cfg", {}))
     expect = bicubic(image)
     tol = 1e-2 if image.dtype.kind == "f" else 1
     if out.suffix == ".zarr":
