@@ -21,7 +21,13 @@ import zarr
 
 from pipeline.errors import DamagedInput, is_decode_error
 from pipeline.image_meta import aperio_fields
-from pipeline.publish.metadata import engineering_wkt, geo_crs_kind, geo_keys_complete
+from pipeline.publish.metadata import (
+    engineering_wkt,
+    geo_affine,
+    geo_crs_kind,
+    geo_from_zarr,
+    geo_keys_complete,
+)
 from pipeline.run import run_job
 from tests.helpers import make_config, synth_image
 
@@ -377,6 +383,11 @@ def test_geokeys_kinds_and_what_can_be_written():
     assert wkt is not None and wkt.startswith('ENGCRS["Cartesian (Meter)"')
     assert 'LENGTHUNIT["foot",0.3048]' in wkt
     assert engineering_wkt(projected) is None
+    # A foreign GeoZarr that gives an engineering CRS only as WKT: GeoKeys as GDAL's
+    t = [2.0, 0.0, 0.0, 0.0, -2.0, 1000.0]
+    back = geo_from_zarr({"proj:wkt2": wkt, "spatial:transform": t})
+    assert geo_crs_kind(back) == "engineering" and engineering_wkt(back) == wkt
+    assert geo_affine(back) == tuple(t)
 
 
 @pytest.mark.unit

@@ -186,11 +186,32 @@ def _model_type(attrs: dict[str, Any]) -> int | None:
     return {"ProjectedCRS": 1, "GeographicCRS": 2}.get(kind)
 
 
+def _wkt_of(attrs: dict[str, Any]) -> str:
+    crs = attrs.get("_CRS")
+    wkt = crs.get("wkt") if isinstance(crs, dict) else None
+    return str(wkt or attrs.get("proj:wkt2") or "")
+
+
+def engineering_geokeys(wkt: str) -> dict[int, Any]:
+    """GeoKeys (as GDAL writes them) for an engineering/local CRS given as WKT
+    (``ENGCRS[...]``, WKT1 ``LOCAL_CS[...]``): its name as the citation and its linear
+    unit; {} for any other WKT."""
+    head = wkt.lstrip().upper()
+    if not head.startswith(("ENGCRS", "ENGINEERINGCRS", "LOCAL_CS")):
+        return {}
+    name = wkt.split('"')[1] if wkt.count('"') >= 2 else "unnamed"
+    lower = wkt.lower()
+    unit = 9003 if "us survey foot" in lower else 9002 if "foot" in lower else 9001
+    keys = [1, 1, 0, 3, 1025, 0, 1, 1, 1026, 34737, len(name) + 1, 0, 3076, 0, 1, unit]
+    return {34735: tuple(keys), 34737: name + "|"}
+
+
 def geo_from_zarr(attrs: dict[str, Any]) -> dict[int, Any]:
     """GeoTIFF tags (as ``ImageInfo.geo_tags``) for a Zarr level array's attributes: the
     transform from ``spatial:transform``; GeoKeys from our ``geotiff`` attribute, else
     made from the EPSG code (``proj:code`` or ``_CRS.url``) and, where GDAL's ``_CRS``
-    gives its WKT or PROJJSON, the model type. Without a model type the GeoKeys hold only
+    gives its WKT or PROJJSON, the model type; or, with no code, an engineering CRS's
+    WKT (``_CRS.wkt`` / ``proj:wkt2``). Without a model type the GeoKeys hold only
     the code (no 1024 key): enough for a .zarr output, refused for a .tif (plan)."""
     geo: dict[int, Any] = {}
     own = attrs.get(GEOTIFF_ATTR) if isinstance(attrs.get(GEOTIFF_ATTR), dict) else {}
@@ -198,6 +219,8 @@ def geo_from_zarr(attrs: dict[str, Any]) -> dict[int, Any]:
         if name in own:
             geo[code] = tuple(own[name]) if code in (34735, 34736) else own[name]
     epsg = _epsg_of(attrs)
+    if 34735 not in geo and epsg is None:
+        geo.update(engineering_geokeys(_wkt_of(attrs)))
     if 34735 not in geo and epsg is not None:
         model = _model_type(attrs)
         crs_key = 2048 if model == 2 else 3072
