@@ -384,6 +384,12 @@ def _series_size(series: Any) -> tuple[int, int]:
     return dims.get("X", 0), dims.get("Y", 0)
 
 
+def _is_mask(series: Any) -> bool:
+    """A GDAL internal nodata mask (NewSubfileType bit 4), which tifffile lists as a
+    series of its own."""
+    return bool(int(series.keyframe.subfiletype) & 4)
+
+
 def _size_text(series: Any) -> str:
     w, h = _series_size(series)
     return f"{w}x{h}"
@@ -398,7 +404,7 @@ def image_series(all_series: list[Any]) -> tuple[int, str]:
     def area(i: int) -> int:
         w, h = _series_size(all_series[i])
         associated = (all_series[i].name or "").lower() in ASSOCIATED
-        return -1 if associated else w * h
+        return -1 if associated or _is_mask(all_series[i]) else w * h
 
     index = max(range(len(all_series)), key=lambda i: (area(i), -i))
     parts = []
@@ -407,7 +413,9 @@ def image_series(all_series: list[Any]) -> tuple[int, str]:
         sizes = ", ".join(_size_text(lv) for lv in levels)
         parts.append(f"{len(levels)} reduced level(s) ({sizes})")
     for i, other in enumerate(all_series):
-        if i != index:
+        if i != index and _is_mask(other):
+            parts.append(f"internal mask {_size_text(other)} (not applied)")
+        elif i != index:
             name = other.name or f"series {i}"
             parts.append(f"{name} {_size_text(other)}")
     return index, "; ".join(parts)
