@@ -59,7 +59,7 @@ class ImageMeta:
     channel_colors: tuple[str, ...] = ()
     ome: bool = False  # the input was OME (TIFF with OME-XML, or OME-Zarr)
     magnification: float | None = None  # objective power (Aperio AppMag, NDPI tag 65421)
-    slide: str = ""  # "aperio" | "ndpi": the slide format the sizes came from
+    slide: str = ""  # "aperio" | "ndpi" | "philips": the slide format the sizes came from
 
     def scaled(self, factor: int) -> ImageMeta:
         """The same meaning for an image ``factor`` times larger on each side."""
@@ -150,7 +150,7 @@ def _positive(value: Any) -> float | None:
 def read_slide(tif: Any, page: Any) -> dict[str, Any]:
     """Microns per pixel and objective power of a whole-slide TIFF: Aperio's MPP and
     AppMag in the ImageDescription; NDPI's magnification tag 65421 (its pixel size is
-    in its resolution tags, read as for any TIFF)."""
+    in its resolution tags, read as for any TIFF); Philips' DICOM_PIXEL_SPACING."""
     description = str(page.description or "")
     if description.startswith("Aperio"):
         fields = aperio_fields(description)
@@ -165,7 +165,29 @@ def read_slide(tif: Any, page: Any) -> dict[str, Any]:
     if tif.is_ndpi:
         mag = _positive(page.tags.valueof(65421))
         return {"slide": "ndpi", **({"magnification": mag} if mag else {})}
+    if tif.is_philips:
+        spacing = philips_spacing_mm(tif.philips_metadata or "")
+        if spacing:  # DICOM PixelSpacing: row (y), column (x), in mm
+            return {"slide": "philips", "pixel_size": (spacing[0] * 1e3, spacing[1] * 1e3),
+                    "pixel_unit": "micrometer"}  # fmt: skip
+        return {"slide": "philips"}
     return {}
+
+
+def philips_spacing_mm(xml: str) -> tuple[float, float] | None:
+    """Level 0's DICOM_PIXEL_SPACING (row, column; mm) of a Philips TIFF's XML: the first
+    PixelDataRepresentation (the levels are listed from full resolution down)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        log.warning("Philips XML could not be parsed (%s); its pixel size is not carried", exc)
+        return None
+    level = './/DataObject[@ObjectType="PixelDataRepresentation"]'
+    for el in root.iterfind(f'{level}/Attribute[@Name="DICOM_PIXEL_SPACING"]'):
+        values = [_positive(v) for v in (el.text or "").replace('"', " ").split()]
+        if len(values) == 2 and all(values):
+            return values[0], values[1]  # type: ignore[return-value]
+    return None
 
 
 def read_tiff(tif: Any, page: Any = None) -> ImageMeta:
