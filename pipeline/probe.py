@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, is_decode_error
 from pipeline.image_meta import ImageMeta, read_ome_zarr, read_pillow, read_tiff
 from pipeline.publish.metadata import geo_from_zarr
 from pipeline.storage import ObjectPath, as_path, head_identity, open_input, open_zarr
@@ -331,6 +331,8 @@ def _probe_tiff(path: Path) -> ImageInfo:
             is_ome = tif.is_ome
             meta = read_tiff(tif, page)
     except (tifffile.TiffFileError, ValueError, IndexError, struct.error, OSError) as exc:
+        if not _from_the_file(exc):
+            raise  # raised by our own code: a bug, shown as one
         raise UserError(f"{path} is not a readable TIFF ({exc}); the file may be damaged") from None
     problem = compression_problem(compression)
     if problem:
@@ -371,6 +373,19 @@ def _probe_tiff(path: Path) -> ImageInfo:
         palette=palette,
         meta=meta,
     )
+
+
+def _from_the_file(exc: BaseException) -> bool:
+    """Whether a probe error came from reading the file (tifffile's parsing or the read
+    itself), not from our own code: only those are the file's fault."""
+    if isinstance(exc, (OSError, struct.error)) or is_decode_error(exc):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if "tifffile" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 # tifffile's names of a slide's associated images: never upscaled, never copied (a label

@@ -343,7 +343,7 @@ def test_archive_layout_read_at_full_resolution(tmp_path, caplog, layout):
 def test_damaged_bytes_and_bugs_are_told_apart(tmp_path, monkeypatch, capsys):
     """Bytes that fail to decode: "damaged or truncated", exit 2. Any other failure in
     ingest is a bug of ours: its own type in one line, exit 1, no traceback."""
-    from pipeline import cli, ingest
+    from pipeline import cli, ingest, probe
 
     src = tmp_path / "scene.tif"
     write_cog(src)
@@ -364,6 +364,14 @@ def test_damaged_bytes_and_bugs_are_told_apart(tmp_path, monkeypatch, capsys):
     assert "error: TypeError: a bug of ours (rerun with --debug" in err
     assert "damaged" not in err and "Traceback" not in err
     assert not (tmp_path / "o.tif").exists()
+
+    def probe_bug(series):  # a ValueError of ours at probe is not the file's fault either
+        raise ValueError("a probe bug of ours")
+
+    monkeypatch.setattr(probe, "image_series", probe_bug)
+    assert cli.main([str(src), *args]) == 1
+    err = capsys.readouterr().err
+    assert "error: ValueError: a probe bug of ours" in err and "damaged" not in err
 
 
 # ----------------------------------------------------------------------- unit parts
