@@ -13,6 +13,11 @@ class JobFailed(Exception):
     exit_code = 3
 
 
+def damaged(exc: BaseException) -> bool:
+    """Whether a task's error (raised here or wrapped by Ray) is ``DamagedInput``."""
+    return isinstance(exc, DamagedInput) or isinstance(getattr(exc, "cause", None), DamagedInput)
+
+
 def cause(exc: BaseException) -> str:
     """The last meaningful line of a (Ray-wrapped) exception; one line for a dead actor."""
     import sys
@@ -32,3 +37,25 @@ def cause(exc: BaseException) -> str:
             return "its worker's node was preempted"
         return "its worker process died (killed, crashed or lost with its node)"
     return last
+
+
+class DamagedInput(Exception):
+    """An input's bytes failed to decode (a codec or TIFF structure error) in a worker.
+    Only this is reported as a damaged file; any other failure is a bug of ours."""
+
+
+def is_decode_error(exc: BaseException, pillow: bool = False) -> bool:
+    """Whether ``exc`` is a file's bytes failing to decode: a codec error (imagecodecs,
+    zlib), tifffile's own errors (a corrupted tile or strip), a short read; with
+    ``pillow``, also Pillow's errors for broken PNG/JPEG data (OSError, SyntaxError)."""
+    import struct
+    import zlib
+
+    kinds: tuple[type[BaseException], ...] = (zlib.error, struct.error, EOFError, OSError)
+    if pillow:
+        kinds += (SyntaxError,)
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return False  # the file went away or cannot be opened: not its bytes
+    if isinstance(exc, kinds):
+        return True
+    return any(t.__module__.split(".")[0] in ("imagecodecs", "tifffile") for t in type(exc).__mro__)

@@ -58,15 +58,19 @@ class ImageMeta:
     channel_names: tuple[str, ...] = ()
     channel_colors: tuple[str, ...] = ()
     ome: bool = False  # the input was OME (TIFF with OME-XML, or OME-Zarr)
+    magnification: float | None = None  # objective power (Aperio AppMag, NDPI tag 65421)
+    slide: str = ""  # "aperio" | "ndpi" | "philips": the slide format the sizes came from
 
     def scaled(self, factor: int) -> ImageMeta:
         """The same meaning for an image ``factor`` times larger on each side."""
         res = self.resolution
         size = self.pixel_size
+        mag = self.magnification
         return replace(
             self,
             resolution=(res[0] * factor, res[1] * factor) if res else None,
             pixel_size=(size[0] / factor, size[1] / factor) if size else None,
+            magnification=mag * factor if mag else None,
         )
 
 
@@ -127,10 +131,71 @@ def parse_ome_xml(xml: str) -> dict[str, Any]:
     return out
 
 
-def read_tiff(tif: Any) -> ImageMeta:
-    """From an open ``tifffile.TiffFile``: ICC tag 34675, X/YResolution with unit,
-    OME-XML physical sizes and channels."""
-    tags = tif.pages[0].tags
+def aperio_fields(description: str) -> dict[str, str]:
+    """``key = value`` fields of an Aperio ImageDescription ("Aperio Image Library ...",
+    then "WxH ... |AppMag = 20|MPP = 0.499|...")."""
+    out = {}
+    for item in description.replace("\r", "\n").split("|")[1:]:
+        key, sep, value = item.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _positive(value: Any) -> float | None:
+    number = _rational(value)
+    return number if number and number > 0 else None
+
+
+def read_slide(tif: Any, page: Any) -> dict[str, Any]:
+    """Microns per pixel and objective power of a whole-slide TIFF: Aperio's MPP and
+    AppMag in the ImageDescription; NDPI's magnification tag 65421 (its pixel size is
+    in its resolution tags, read as for any TIFF); Philips' DICOM_PIXEL_SPACING."""
+    description = str(page.description or "")
+    if description.startswith("Aperio"):
+        fields = aperio_fields(description)
+        out: dict[str, Any] = {"slide": "aperio"}
+        mpp = _positive(fields.get("MPP"))
+        if mpp:
+            out.update(pixel_size=(mpp, mpp), pixel_unit="micrometer")
+        mag = _positive(fields.get("AppMag"))
+        if mag:
+            out["magnification"] = mag
+        return out
+    if tif.is_ndpi:
+        mag = _positive(page.tags.valueof(65421))
+        return {"slide": "ndpi", **({"magnification": mag} if mag else {})}
+    if tif.is_philips:
+        spacing = philips_spacing_mm(tif.philips_metadata or "")
+        if spacing:  # DICOM PixelSpacing: row (y), column (x), in mm
+            return {"slide": "philips", "pixel_size": (spacing[0] * 1e3, spacing[1] * 1e3),
+                    "pixel_unit": "micrometer"}  # fmt: skip
+        return {"slide": "philips"}
+    return {}
+
+
+def philips_spacing_mm(xml: str) -> tuple[float, float] | None:
+    """Level 0's DICOM_PIXEL_SPACING (row, column; mm) of a Philips TIFF's XML: the first
+    PixelDataRepresentation (the levels are listed from full resolution down)."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        log.warning("Philips XML could not be parsed (%s); its pixel size is not carried", exc)
+        return None
+    level = './/DataObject[@ObjectType="PixelDataRepresentation"]'
+    for el in root.iterfind(f'{level}/Attribute[@Name="DICOM_PIXEL_SPACING"]'):
+        values = [_positive(v) for v in (el.text or "").replace('"', " ").split()]
+        if len(values) == 2 and all(values):
+            return values[0], values[1]  # type: ignore[return-value]
+    return None
+
+
+def read_tiff(tif: Any, page: Any = None) -> ImageMeta:
+    """From an open ``tifffile.TiffFile`` and the image's first page (default: the
+    file's): ICC tag 34675, X/YResolution with unit, OME-XML physical sizes and
+    channels, a slide's microns per pixel and objective power."""
+    page = tif.pages[0] if page is None else page
+    tags = page.tags
     icc = tags.get(34675)
     xres, yres = tags.get(282), tags.get(283)
     unit_tag = tags.get(296)
@@ -148,6 +213,8 @@ def read_tiff(tif: Any) -> ImageMeta:
     )
     if tif.is_ome and tif.ome_metadata:
         meta = replace(meta, ome=True, **parse_ome_xml(tif.ome_metadata))
+    else:
+        meta = replace(meta, **read_slide(tif, page))
     if meta.pixel_size is None and resolution and unit:
         # A scanner's resolution tags are its pixel size: carry them as physical sizes.
         per_um = _UM_PER[unit]

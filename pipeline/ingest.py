@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.errors import DamagedInput, is_decode_error
 from pipeline.probe import ImageInfo, tiff_colormap
 from pipeline.storage import open_input, open_zarr
 from pipeline.store import JobStore
@@ -64,14 +65,17 @@ def stored_band(
 
 
 def open_lazy(info: ImageInfo):
-    """A lazily indexed view of a TIFF or Zarr input (numpy-style slicing)."""
+    """A lazily indexed view of a TIFF or Zarr input (numpy-style slicing). For a TIFF it
+    is level 0 of the series probe chose: a multi-resolution TIFF (COG, SubIFD pyramid,
+    slide) is a group of levels in tifffile's Zarr view, and one level is the array."""
     import zarr
 
     if info.kind == "tiff":
         import tifffile
 
         # The file object stays open for as long as the view is used.
-        return zarr.open(tifffile.imread(open_input(info.path), aszarr=True), mode="r")
+        store = tifffile.imread(open_input(info.path), aszarr=True, series=info.series, level=0)
+        return zarr.open_array(store, mode="r")
     node = open_zarr(info.path, mode="r")
     return node[info.zarr_path] if info.zarr_path else node
 
@@ -94,7 +98,7 @@ def read_rows(info: ImageInfo, y0: int, y1: int, view=None, colormap=None) -> np
         block = view[lead + (rows, cols)]
     block = orient(_to_hwc(np.asarray(block), info.layout), info.orientation)
     if info.palette == "tiff":
-        colormap = tiff_colormap(info.path) if colormap is None else colormap
+        colormap = tiff_colormap(info.path, info.series) if colormap is None else colormap
         block = expand_palette(block, colormap, info.dtype)
     return np.ascontiguousarray(block)
 
@@ -134,14 +138,26 @@ def ingest_rows_task(info: ImageInfo, store_url: str, y0: int, y1: int) -> int:
     store = JobStore.open(store_url)
     target = store.array("input")
     if info.kind in ("png", "jpeg"):
-        target[0] = decode_pillow(info)
+        try:
+            image = decode_pillow(info)
+        except Exception as exc:
+            if not is_decode_error(exc, pillow=True):
+                raise
+            raise DamagedInput(str(exc)) from exc
+        target[0] = image
         return info.height
     view = open_lazy(info)
-    colormap = tiff_colormap(info.path) if info.palette == "tiff" else None
+    colormap = tiff_colormap(info.path, info.series) if info.palette == "tiff" else None
     step = target.chunks[1]
     for start in range(y0, y1, step):
         stop = min(start + step, y1)
-        target[0, start:stop] = read_rows(info, start, stop, view, colormap)
+        try:
+            block = read_rows(info, start, stop, view, colormap)
+        except Exception as exc:
+            if not is_decode_error(exc):
+                raise  # ours: a bug, reported as one
+            raise DamagedInput(str(exc)) from exc
+        target[0, start:stop] = block
     return y1 - y0
 
 

@@ -19,7 +19,7 @@ from pipeline.models import ModelSpec, get_spec
 from pipeline.nodata import GDAL_NODATA, parse_nodata
 from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
 from pipeline.publish import FORMATS, check_output
-from pipeline.publish.metadata import geo_keys_complete
+from pipeline.publish.metadata import geo_epsg, geo_keys_complete
 from pipeline.samples import has_natural_range
 from pipeline.storage import ObjectPath, as_path, check_output_location
 from pipeline.store import Layout, default_store_url
@@ -83,7 +83,18 @@ def _output_kind(out: Path | ObjectPath) -> str:
 
 def check_pixel_semantics(info: ImageInfo, cfg: JobConfig, model: ModelSpec) -> None:
     """Refuse what the model would get wrong (class codes, samples without a display
-    range); say in one line what is converted (palette -> colours, orientation)."""
+    range); say in one line what is converted (palette -> colours, orientation) and
+    what a multi-resolution or multi-image TIFF holds besides the level that is read."""
+    if info.skipped:
+        log.info(
+            "probe: %s: reading level 0 of series %d (%dx%d); not read: %s (labels, macros "
+            "and thumbnails are never copied to the output)",
+            info.path,
+            info.series,
+            info.width,
+            info.height,
+            info.skipped,
+        )
     if info.palette:
         if cfg.output.palette == "refuse":
             raise UserError(
@@ -124,8 +135,9 @@ def check_pixel_semantics(info: ImageInfo, cfg: JobConfig, model: ModelSpec) -> 
 
 def check_geo(src: Path | ObjectPath, info: ImageInfo, fmt: str) -> None:
     """Georeferencing goes to .tif and .zarr; PNG/JPEG have no place for it (one warning
-    line). A CRS known only by its EPSG code (a GeoZarr input without GDAL's WKT) cannot
-    be written as GeoKeys: refused for .tif."""
+    line). Every GeoTIFF's keys are written as they are; only a CRS known by nothing but
+    its EPSG code (a GeoZarr input without GDAL's WKT) cannot be written as GeoKeys, which
+    need to say whether it is projected or geographic: refused for .tif."""
     if not info.geo_tags:
         return
     if fmt in ("png", "jpeg"):
@@ -135,10 +147,12 @@ def check_geo(src: Path | ObjectPath, info: ImageInfo, fmt: str) -> None:
             fmt.upper(),
         )
     elif fmt == "tiff" and not geo_keys_complete(info.geo_tags):
+        code = geo_epsg(info.geo_tags)
         raise UserError(
-            f"{src} names its CRS only by its EPSG code, and GeoTIFF keys need to know "
-            "whether it is projected or geographic; write .zarr (which keeps the code), "
-            "or add GDAL's _CRS attribute with the WKT to the input"
+            f"{src} names its CRS only by its EPSG code (EPSG:{code}, in proj:code or "
+            "_CRS.url, with no WKT or GeoKeys), and GeoTIFF keys need to know whether it "
+            "is projected or geographic; write .zarr (which keeps the code), or add GDAL's "
+            "_CRS attribute with the WKT to the input"
         )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, is_decode_error
 from pipeline.image_meta import ImageMeta, read_ome_zarr, read_pillow, read_tiff
 from pipeline.publish.metadata import geo_from_zarr
 from pipeline.storage import ObjectPath, as_path, head_identity, open_input, open_zarr
@@ -41,6 +41,8 @@ class ImageInfo:
     layout: str = "hwc"  # hwc | hw | chw (Zarr/TIFF views)
     lead: int = 0  # leading singleton axes of a Zarr/TIFF view (OME TCZYX with T=Z=1)
     zarr_path: str = ""  # array inside a Zarr group ("0" for OME-Zarr)
+    series: int = 0  # TIFF: the series that is the image (its level 0 is read)
+    skipped: str = ""  # TIFF: what else the file holds and is not read (one log line)
     geo_tags: dict[int, Any] = field(default_factory=dict)
     # Pixel semantics, from what the file says (never guessed from the channel count):
     alpha: bool = False  # the last channel is alpha (TIFF ExtraSamples, PNG LA/RGBA/tRNS)
@@ -317,17 +319,20 @@ def _probe_tiff(path: Path) -> ImageInfo:
 
     try:
         with open_input(path) as fh, tifffile.TiffFile(fh) as tif:
-            series = tif.series[0]
+            index, skipped = image_series(tif.series)
+            series = tif.series[index]
             shape, dtype, axes = tuple(series.shape), str(series.dtype), series.axes
-            page = tif.pages[0]
+            page = series.keyframe
             geo = {tag.code: tag.value for tag in page.tags.values() if tag.code in GEO_TAGS}
             compression = int(page.compression)
             photometric = int(page.photometric)
             extrasamples = tuple(int(e) for e in page.extrasamples)
             orientation = exif_orientation({274: page.tags.valueof(274, 1)})
             is_ome = tif.is_ome
-            meta = read_tiff(tif)
+            meta = read_tiff(tif, page)
     except (tifffile.TiffFileError, ValueError, IndexError, struct.error, OSError) as exc:
+        if not _from_the_file(exc):
+            raise  # raised by our own code: a bug, shown as one
         raise UserError(f"{path} is not a readable TIFF ({exc}); the file may be damaged") from None
     problem = compression_problem(compression)
     if problem:
@@ -338,7 +343,7 @@ def _probe_tiff(path: Path) -> ImageInfo:
     if photometric == PHOTOMETRIC_PALETTE and channels == 1:
         palette, channels = "tiff", 3
         dtype = "uint8"  # narrowed to the colour map's depth below if it needs 16 bits
-        if _colormap_is_16bit(path):
+        if _colormap_is_16bit(path, index):
             dtype = "uint16"
     alpha, rgb = tiff_semantics(photometric, extrasamples, channels)
     premultiplied = alpha and extrasamples[-1] == 1
@@ -358,6 +363,8 @@ def _probe_tiff(path: Path) -> ImageInfo:
         _check_dtype(path, dtype),
         layout,
         lead=lead,
+        series=index,
+        skipped=skipped,
         geo_tags=geo,
         alpha=alpha,
         premultiplied=premultiplied,
@@ -368,17 +375,79 @@ def _probe_tiff(path: Path) -> ImageInfo:
     )
 
 
-def tiff_colormap(path: str | Path) -> np.ndarray:
-    """The first page's colour map as (entries, 3) uint16."""
+def _from_the_file(exc: BaseException) -> bool:
+    """Whether a probe error came from reading the file (tifffile's parsing or the read
+    itself), not from our own code: only those are the file's fault."""
+    if isinstance(exc, (OSError, struct.error)) or is_decode_error(exc):
+        return True
+    tb = exc.__traceback__
+    while tb is not None:
+        if "tifffile" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+# tifffile's names of a slide's associated images: never upscaled, never copied (a label
+# or macro photo can show patient data).
+ASSOCIATED = ("label", "macro", "thumbnail", "overview")
+
+
+def _series_size(series: Any) -> tuple[int, int]:
+    """(width, height) of a tifffile series' level 0."""
+    dims = dict(zip(series.axes, series.shape, strict=True))
+    return dims.get("X", 0), dims.get("Y", 0)
+
+
+def _is_mask(series: Any) -> bool:
+    """A GDAL internal nodata mask (NewSubfileType bit 4), which tifffile lists as a
+    series of its own."""
+    return bool(int(series.keyframe.subfiletype) & 4)
+
+
+def _size_text(series: Any) -> str:
+    w, h = _series_size(series)
+    return f"{w}x{h}"
+
+
+def image_series(all_series: list[Any]) -> tuple[int, str]:
+    """(index, skipped) of the series that is the image in a TIFF: the largest that is
+    not a slide's label, macro or thumbnail (the first of equals). ``skipped`` says in
+    words what is not read: its reduced levels (overviews, SubIFDs, slide levels) and
+    every other series."""
+
+    def area(i: int) -> int:
+        w, h = _series_size(all_series[i])
+        associated = (all_series[i].name or "").lower() in ASSOCIATED
+        return -1 if associated or _is_mask(all_series[i]) else w * h
+
+    index = max(range(len(all_series)), key=lambda i: (area(i), -i))
+    parts = []
+    levels = all_series[index].levels[1:]
+    if levels:
+        sizes = ", ".join(_size_text(lv) for lv in levels)
+        parts.append(f"{len(levels)} reduced level(s) ({sizes})")
+    for i, other in enumerate(all_series):
+        if i != index and _is_mask(other):
+            parts.append(f"internal mask {_size_text(other)} (not applied)")
+        elif i != index:
+            name = other.name or f"series {i}"
+            parts.append(f"{name} {_size_text(other)}")
+    return index, "; ".join(parts)
+
+
+def tiff_colormap(path: str | Path, series: int = 0) -> np.ndarray:
+    """The colour map of series ``series``' first page as (entries, 3) uint16."""
     import tifffile
 
     with open_input(as_path(str(path))) as fh, tifffile.TiffFile(fh) as tif:
-        return np.ascontiguousarray(np.asarray(tif.pages[0].colormap, np.uint16).T)
+        page = tif.series[series].keyframe
+        return np.ascontiguousarray(np.asarray(page.colormap, np.uint16).T)
 
 
-def _colormap_is_16bit(path: Path) -> bool:
+def _colormap_is_16bit(path: Path, series: int = 0) -> bool:
     """Whether the colour map holds more than 8-bit values (GDAL writes 8-bit ones * 257)."""
-    cmap = tiff_colormap(path)
+    cmap = tiff_colormap(path, series)
     return bool((cmap % 257).any())
 
 

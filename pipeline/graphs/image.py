@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from pipeline.cluster import cluster_cpus
+from pipeline.errors import damaged
 from pipeline.graphs.job import JobGraph
 from pipeline.ingest import plan_bands
 from pipeline.probe import ImageInfo
@@ -158,9 +159,10 @@ class ImageGraph(JobGraph):
             self.bar.update(1)
 
     def failure_other(self, call: Call, exc: BaseException) -> BaseException:
-        if call.stage is INGEST:
+        if call.stage is INGEST and damaged(exc):
             return self.unreadable(exc)
-        return exc
+        # Not the file's bytes: a bug of ours, shown as one (its own type, exit 1).
+        return getattr(exc, "cause", None) or exc
 
     def cleanup(self, error: BaseException | None) -> None:
         if error is not None and hasattr(self, "tmp"):

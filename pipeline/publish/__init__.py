@@ -30,7 +30,9 @@ from pipeline.nodata import GDAL_NODATA, invalid_mask, mean_valid_2x2, parse_nod
 from pipeline.publish.cog import write_cog
 from pipeline.publish.files import local_target, replace
 from pipeline.publish.metadata import (
+    engineering_wkt,
     geo_affine,
+    geo_crs_kind,
     geo_epsg,
     geozarr_attrs,
     icc_attr,
@@ -38,6 +40,7 @@ from pipeline.publish.metadata import (
     omero_block,
     tiff_ome_metadata,
     tiff_resolution,
+    tiff_slide_description,
 )
 from pipeline.publish.tiles import encoded_tiles
 from pipeline.storage import ObjectPath, is_remote, zarr_kwargs
@@ -232,10 +235,13 @@ def create_ome_zarr(
     import zarr
 
     meta = meta or ImageMeta()
-    if geo and geo_affine(geo) is not None and geo_epsg(geo) is None:
+    geo = geo or {}
+    if geo_affine(geo) is not None and geo_epsg(geo) is None and engineering_wkt(geo) is None:
         log.warning(
-            "the input's CRS has no EPSG code (user-defined GeoKeys): %s gets the scaled "
-            "transform but no CRS; write .tif to keep the GeoKeys as they are",
+            "the input's CRS is %s with no EPSG code: %s gets the scaled transform and the "
+            "GeoKeys (its 'geotiff' attribute) but no _CRS/proj: CRS; write .tif to keep "
+            "the CRS where GDAL reads it",
+            geo_crs_kind(geo) or "not given",
             path,
         )
     # The nodata value as the arrays' fill value, which GDAL's Zarr driver reports as
@@ -406,6 +412,7 @@ def write_tiff(
                 kwargs["subifds"] = len(shapes) - 1
                 kwargs["extratags"] = geo_tags + icc
                 kwargs["metadata"] = tiff_ome_metadata(meta, channels) if meta.ome else None
+                kwargs["description"] = tiff_slide_description(meta, w, h)
             else:
                 kwargs["subfiletype"] = 1
                 kwargs["metadata"] = None

@@ -57,6 +57,58 @@ def geo_affine(geo: dict[int, Any]) -> tuple[float, ...] | None:
     return (float(a), float(b), float(c), float(d), float(e), float(f))
 
 
+def _geo_ascii(geo: dict[int, Any], key: int) -> str:
+    """An ASCII GeoKey (its text in GeoAsciiParamsTag, '|'-terminated)."""
+    keys = list(geo.get(34735, ()))
+    text = str(geo.get(34737, ""))
+    for i in range(4, len(keys) - 3, 4):
+        if keys[i] == key and keys[i + 1] == 34737:
+            return text[keys[i + 3] : keys[i + 3] + keys[i + 2]].rstrip("|\0")
+    return ""
+
+
+MODEL_TYPES = {1: "projected", 2: "geographic", 3: "geocentric", 32767: "user-defined"}
+
+
+def geo_crs_kind(geo: dict[int, Any]) -> str:
+    """What the GeoKeys say the CRS is: "projected", "geographic", "geocentric",
+    "user-defined" (GTModelTypeGeoKey), "engineering" (no model type and no CRS code:
+    how GDAL writes a local/engineering CRS such as ``ENGCRS["Cartesian (Meter)"]``),
+    "code only" (a CRS code without a model type: made by ``geo_from_zarr`` from an
+    EPSG code alone), or "" (no GeoKeys)."""
+    if 34735 not in geo:
+        return ""
+    keys = _geokeys(geo)
+    if 1024 in keys:
+        return MODEL_TYPES.get(keys[1024], f"model type {keys[1024]}")
+    return "code only" if (2048 in keys or 3072 in keys) else "engineering"
+
+
+# EPSG unit codes of ProjLinearUnitsGeoKey -> (WKT2 name, metres)
+LINEAR_UNITS = {
+    9001: ("metre", 1.0),
+    9002: ("foot", 0.3048),
+    9003: ("US survey foot", 0.3048006096012192),
+}
+
+
+def engineering_wkt(geo: dict[int, Any]) -> str | None:
+    """WKT2 of an engineering (local) CRS as GDAL writes it in GeoKeys: its citation as
+    the name, its linear unit; None for any other CRS or an unknown unit."""
+    if geo_crs_kind(geo) != "engineering":
+        return None
+    unit = LINEAR_UNITS.get(_geokeys(geo).get(3076, 9001))
+    if unit is None:
+        return None
+    name = (_geo_ascii(geo, 1026) or "unnamed").replace('"', "'")
+    length = f'LENGTHUNIT["{unit[0]}",{unit[1]!r}]'
+    return (
+        f'ENGCRS["{name}",EDATUM["Unknown engineering datum"],CS[Cartesian,2],'
+        f'AXIS["easting (X)",east,ORDER[1],{length}],'
+        f'AXIS["northing (Y)",north,ORDER[2],{length}]]'
+    )
+
+
 def geo_epsg(geo: dict[int, Any]) -> int | None:
     """EPSG code of the CRS (projected, else geographic); None when user-defined."""
     keys = _geokeys(geo)
@@ -92,7 +144,7 @@ GEOTIFF_TAGS = {
 def geotiff_attr(geo: dict[int, Any]) -> dict[str, Any]:
     """``{GEOTIFF_ATTR: {tag name: value}}`` for the GeoTIFF tags in ``geo`` (none when
     its GeoKeys were not the file's own: see ``geo_from_zarr``)."""
-    if 34735 in geo and 1024 not in _geokeys(geo):
+    if geo_crs_kind(geo) == "code only":
         return {}
     tags: dict[str, Any] = {}
     for code, name in GEOTIFF_TAGS.items():
@@ -134,11 +186,32 @@ def _model_type(attrs: dict[str, Any]) -> int | None:
     return {"ProjectedCRS": 1, "GeographicCRS": 2}.get(kind)
 
 
+def _wkt_of(attrs: dict[str, Any]) -> str:
+    crs = attrs.get("_CRS")
+    wkt = crs.get("wkt") if isinstance(crs, dict) else None
+    return str(wkt or attrs.get("proj:wkt2") or "")
+
+
+def engineering_geokeys(wkt: str) -> dict[int, Any]:
+    """GeoKeys (as GDAL writes them) for an engineering/local CRS given as WKT
+    (``ENGCRS[...]``, WKT1 ``LOCAL_CS[...]``): its name as the citation and its linear
+    unit; {} for any other WKT."""
+    head = wkt.lstrip().upper()
+    if not head.startswith(("ENGCRS", "ENGINEERINGCRS", "LOCAL_CS")):
+        return {}
+    name = wkt.split('"')[1] if wkt.count('"') >= 2 else "unnamed"
+    lower = wkt.lower()
+    unit = 9003 if "us survey foot" in lower else 9002 if "foot" in lower else 9001
+    keys = [1, 1, 0, 3, 1025, 0, 1, 1, 1026, 34737, len(name) + 1, 0, 3076, 0, 1, unit]
+    return {34735: tuple(keys), 34737: name + "|"}
+
+
 def geo_from_zarr(attrs: dict[str, Any]) -> dict[int, Any]:
     """GeoTIFF tags (as ``ImageInfo.geo_tags``) for a Zarr level array's attributes: the
     transform from ``spatial:transform``; GeoKeys from our ``geotiff`` attribute, else
     made from the EPSG code (``proj:code`` or ``_CRS.url``) and, where GDAL's ``_CRS``
-    gives its WKT or PROJJSON, the model type. Without a model type the GeoKeys hold only
+    gives its WKT or PROJJSON, the model type; or, with no code, an engineering CRS's
+    WKT (``_CRS.wkt`` / ``proj:wkt2``). Without a model type the GeoKeys hold only
     the code (no 1024 key): enough for a .zarr output, refused for a .tif (plan)."""
     geo: dict[int, Any] = {}
     own = attrs.get(GEOTIFF_ATTR) if isinstance(attrs.get(GEOTIFF_ATTR), dict) else {}
@@ -146,6 +219,8 @@ def geo_from_zarr(attrs: dict[str, Any]) -> dict[int, Any]:
         if name in own:
             geo[code] = tuple(own[name]) if code in (34735, 34736) else own[name]
     epsg = _epsg_of(attrs)
+    if 34735 not in geo and epsg is None:
+        geo.update(engineering_geokeys(_wkt_of(attrs)))
     if 34735 not in geo and epsg is not None:
         model = _model_type(attrs)
         crs_key = 2048 if model == 2 else 3072
@@ -171,9 +246,10 @@ def geo_from_zarr(attrs: dict[str, Any]) -> dict[int, Any]:
 
 
 def geo_keys_complete(geo: dict[int, Any]) -> bool:
-    """Whether ``geo`` can be written as GeoTIFF tags: no GeoKeys, or GeoKeys that say
-    what the model is (see ``geo_from_zarr``)."""
-    return 34735 not in geo or 1024 in _geokeys(geo)
+    """Whether ``geo`` can be written as GeoTIFF tags: anything a GeoTIFF held (copied as
+    it is: projected, geographic, engineering, user-defined, vertical keys), but not a
+    CRS code whose model type is unknown (see ``geo_from_zarr``)."""
+    return geo_crs_kind(geo) != "code only"
 
 
 def geozarr_attrs(
@@ -183,13 +259,18 @@ def geozarr_attrs(
     the GeoTIFF tags besides the transform (``geotiff_attr``)."""
     lr = geo_affine(geo)
     epsg = geo_epsg(geo)
-    if lr is None and epsg is None:
+    wkt = engineering_wkt(geo)
+    if lr is None and epsg is None and wkt is None:
         return {}
     attrs: dict[str, Any] = geotiff_attr(geo)
     conventions = []
     if epsg is not None:
         attrs["_CRS"] = {"url": f"http://www.opengis.net/def/crs/EPSG/0/{epsg}"}
         attrs["proj:code"] = f"EPSG:{epsg}"
+        conventions.append(PROJ_CONVENTION)
+    elif wkt is not None:  # no code to name it by: the WKT (GDAL reads _CRS.wkt)
+        attrs["_CRS"] = {"wkt": wkt}
+        attrs["proj:wkt2"] = wkt
         conventions.append(PROJ_CONVENTION)
     if lr is not None:
         t = level_affine(lr, scale, level)
@@ -265,6 +346,19 @@ def tiff_resolution(meta: ImageMeta) -> dict[str, Any]:
     if meta.resolution:
         return {"resolution": meta.resolution, "resolutionunit": 1}
     return {}
+
+
+def tiff_slide_description(meta: ImageMeta, width: int, height: int) -> str | None:
+    """An Aperio ImageDescription for a ``.tif`` output of an Aperio slide: its ``MPP``
+    and ``AppMag`` (already scaled), where OpenSlide, QuPath and tifffile read them."""
+    if meta.slide != "aperio" or meta.ome:
+        return None
+    fields = [f"{width}x{height} [0,0 {width}x{height}]"]
+    if meta.magnification:
+        fields.append(f"AppMag = {meta.magnification:g}")
+    if meta.pixel_size and meta.pixel_unit == "micrometer":
+        fields.append(f"MPP = {meta.pixel_size[1]:.6g}")
+    return "Aperio Image Library (upscaled by s3diff-sr-pipeline)\r\n" + "|".join(fields)
 
 
 def tiff_ome_metadata(meta: ImageMeta, channels: int) -> dict[str, Any]:
