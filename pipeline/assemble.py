@@ -28,7 +28,14 @@ from pipeline.encode import (
     source_stream,
 )
 from pipeline.publish.files import finish_staged, staging_path
-from pipeline.segments import SegmentPackets, pts_offset, read_segment, video_stream
+from pipeline.segments import (
+    SegmentPackets,
+    output_timecode,
+    pts_offset,
+    read_segment,
+    set_timecode,
+    video_stream,
+)
 from pipeline.storage import av_input
 from pipeline.streammeta import (
     chapters_for_output,
@@ -36,6 +43,7 @@ from pipeline.streammeta import (
     copy_stream_meta,
     rescale_ts,
 )
+from pipeline.timecode import tag_value
 from pipeline.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -196,6 +204,8 @@ def assemble_task(
     try:
         out = av.open(staged, mode="w", format=fmt)
         out.metadata.update(container_tags(info.metadata))
+        if tag_value(info.metadata):  # a container-level timecode moves with the range
+            set_timecode(out.metadata, output_timecode(info))
         t_start = offset * tb
         t_end = info.end_pts * tb if info.end_pts is not None else None
         chapters = chapters_for_output(info.chapters, t_start, t_end, delay=lead)

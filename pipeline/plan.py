@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import JobConfig, resolve_model_defaults
+from pipeline.deinterlace import plan_deinterlace
 from pipeline.encode import CONTAINERS, check_dispositions, choose_pix_fmt, remux_streams
 from pipeline.errors import UserError
+from pipeline.hdr import check_hdr
 from pipeline.models import ModelSpec, get_spec
 from pipeline.nodata import GDAL_NODATA, parse_nodata
 from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
@@ -180,6 +182,8 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         info = probe_video(src, v.frames, v.start_s, v.end_s)
         if fmt != "video":
             raise UserError(f"{src} is a video; give a video output (.mp4 .mkv .mov)")
+        check_hdr(info, v.codec, v.drop_unsupported)
+        info = plan_deinterlace(info, v.deinterlace)
         pix_fmt = choose_pix_fmt(v.codec, info.pix_fmt, v.pix_fmt)
         remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
         check_dispositions(info, str(out), remux, v.drop_unsupported)
@@ -189,7 +193,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         target = side if side <= v.max_region_out_px else cfg.store.region_out_px
         shard, chunk = shard_geometry(scale, target, cfg.store.chunk_out_px)
         frames = info.frames
-        selection = {"first": info.first, "frames": info.frames}
+        selection = {"first": info.first, "frames": info.frames, "deinterlace": info.deinterlace}
     nodata_tag = info.geo_tags.get(GDAL_NODATA) if is_image else None
     layout = Layout(
         frames=frames,
