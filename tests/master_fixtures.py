@@ -77,7 +77,7 @@ def make_interlaced(path: Path, size: str = "96x64", frames: int = 12) -> Path:
     ffmpeg(
         *_source(size, "50", 2 * frames),
         "-vf",
-        "tinterlace=interleave_top,setfield=tff",
+        "scroll=horizontal=0.05:vertical=0.03,tinterlace=interleave_top,setfield=tff",
         "-c:v",
         "libx264",
         "-flags",
@@ -223,3 +223,32 @@ def comb_score(y: np.ndarray) -> float:
     mid = y[1:-1] - (y[:-2] + y[2:]) / 2
     far = y[2:-2] - (y[:-4] + y[4:]) / 2
     return float(np.mean(np.maximum(np.abs(mid[1:-1]) - np.abs(far), 0)))
+
+
+def bwdif_whole(path: Path, width: int, height: int, mode: str = "send_frame") -> list[np.ndarray]:
+    """FFmpeg's bwdif over the whole clip, as the ``ffmpeg`` binary runs it: one
+    (H * 3 / 2, W) yuv420p array per output frame."""
+    assert FFMPEG
+    deint = "interlaced" if mode == "send_frame" else "all"
+    res = subprocess.run(
+        [FFMPEG, "-nostdin", "-v", "error", "-i", str(path), "-vf",
+         f"bwdif=mode={mode}:parity=auto:deint={deint}", "-f", "rawvideo", "-pix_fmt",
+         "yuv420p", "-fps_mode", "passthrough", "-"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )  # fmt: skip
+    size = width * height * 3 // 2
+    raw = np.frombuffer(res.stdout, np.uint8)
+    return [raw[i : i + size].reshape(height * 3 // 2, width) for i in range(0, raw.size, size)]
+
+
+def raw_bitstream_sar(path: Path, codec: str) -> str:
+    """The SAR the video bitstream itself declares (H.264/HEVC VUI), read by FFmpeg from
+    the elementary stream copied out of the container (no container SAR left)."""
+    assert FFMPEG
+    fmt = {"h264": "h264", "hevc": "hevc"}[codec]
+    out = path.with_suffix(f".{fmt}")
+    ffmpeg("-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", fmt, str(out))
+    m = re.search(r"SAR (\d+:\d+)", video_line(out))
+    return m.group(1) if m else "none"
