@@ -11,10 +11,15 @@ frames they return, so one reader covers Matroska ``MasteringMetadata``, MP4 ``m
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
+
+from pipeline.errors import UserError
+
+log = logging.getLogger(__name__)
 
 SAMPLE_FRAMES = 8  # how many frames decide "interlaced" (and carry first-frame side data)
 # Frame side data that describes a single frame's picture and cannot follow it through
@@ -107,4 +112,26 @@ def read_first_frames(container: Any, stream: Any, count: int = SAMPLE_FRAMES) -
         mastering=mastering,
         cll=cll,
         dynamic=tuple(dynamic),
+    )
+
+
+# Encoders that write the sample aspect ratio into the bitstream (H.264/HEVC VUI).
+SAR_IN_BITSTREAM = ("libx264", "libx265")
+SAR_CONTAINERS = ("mp4", "mov")  # write it from the codec parameters (``pasp``)
+
+
+def check_aspect(info: Any, codec: str, fmt: str, drop_unsupported: bool) -> None:
+    """Refuse (or, with --drop-unsupported, warn about) an anamorphic source whose output
+    would carry its sample aspect ratio nowhere: Matroska's display size comes from the
+    muxer's stream, which PyAV cannot set, so there only the H.264/HEVC VUI holds it."""
+    if not info.sar or codec in SAR_IN_BITSTREAM or fmt in SAR_CONTAINERS:
+        return
+    sar = f"{info.sar[0]}:{info.sar[1]}"
+    what = f"{info.path} has non-square pixels (sample aspect ratio {sar})"
+    if drop_unsupported:
+        log.warning("%s; %s in Matroska cannot carry it: written with square pixels", what, codec)
+        return
+    raise UserError(
+        f"{what}, which {codec} in .mkv cannot carry; use .mp4 or .mov, or --codec libx264 "
+        "or libx265 (they write it into the video itself), or pass --drop-unsupported"
     )

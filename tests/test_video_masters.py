@@ -147,6 +147,12 @@ def test_anamorphic_keeps_its_display_aspect_ratio(tmp_path):
         with av.open(str(out)) as c:
             assert c.streams.video[0].sample_aspect_ratio == Fraction(32, 27)
     assert len(packets(mkv, "video")) == 6
+    # Matroska gets the SAR only from an H.264/HEVC VUI here: other codecs are refused.
+    from pipeline.plan import plan_job
+
+    with pytest.raises(UserError, match="sample aspect ratio 32:27.*ffv1 in .mkv cannot carry"):
+        plan_job(str(src), str(tmp_path / "o.mkv"), cfg(video__codec="ffv1"), overwrite=False)
+    plan_job(str(src), str(tmp_path / "o.mp4"), cfg(video__codec="ffv1"), overwrite=False)
 
 
 def _store_frames(src: Path, out: Path) -> np.ndarray:
@@ -289,3 +295,23 @@ def test_video_that_starts_after_its_audio(tmp_path):
     with av.open(str(out)) as c:
         frame = next(c.decode(video=0))
         assert (frame.width, frame.height) == (128, 96)
+
+
+@integration
+def test_refusal_names_a_container_that_holds_the_stream(tmp_path):
+    """An MP4 subtitle track (mov_text) refused for .mkv names the containers that hold
+    it, not the refused one (it said "cannot be stored in .mkv; use .mkv")."""
+    from pipeline.plan import plan_job
+    from tests.master_fixtures import ffmpeg
+
+    srt = tmp_path / "cue.srt"
+    srt.write_text("1\n00:00:00,000 --> 00:00:00,200\nhello\n")
+    src = tmp_path / "subs.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=0.4", "-i", str(srt),
+           "-c:v", "libx264", "-c:s", "mov_text", str(src))  # fmt: skip
+    with pytest.raises(UserError) as err:
+        plan_job(str(src), str(tmp_path / "o.mkv"), cfg(), overwrite=False)
+    assert str(err.value) == (
+        "stream #1 (subtitle, mov_text) cannot be stored in .mkv; use .mp4 or .mov, "
+        "or pass --drop-unsupported to leave it out"
+    )
