@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = (plain(str(exc)).strip().splitlines() or [""])[0]
         print(
             f"error: {type(exc).__name__}: {first} (rerun with --debug for details)",
             file=sys.stderr,

@@ -201,7 +201,9 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         target = side if side <= v.max_region_out_px else cfg.store.region_out_px
         shard, chunk = shard_geometry(scale, target, cfg.store.chunk_out_px)
         frames = info.frames
-        selection = {"first": info.first, "frames": info.frames, "deinterlace": info.deinterlace}
+        selection = {"first": info.first, "frames": info.frames}
+        if info.deinterlace:  # other pixels in the store: a store made without is not resumed
+            selection["deinterlace"] = info.deinterlace
     nodata_tag = info.geo_tags.get(GDAL_NODATA) if is_image else None
     layout = Layout(
         frames=frames,

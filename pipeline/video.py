@@ -170,17 +170,17 @@ def probe_video(
         vs = videos[0]
         cc = vs.codec_context
         # Decoded frames fill in what the headers may lack (a video stream that starts
-        # after the demuxer's look-ahead has no size or pixel format there).
-        first_frames = read_first_frames(container, vs)
-        width = cc.width if cc.width > 0 else first_frames.width
-        height = cc.height if cc.height > 0 else first_frames.height
-        pix_fmt = cc.format.name if cc.format is not None else first_frames.pix_fmt
-        if width <= 0 or height <= 0 or pix_fmt is None:
-            raise UserError(
-                f"{p} is not a supported input: not an image, and its "
-                f"{container.format.name} video stream has no decodable frames"
-            )
-        container.seek(0)
+        # after the demuxer's look-ahead has no size or pixel format there); then the
+        # packet scan starts again from the beginning.
+        headers_complete = cc.width > 0 and cc.height > 0 and cc.format is not None
+        first_frames = None if headers_complete else read_first_frames(container, vs)
+        if first_frames is not None:
+            if first_frames.width <= 0 or first_frames.pix_fmt is None:
+                raise UserError(
+                    f"{p} is not a supported input: not an image, and its "
+                    f"{container.format.name} video stream has no decodable frames"
+                )
+            container.seek(0)
         all_pts: list[int] = []
         key_pts: list[int] = []
         durations: dict[int, int] = {}
@@ -213,6 +213,11 @@ def probe_video(
             "trc": int(cc.color_trc or 2),
             "space": int(cc.colorspace or 2),
         }
+        if first_frames is None:  # after the colour tags: decoding may rewrite them
+            first_frames = read_first_frames(container, vs)
+        width = cc.width if cc.width > 0 else first_frames.width
+        height = cc.height if cc.height > 0 else first_frames.height
+        pix_fmt = cc.format.name if cc.format is not None else first_frames.pix_fmt
         return VideoInfo(
             path=str(p),
             kind="video",
