@@ -27,6 +27,7 @@ from pipeline.encode import (
     output_durations,
     source_stream,
 )
+from pipeline.hdr_container import hdr_video_stream, takes_template
 from pipeline.publish.files import finish_staged, staging_path
 from pipeline.segments import (
     SegmentPackets,
@@ -212,7 +213,10 @@ def assemble_task(
         if chapters:
             out.set_chapters(chapters)
         size = (lay.width * lay.scale, lay.height * lay.scale)
-        vs = video_stream(out, info, cfg, size, pix_fmt, threads)
+        if takes_template(cfg.codec, info) and segs:  # HDR10 metadata in the container too
+            vs = hdr_video_stream(out, info, cfg.codec, size, segs[0].extradata)
+        else:
+            vs = video_stream(out, info, cfg, size, pix_fmt, threads)
         if info.rotation:
             vs.set_display_rotation(info.rotation)
         remuxer = Remuxer(out, info, remux, lead)

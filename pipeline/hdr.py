@@ -5,9 +5,9 @@ its content light level from decoded frame side data. They describe the master, 
 pixels, so an upscale keeps them unchanged; they go into the bitstream (HEVC/AV1 SEI and
 metadata OBUs), where every player and TV reads them, through the encoders' own options:
 x265 ``master-display``/``max-cll``, SVT-AV1 ``mastering-display``/``content-light``.
-PyAV gives no way to set a stream's coded side data, which is what FFmpeg's Matroska and
-MP4 muxers write as ``MasteringMetadata`` / ``mdcv``+``clli``, so the container copy is
-not written (FFmpeg and players read the bitstream's).
+The container's copy (Matroska ``MasteringMetadata``, MP4 ``mdcv``/``clli``) is written
+for libx265 output through a template stream (``pipeline/hdr_container.py``); SVT-AV1
+output has it in the bitstream only.
 
 Dynamic metadata (HDR10+, Dolby Vision RPU) is computed per frame from the master's
 pixels and cannot follow an upscale: refused, or dropped on request.

@@ -192,6 +192,14 @@ def ffmpeg_info(path: Path) -> str:
     return res.stderr
 
 
+def ffmpeg_errors(path: Path) -> str:
+    """What FFmpeg says when it decodes every frame of ``path`` with -xerror (empty: clean)."""
+    assert FFMPEG
+    cmd = [FFMPEG, "-nostdin", "-v", "error", "-xerror", "-i", str(path), "-f", "null", "-"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return (res.stderr + ("" if res.returncode == 0 else f"exit {res.returncode}")).strip()
+
+
 def video_line(path: Path) -> str:
     """The first video stream line of ``ffmpeg -i``."""
     return next(ln for ln in ffmpeg_info(path).splitlines() if re.search(r"Stream #.*Video:", ln))

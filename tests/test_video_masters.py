@@ -226,25 +226,38 @@ def test_interlaced_source_is_deinterlaced_in_segments_as_whole(tmp_path, caplog
 @integration
 def test_hdr10_master_keeps_mastering_display_and_light_level(tmp_path, capsys):
     """x265 10-bit BT.2020/PQ with ST 2086 + MaxCLL/MaxFALL: the same values come back
-    from libx265 in Matroska (exactly) and libsvtav1 in MP4 (to AV1's fixed-point
-    precision); libx264 is refused at plan time."""
+    from libx265 in Matroska and MP4 (exactly, in the bitstream and the container) and
+    libsvtav1 in MP4 (bitstream, to AV1's fixed-point precision); libx264 is refused."""
     from pipeline.cli import main
-    from tests.master_fixtures import hdr10_of, make_hdr10, video_line
+    from tests.master_fixtures import ffmpeg_errors, ffmpeg_info, hdr10_of, make_hdr10, video_line
 
     src = make_hdr10(tmp_path / "master.mkv")
     want = hdr10_of(src)
     assert want["cll"] == (1000, 400) and want["mastering"][0][0] == Fraction(17, 25)
-    mkv, mp4 = tmp_path / "master_x2.mkv", tmp_path / "master_x2.mp4"
+    mkv, mp4, av1 = (tmp_path / f"master_x2.{e}" for e in ("mkv", "mp4", "av1.mp4"))
     run(src, mkv, video__codec="libx265")
-    run(src, mp4, video__codec="libsvtav1", video__preset="12")
-    assert hdr10_of(mkv) == want
-    got = hdr10_of(mp4)
+    run(src, mp4, video__codec="libx265", video__frames='"2:8"')
+    run(src, av1, video__codec="libsvtav1", video__preset="12")
+    assert hdr10_of(mkv) == want and hdr10_of(mp4) == want  # x265's SEI, exact
+    got = hdr10_of(av1)  # AV1 metadata OBUs: 0.16 fixed-point chromaticities
     assert got["cll"] == want["cll"]
     for a, b in zip(got["mastering"][0], want["mastering"][0], strict=True):
         assert abs(a - b) <= Fraction(1, 16384), (a, b)
-    for out in (mkv, mp4):
+    for out in (mkv, mp4, av1):
         line = video_line(out)
         assert "yuv420p10le(tv, bt2020nc/bt2020/smpte2084" in line, line
+    # The container's own copy (Matroska MasteringMetadata, MP4 mdcv/clli), as FFmpeg
+    # reports a stream's side data: the same values.
+    for out in (mkv, mp4):
+        info = ffmpeg_info(out)
+        assert "Content light level metadata: MaxCLL=1000, MaxFALL=400" in info, info
+        assert (
+            "Mastering display metadata: has_primaries:1 has_luminance:1 r(0.6800,0.3200) "
+            "g(0.2650,0.6900) b(0.1500 0.0600) wp(0.3127, 0.3290) min_luminance=0.000100, "
+            "max_luminance=1000.000000"
+        ) in info, info
+        assert ffmpeg_errors(out) == ""
+    assert len(packets(mp4, "video")) == 6
     code = main([str(src), "-o", str(tmp_path / "x264.mkv"), "--model", "bicubic"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and not (tmp_path / "x264.mkv").exists()
