@@ -95,6 +95,22 @@ def make_interlaced(path: Path, size: str = "96x64", frames: int = 12) -> Path:
     return path
 
 
+def make_soft_telecine(path: Path, frames: int = 12) -> Path:
+    """Film with soft pulldown: 23.976 fps progressive frames whose picture timing says
+    to repeat fields (x264 ``pulldown=32``), shown at 29.97i by a TV."""
+    ffmpeg(
+        *_source("64x48", "24000/1001", frames),
+        "-c:v",
+        "libx264",
+        "-x264-params",
+        "pulldown=32",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
+    return path
+
+
 def make_hdr10(path: Path, size: str = "64x48", frames: int = 8) -> Path:
     """An HDR10 master: x265 Main 10, BT.2020 / PQ, mastering display and MaxCLL/MaxFALL
     in the bitstream (SEI)."""

@@ -222,6 +222,15 @@ def test_interlaced_source_is_deinterlaced_in_segments_as_whole(tmp_path, caplog
     assert sorted(p.pts for p in packets(fields, "video")) == list(range(0, 480, 20))
     assert "50 fps" in video_line(fields) and "progressive" in video_line(fields)
 
+    # Soft-telecined film (progressive frames with repeat flags) is progressive.
+    from pipeline.plan import plan_job
+    from tests.master_fixtures import make_soft_telecine
+
+    film = make_soft_telecine(tmp_path / "film.mkv")
+    plan = plan_job(str(film), str(tmp_path / "film_x2.mkv"), cfg(), overwrite=False)
+    assert not plan.info.interlaced and plan.info.deinterlace == ""
+    assert plan.info.frames == 12 and plan.info.fields == 1
+
 
 @integration
 def test_hdr10_master_keeps_mastering_display_and_light_level(tmp_path, capsys):
