@@ -27,6 +27,7 @@ from pipeline.encode import (
     output_durations,
     source_stream,
 )
+from pipeline.errors import UserError
 from pipeline.hdr_container import hdr_video_stream, takes_template
 from pipeline.publish.files import finish_staged, staging_path
 from pipeline.segments import (
@@ -224,7 +225,7 @@ def assemble_task(
         out_tb = vs.time_base
         extradata = bytes(vs.codec_context.extradata or b"")
         if segs and segs[0].extradata and extradata != segs[0].extradata:
-            raise RuntimeError(
+            raise UserError(  # a changed encoder build between runs, not a bug
                 "the segments' encoder and the output stream disagree on the codec "
                 "parameters (extradata); rerun with --restart"
             )
