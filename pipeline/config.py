@@ -206,6 +206,11 @@ class VideoConfig:
     # (bwdif, one frame per field: 25i -> 50p).
     deinterlace: str = "auto"
 
+    def __post_init__(self) -> None:
+        # YAML reads a bare ``off`` (``--set video.deinterlace=off``) as false.
+        if self.deinterlace in (False, "False", "false"):
+            object.__setattr__(self, "deinterlace", "off")
+
     def options_dict(self) -> dict[str, str]:
         if not self.options:
             return {}

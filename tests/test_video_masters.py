@@ -85,6 +85,12 @@ def test_field_list_and_modes():
         "frame", "", "frame", "field",
     ]  # fmt: skip
     assert [applied_mode(m, False) for m in ("auto", "off", "frame")] == ["", "", "frame"]
+    from pipeline.config import load_config
+
+    # "off" is YAML's false: still the mode off, from --set and from a config file.
+    assert load_config(set_items=["video.deinterlace=off"]).video.deinterlace == "off"
+    with pytest.raises(UserError, match="video.deinterlace must be one of auto, off"):
+        load_config(set_items=["video.deinterlace=fields"])
 
 
 @unit
