@@ -219,6 +219,12 @@ def test_interlaced_source_is_deinterlaced_in_segments_as_whole(tmp_path, caplog
         p.pts for p in packets(src, "video")
     )
 
+    # A range uses the source frames around it as bwdif's neighbours, like the whole clip.
+    ranged = tmp_path / "tv_range.mkv"
+    run(src, ranged, video__frames='"3:9"', store__keep="true", video__keep_frames="true")
+    stored = _store_frames(src, ranged)
+    assert all(np.array_equal(a, b) for a, b in zip(stored, reference[3:9], strict=True))
+
     fields = tmp_path / "tv_50p.mkv"
     run(src, fields, video__deinterlace="field", store__keep="true", video__keep_frames="true")
     stored = _store_frames(src, fields)
