@@ -27,8 +27,17 @@ from pipeline.encode import (
     output_durations,
     source_stream,
 )
+from pipeline.errors import UserError
+from pipeline.hdr_container import hdr_video_stream, takes_template
 from pipeline.publish.files import finish_staged, staging_path
-from pipeline.segments import SegmentPackets, pts_offset, read_segment, video_stream
+from pipeline.segments import (
+    SegmentPackets,
+    output_timecode,
+    pts_offset,
+    read_segment,
+    set_timecode,
+    video_stream,
+)
 from pipeline.storage import av_input
 from pipeline.streammeta import (
     chapters_for_output,
@@ -36,6 +45,7 @@ from pipeline.streammeta import (
     copy_stream_meta,
     rescale_ts,
 )
+from pipeline.timecode import tag_value
 from pipeline.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -196,13 +206,18 @@ def assemble_task(
     try:
         out = av.open(staged, mode="w", format=fmt)
         out.metadata.update(container_tags(info.metadata))
+        if tag_value(info.metadata):  # a container-level timecode moves with the range
+            set_timecode(out.metadata, output_timecode(info))
         t_start = offset * tb
         t_end = info.end_pts * tb if info.end_pts is not None else None
         chapters = chapters_for_output(info.chapters, t_start, t_end, delay=lead)
         if chapters:
             out.set_chapters(chapters)
         size = (lay.width * lay.scale, lay.height * lay.scale)
-        vs = video_stream(out, info, cfg, size, pix_fmt, threads)
+        if takes_template(cfg.codec, info) and segs:  # HDR10 metadata in the container too
+            vs = hdr_video_stream(out, info, cfg.codec, size, segs[0].extradata)
+        else:
+            vs = video_stream(out, info, cfg, size, pix_fmt, threads)
         if info.rotation:
             vs.set_display_rotation(info.rotation)
         remuxer = Remuxer(out, info, remux, lead)
@@ -210,7 +225,7 @@ def assemble_task(
         out_tb = vs.time_base
         extradata = bytes(vs.codec_context.extradata or b"")
         if segs and segs[0].extradata and extradata != segs[0].extradata:
-            raise RuntimeError(
+            raise UserError(  # a changed encoder build between runs, not a bug
                 "the segments' encoder and the output stream disagree on the codec "
                 "parameters (extradata); rerun with --restart"
             )

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.arguments import build_batch_parser, build_parser, job_overrides, program_name
 from pipeline.config import chooses_model, load_config
-from pipeline.errors import JobFailed, UserError
+from pipeline.errors import JobFailed, TaskBug, UserError, plain
 from pipeline.progress_bar import BarLogHandler
 from pipeline.quiet import set_quiet
 from pipeline.stopping import Terminated, install_sigterm_handler
@@ -203,10 +203,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(summary.line())
         return 0
-    except (UserError, JobFailed, Terminated) as exc:
+    except (UserError, JobFailed, Terminated, TaskBug) as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {plain(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = (plain(str(exc)).strip().splitlines() or [""])[0]
         print(
             f"error: {type(exc).__name__}: {first} (rerun with --debug for details)",
             file=sys.stderr,

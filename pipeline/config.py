@@ -34,6 +34,7 @@ RUNNERS = ("ray", "local")
 COLOR_FIXES = ("wavelet", "adain", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PALETTES = ("expand", "refuse")
+DEINTERLACE_MODES = ("auto", "off", "frame", "field")  # pipeline/deinterlace.py
 
 
 # The config keys that have a dedicated flag (cli.py builds its overrides from this);
@@ -209,6 +210,15 @@ class VideoConfig:
     max_frames_in_store: int = 0
     keep_frames: bool = False  # keep frames in the store after their segment is encoded
     max_region_out_px: int = 4096  # a frame whose output is larger is cut into regions
+    # Interlaced sources (pipeline/deinterlace.py): auto (bwdif on interlaced sources, one
+    # frame per frame) | off (frames as they are) | frame (bwdif on every source) | field
+    # (bwdif, one frame per field: 25i -> 50p).
+    deinterlace: str = "auto"
+
+    def __post_init__(self) -> None:
+        # YAML reads a bare ``off`` (``--set video.deinterlace=off``) as false.
+        if self.deinterlace in (False, "False", "false"):
+            object.__setattr__(self, "deinterlace", "off")
 
     def options_dict(self) -> dict[str, str]:
         if not self.options:
@@ -492,6 +502,11 @@ def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
         f"must be one of {', '.join(PALETTES)}, got {o.palette!r}",
     )
     v.options_dict()
+    _require(
+        v.deinterlace in DEINTERLACE_MODES,
+        "video.deinterlace",
+        f"must be one of {', '.join(DEINTERLACE_MODES)}, got {v.deinterlace!r}",
+    )
     _require(
         v.crf is None or 0 <= v.crf <= 63, "video.crf", f"must be between 0 and 63, got {v.crf}"
     )

@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.errors import UserError
 from pipeline.storage import av_input
 from pipeline.streammeta import declared_rate, frame_durations, kept_disposition
+from pipeline.timecode import is_timecode_track
 from pipeline.video import VideoInfo
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,12 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
                 reason = _untimed_reason(entry, fmt, suffix)
             elif stream.discard == av.stream.Discard.all:
                 continue  # MP4/MOV's chapter text track: carried as the chapters
+            elif is_timecode_track(stream.type, stream.metadata):
+                continue  # MOV/MP4's tmcd track: carried as the video's timecode tag
             elif stream.type in ("audio", "subtitle", "data") and _muxer_takes(stream, fmt):
                 reason = None
             else:
-                reason = f" cannot be stored in {suffix}; use .mkv"
+                reason = f" cannot be stored in {suffix}; {_other_containers(stream, fmt)}"
             if reason is None:
                 keep.append(stream.index)
                 continue
@@ -148,6 +151,18 @@ def remux_streams(info: VideoInfo, out_path: str, drop_unsupported: bool) -> lis
                 continue
             raise UserError(f"{what}{reason}, or pass --drop-unsupported to leave it out")
     return keep
+
+
+def _other_containers(stream: Any, fmt: str) -> str:
+    """Which other output containers would take ``stream``, as advice."""
+    can = [
+        ext
+        for ext, other in ((".mkv", "matroska"), (".mp4", "mp4"), (".mov", "mov"))
+        if other != fmt
+        and stream.type in ("audio", "subtitle", "data")
+        and _muxer_takes(stream, other)
+    ]
+    return f"use {' or '.join(can)}" if can else "no output container here can hold it"
 
 
 def _muxer_takes(stream: Any, fmt: str) -> bool:

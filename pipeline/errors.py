@@ -1,4 +1,6 @@
-"""The one exception type the CLI prints as a single line without a traceback."""
+"""The exception types the CLI prints as a single line without a traceback."""
+
+import re
 
 
 class UserError(Exception):
@@ -23,7 +25,7 @@ def cause(exc: BaseException) -> str:
     import sys
 
     ray = sys.modules.get("ray")  # no Ray errors without Ray (the local runner)
-    text = str(getattr(exc, "cause", None) or exc)
+    text = plain(str(getattr(exc, "cause", None) or exc))
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else type(exc).__name__
     if (
@@ -59,3 +61,32 @@ def is_decode_error(exc: BaseException, pillow: bool = False) -> bool:
     if isinstance(exc, kinds):
         return True
     return any(t.__module__.split(".")[0] in ("imagecodecs", "tifffile") for t in type(exc).__mro__)
+
+
+class TaskBug(Exception):
+    """A task failed in a way no input explains: a bug, said so in one plain line."""
+
+    exit_code = 1
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal colour codes (Ray colours the tracebacks it wraps)."""
+    return _ANSI.sub("", text)
+
+
+def unexpected(what: str, exc: BaseException) -> BaseException:
+    """The error that ends a job when ``what`` (a task) raised ``exc``: a user error or
+    job failure raised inside the task as it is; anything else as a ``TaskBug`` whose
+    message names the task and the exception, with ``exc`` chained for --debug."""
+    original = getattr(exc, "cause", None) or exc
+    if isinstance(original, (UserError, JobFailed)):
+        return original
+    bug = TaskBug(
+        f"the {what} failed unexpectedly ({type(original).__name__}: {cause(exc)}); this is a "
+        "bug: rerun with --debug for the traceback, and please report it"
+    )
+    bug.__cause__ = exc
+    return bug

@@ -13,10 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import JobConfig, frame_codec, resolve_model_defaults
-from pipeline.encode import CONTAINERS, check_dispositions, choose_pix_fmt, remux_streams
+from pipeline.deinterlace import plan_deinterlace
+from pipeline.encode import (
+    CONTAINERS,
+    check_dispositions,
+    choose_pix_fmt,
+    container_format,
+    remux_streams,
+)
 from pipeline.errors import UserError
+from pipeline.hdr import check_hdr
 from pipeline.models import ModelSpec, get_spec
 from pipeline.nodata import GDAL_NODATA, parse_nodata
+from pipeline.picture import check_aspect
 from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
 from pipeline.publish import FORMATS, check_output
 from pipeline.publish.metadata import geo_epsg, geo_keys_complete
@@ -194,6 +203,9 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         info = probe_video(src, v.frames, v.start_s, v.end_s)
         if fmt != "video":
             raise UserError(f"{src} is a video; give a video output (.mp4 .mkv .mov)")
+        check_hdr(info, v.codec, v.drop_unsupported)
+        check_aspect(info, v.codec, container_format(str(out)), v.drop_unsupported)
+        info = plan_deinterlace(info, v.deinterlace)
         pix_fmt = choose_pix_fmt(v.codec, info.pix_fmt, v.pix_fmt)
         remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
         check_dispositions(info, str(out), remux, v.drop_unsupported)
@@ -204,6 +216,8 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         shard, chunk = shard_geometry(scale, target, cfg.store.chunk_out_px)
         frames = info.frames
         selection = {"first": info.first, "frames": info.frames}
+        if info.deinterlace:  # other pixels in the store: a store made without is not resumed
+            selection["deinterlace"] = info.deinterlace
     nodata_tag = info.geo_tags.get(GDAL_NODATA) if is_image else None
     layout = Layout(
         frames=frames,

@@ -22,12 +22,15 @@ import json
 import os
 import struct
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from pipeline.config import VideoConfig
+from pipeline.hdr import hdr10_options
 from pipeline.storage import filesystem, is_remote, local_path
+from pipeline.timecode import shifted
 from pipeline.video import VideoInfo, sws_colorspace
 
 SEGMENT_FORMAT = 1
@@ -100,7 +103,7 @@ def read_segment(path: str) -> SegmentPackets:
     )
 
 
-def encoder_options(cfg: VideoConfig) -> dict[str, str]:
+def encoder_options(cfg: VideoConfig, info: VideoInfo | None = None) -> dict[str, str]:
     options = dict(cfg.options_dict())
     if cfg.crf is not None and cfg.codec in ("libx264", "libx265", "libsvtav1"):
         options.setdefault("crf", str(cfg.crf))
@@ -110,6 +113,8 @@ def encoder_options(cfg: VideoConfig) -> dict[str, str]:
         options.setdefault("preset", str(cfg.preset))  # SVT-AV1's presets are 0..13
     if cfg.codec == "libx265":
         options.setdefault("x265-params", "log-level=error")
+    if info is not None:  # the source's HDR10 static metadata, in the encoder's fields
+        hdr10_options(cfg.codec, options, info.mastering, info.cll)
     return options
 
 
@@ -123,12 +128,14 @@ def video_stream(
 ) -> Any:
     """The output video stream, set up the same way for every segment's encoder and for
     the final container (``size`` is (width, height)): declared rate, the source video
-    stream's tags and disposition, colour tags, encoder options."""
+    stream's tags and disposition, its start timecode (moved for a range), colour tags,
+    sample aspect ratio (the codec's VUI and the container's), encoder options."""
     from pipeline.encode import output_rate, source_stream
     from pipeline.streammeta import copy_stream_meta
 
     vs = container.add_stream(cfg.codec, rate=output_rate(info))
     copy_stream_meta(source_stream(info, info.video_index), vs, container.format.name)
+    set_timecode(vs.metadata, output_timecode(info))
     vs.time_base = info.tb
     vs.width, vs.height = size
     vs.pix_fmt = pix_fmt
@@ -138,10 +145,28 @@ def video_stream(
     cc.color_primaries = info.color["primaries"]
     cc.color_trc = info.color["trc"]
     cc.colorspace = info.color["space"]
+    if info.sar:
+        cc.sample_aspect_ratio = Fraction(*info.sar)
     if threads:
         cc.thread_count = threads
-    vs.options = encoder_options(cfg)
+    vs.options = encoder_options(cfg, info)
     return vs
+
+
+def output_timecode(info: VideoInfo) -> str | None:
+    """The output's start timecode: the source's, moved on by the range's first frame."""
+    if not info.timecode:
+        return None
+    rate = Fraction(*(info.avg_rate or info.base_rate or (25, 1))) / info.fields
+    return shifted(info.timecode, info.first // info.fields, rate)
+
+
+def set_timecode(tags: Any, timecode: str | None) -> None:
+    """Replace any ``timecode`` tag of ``tags`` (whatever its case) by ``timecode``."""
+    for key in [k for k in tags if k.lower() == "timecode"]:
+        del tags[key]
+    if timecode:
+        tags["timecode"] = timecode
 
 
 def pts_offset(info: VideoInfo) -> int:

@@ -19,8 +19,10 @@ import numpy as np
 
 from pipeline.config import parse_frames
 from pipeline.errors import UserError
+from pipeline.picture import read_first_frames
 from pipeline.storage import ObjectPath, as_path, av_input
 from pipeline.streammeta import probe_chapters
+from pipeline.timecode import find_timecode
 
 # AVColorSpace -> libswscale colourspace constant (SWS_CS_*), for RGB <-> YUV.
 SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
@@ -57,6 +59,21 @@ class VideoInfo:
     base_rate: tuple[int, int] | None = None  # r_frame_rate: the timing grid
     last_duration: int | None = None  # the source's last frame's duration (time base)
     chapters: tuple[dict[str, Any], ...] = ()  # streammeta.probe_chapters form
+    before_pts: int | None = None  # source pts of the frame before the selection, if any
+    # Picture (pipeline/picture.py): sample aspect ratio (None: square), interlacing,
+    # HDR10 static metadata, dynamic HDR metadata found (refused unless dropped).
+    sar: tuple[int, int] | None = None
+    field_order: int = 0  # AVFieldOrder of the stream (pipeline/deinterlace.FIELD_ORDERS)
+    interlaced: bool = False  # the first decoded frames are flagged interlaced
+    mastering: tuple[tuple[int, int], ...] | None = None  # SMPTE ST 2086, AVRationals
+    cll: tuple[int, int] | None = None  # (MaxCLL, MaxFALL)
+    dynamic_hdr: tuple[str, ...] = ()
+    timecode: str | None = None  # the source's start timecode (pipeline/timecode.py)
+    # What plan decided (pipeline/deinterlace.py): "" (as is), "frame" or "field"; in
+    # field mode every entry of the frame list is one field (time base halved).
+    deinterlace: str = ""
+    deint_all: bool = False  # bwdif on every frame, not only those flagged interlaced
+    fields: int = 1  # frame-list entries per source frame (2 in field mode)
 
     channels: int = 3
 
@@ -152,11 +169,18 @@ def probe_video(
             raise UserError(f"{p} has no video stream (cover art is not one); nothing to upscale")
         vs = videos[0]
         cc = vs.codec_context
-        if cc.width <= 0 or cc.height <= 0 or cc.format is None:
-            raise UserError(
-                f"{p} is not a supported input: not an image, and its "
-                f"{container.format.name} video stream has no decodable frames"
-            )
+        # Decoded frames fill in what the headers may lack (a video stream that starts
+        # after the demuxer's look-ahead has no size or pixel format there); then the
+        # packet scan starts again from the beginning.
+        headers_complete = cc.width > 0 and cc.height > 0 and cc.format is not None
+        first_frames = None if headers_complete else read_first_frames(container, vs)
+        if first_frames is not None:
+            if first_frames.width <= 0 or first_frames.pix_fmt is None:
+                raise UserError(
+                    f"{p} is not a supported input: not an image, and its "
+                    f"{container.format.name} video stream has no decodable frames"
+                )
+            container.seek(0)
         all_pts: list[int] = []
         key_pts: list[int] = []
         durations: dict[int, int] = {}
@@ -189,12 +213,17 @@ def probe_video(
             "trc": int(cc.color_trc or 2),
             "space": int(cc.colorspace or 2),
         }
+        if first_frames is None:  # after the colour tags: decoding may rewrite them
+            first_frames = read_first_frames(container, vs)
+        width = cc.width if cc.width > 0 else first_frames.width
+        height = cc.height if cc.height > 0 else first_frames.height
+        pix_fmt = cc.format.name if cc.format is not None else first_frames.pix_fmt
         return VideoInfo(
             path=str(p),
             kind="video",
             container=container.format.name,
-            width=cc.width,
-            height=cc.height,
+            width=width,
+            height=height,
             frames=b - a,
             first=a,
             pts=tuple(all_pts[a:b]),
@@ -203,28 +232,29 @@ def probe_video(
             avg_rate=(rate.numerator, rate.denominator) if rate else None,
             video_index=vs.index,
             codec=cc.name,
-            pix_fmt=cc.format.name,
-            bit_depth=_bit_depth(cc.format),
+            pix_fmt=pix_fmt,
+            bit_depth=_bit_depth(av.VideoFormat(pix_fmt)),
             color=color,
-            rotation=_rotation(container, vs),
+            rotation=first_frames.rotation,
             streams=tuple(_stream_info(s) for s in container.streams),
             metadata=dict(container.metadata),
             end_pts=all_pts[b] if b < len(all_pts) else None,
             base_rate=(base.numerator, base.denominator) if base else None,
             last_duration=last,
             chapters=probe_chapters(container.chapters()),
+            before_pts=all_pts[a - 1] if a > 0 else None,
+            sar=first_frames.sar,
+            field_order=int(cc.field_order or 0),
+            interlaced=first_frames.interlaced,
+            mastering=first_frames.mastering,
+            cll=first_frames.cll,
+            dynamic_hdr=first_frames.dynamic,
+            timecode=find_timecode(
+                vs.metadata,
+                [s.metadata for s in container.streams if s.type == "data"],
+                container.metadata,
+            ),
         )
-
-
-def _rotation(container: Any, stream: Any) -> int:
-    """Display rotation in degrees (counter-clockwise, as VideoFrame.rotation reports)."""
-    container.seek(0)
-    try:
-        for frame in container.decode(stream):
-            return int(round(frame.rotation or 0)) % 360
-    except Exception:  # a stream that cannot decode is reported by ingest
-        return 0
-    return 0
 
 
 def segment_target_frames(info: VideoInfo, segment_s: float, segment_frames: int | None) -> int:
@@ -287,6 +317,12 @@ def ingest_segment_task(info: VideoInfo, store_url: str, start: int, end: int) -
 
     store = JobStore.open(store_url)
     target = store.array("input")
+    if info.deinterlace:
+        from pipeline.deinterlace import ingest_deinterlaced
+
+        return ingest_deinterlaced(
+            info, target, start, end, lambda f: decode_array(f, info.dtype, info.color)
+        )
     want = {info.pts[i]: i for i in range(start, end)}
     stop_pts = info.pts[end] if end < info.frames else info.end_pts
     written = 0

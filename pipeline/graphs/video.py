@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from pipeline.encode import container_format
+from pipeline.errors import unexpected
 from pipeline.graphs.job import JobGraph
 from pipeline.publish import replace_output, temp_name
 from pipeline.publish.files import discard
@@ -252,7 +253,7 @@ class VideoGraph(JobGraph):
     def failure_other(self, call: Call, exc: BaseException) -> BaseException:
         if call.stage is self.decode:
             return self.unreadable(exc)
-        return exc
+        return unexpected(f"{call.stage.name} task", exc)
 
     def cleanup(self, error: BaseException | None) -> None:
         if error is not None and hasattr(self, "tmp"):
