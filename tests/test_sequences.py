@@ -1,0 +1,184 @@
+"""Frame sequences in and out: DPX/EXR/TIFF/PNG files made by FFmpeg's encoders (the
+ffmpeg binary, or PyAV for scene-linear EXR values), run through the pipeline, and read
+back with FFmpeg's decoders (PyAV) and tifffile: numbering, depth, float-ness, pixels
+against bicubic, timecode, gaps, resume, and a sequence to ProRes."""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.frameheaders import (
+    dpx_timecode,
+    exr_timecode,
+    set_dpx_timecode,
+    set_exr_timecode,
+    timecode_add,
+)
+from pipeline.sequence import find_frames, parse_rate
+from tests.helpers import LOCAL_RUNNER, bicubic_reference
+
+W, H = 48, 32
+
+
+def ffmpeg() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def ffmpeg_frames(pattern: Path, pix_fmt: str, frames: int = 6, start: int = 0, *opts: str):
+    """Frames of FFmpeg's moving test pattern, written by FFmpeg's image encoders."""
+    subprocess.run(
+        [ffmpeg(), "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate=24"]
+        + ["-frames:v", str(frames), "-pix_fmt", pix_fmt, "-start_number", str(start), *opts]
+        + [str(pattern)],
+        check=True,
+    )
+
+
+def decode(path: Path | str, fmt: str = "rgb48le") -> tuple[str, np.ndarray, dict]:
+    """(decoded pix_fmt, pixels, frame metadata) of one file, by FFmpeg's decoder."""
+    with av.open(str(path)) as c:
+        frame = next(c.decode(video=0))
+    if fmt == "float":
+        return frame.format.name, frame.reformat(format="gbrpf32le").to_ndarray(), frame.metadata
+    return frame.format.name, frame.to_ndarray(format=fmt), dict(frame.metadata)
+
+
+def float_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(image).permute(2, 0, 1)[None]
+    up = F.interpolate(t, scale_factor=scale, mode="bicubic", align_corners=False)
+    return up[0].permute(1, 2, 0).numpy()
+
+
+def run(src, out, *extra) -> None:
+    from pipeline.cli import main
+
+    args = [str(src), "-o", str(out), "--model", "bicubic", "--scale", "2", "--quiet"]
+    assert main([*args, "--tile", "32", "--overlap", "8", *map(str, extra)]) == 0
+
+
+# ------------------------------------------------------------------------ unit
+@pytest.mark.unit
+def test_timecodes_and_header_fields_read_back_by_ffmpeg(tmp_path):
+    assert timecode_add("01:00:00:00", 25, Fraction(25)) == "01:00:01:00"
+    assert timecode_add("00:00:59;29", 1, Fraction(30000, 1001)) == "00:01:00;02"
+    assert timecode_add("00:09:59;29", 1, Fraction(30000, 1001)) == "00:10:00;00"
+    assert timecode_add("00:00:00;00", 17982, Fraction(30000, 1001)) == "00:10:00;00"
+    assert timecode_add("23:59:59:23", 1, Fraction(24)) == "00:00:00:00"
+    for codec, pix_fmt, fmt in (("dpx", "gbrp10le", "rgb48le"), ("exr", "gbrpf32le", "float")):
+        cc = av.CodecContext.create(codec, "w")
+        cc.width, cc.height, cc.pix_fmt, cc.time_base = W, H, pix_fmt, Fraction(1, 24)
+        if codec == "exr":
+            cc.options = {"compression": "zip16", "format": "half"}
+        src = av.VideoFrame.from_ndarray(np.full((H, W, 3), 0.5, np.float32), "gbrpf32le")
+        data = b"".join(bytes(p) for p in cc.encode(src.reformat(format=pix_fmt)))
+        tagged = (
+            set_dpx_timecode(data, "01:02:03:04", Fraction(24))
+            if codec == "dpx"
+            else set_exr_timecode(data, "01:02:03;04")
+        )
+        (tmp_path / f"a.{codec}").write_bytes(data)
+        (tmp_path / f"b.{codec}").write_bytes(tagged)
+        _, plain, _ = decode(tmp_path / f"a.{codec}", fmt)
+        _, moved, meta = decode(tmp_path / f"b.{codec}", fmt)
+        np.testing.assert_array_equal(plain, moved)  # the pixels are where they were
+        if codec == "dpx":
+            assert meta["timecode"] == "01:02:03:04"  # FFmpeg's DPX decoder reads it
+            assert dpx_timecode(tagged) == "01:02:03:04" and dpx_timecode(data) is None
+        else:
+            assert exr_timecode(tagged) == "01:02:03;04" and exr_timecode(data) is None
+
+
+@pytest.mark.unit
+def test_patterns_folders_rates_and_gaps(tmp_path, capsys):
+    from pipeline.cli import main
+
+    for n in (1001, 1002, 1003):
+        (tmp_path / f"shot.{n:06d}.dpx").touch()
+    assert find_frames(str(tmp_path / "shot.%06d.dpx")) == (
+        str(tmp_path / "shot.%06d.dpx"),
+        [1001, 1002, 1003],
+    )
+    assert find_frames(str(tmp_path)) == (str(tmp_path / "shot.%06d.dpx"), [1001, 1002, 1003])
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for n in (8, 9, 10, 11):
+        (loose / f"f{n}.png").touch()
+    assert find_frames(str(loose)) == (str(loose / "f%d.png"), [8, 9, 10, 11])
+    assert parse_rate("24000/1001") == Fraction(24000, 1001) and parse_rate(25) == 25
+    with pytest.raises(UserError, match="positive frame rate"):
+        parse_rate("fast")
+    # A gap is refused, naming the missing numbers, before anything runs.
+    gap = tmp_path / "gap"
+    gap.mkdir()
+    for n in (1001, 1002, 1004, 1008):
+        (gap / f"f.{n:04d}.dpx").touch()
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = [str(gap / "f.%04d.dpx"), "-o", str(out / "g.%04d.dpx"), "--model", "bicubic"]
+    assert main([*argv, "--quiet", *LOCAL_RUNNER]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "frame(s) 1003, 1005-1007 are missing (4 of 8" in err[0], err
+    assert not list(out.iterdir())
+    # Two sequences in one folder: say which, ask for a pattern.
+    (tmp_path / "other.0001.png").touch()
+    with pytest.raises(UserError, match="more than one numbered sequence"):
+        find_frames(str(tmp_path))
+
+
+# ----------------------------------------------------------------- integration
+@pytest.mark.integration
+def test_dpx_10bit_from_1001_to_dpx_keeps_numbers_depth_and_resumes(tmp_path, capsys):
+    from pipeline.store import JobStore
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir(), out.mkdir()
+    ffmpeg_frames(src / "f.%06d.dpx", "gbrp10le", 6, 1001)
+    kept = ("--keep-store", "--set", "video.keep_frames=true", "--set", "video.segment_frames=2")
+    run(src / "f.%06d.dpx", out / "g.%06d.dpx", *LOCAL_RUNNER, *kept)
+    names = sorted(p.name for p in out.iterdir() if p.suffix == ".dpx")
+    assert names == [f"g.{n:06d}.dpx" for n in range(1001, 1007)]
+    for n in (1001, 1004, 1006):
+        _, lr, _ = decode(src / f"f.{n:06d}.dpx")
+        fmt, sr, _ = decode(out / f"g.{n:06d}.dpx")
+        assert fmt == "gbrp10le"  # 10-bit in, 10-bit out
+        ref = bicubic_reference(lr, 2).astype(np.int64)
+        diff = np.abs(sr.astype(np.int64) - ref)
+        assert diff.max() <= 2 * 64 and diff.mean() < 32, n  # within 10-bit rounding
+
+    # Resume after a kill in the middle of segment 0's files: 1001 complete, 1002 not
+    # renamed yet (its temporary left behind), the segment not flagged encoded (its
+    # frames are still in the store: they are freed only after the flag).
+    url = out / "g.%06d.dpx.job.zarr"
+    store = JobStore.open(str(url))
+    assert store.spec["segments"][0] == [0, 2]
+    store.array("encoded")[0] = 0
+    keep = out / "g.001001.dpx"
+    before = keep.stat().st_mtime_ns
+    rewritten = (out / "g.001002.dpx").read_bytes()
+    (out / "g.001002.dpx").unlink()
+    (out / ".g.001002.dpx.partial-999999999").write_bytes(b"half a file")
+    run(src / "f.%06d.dpx", out / "g.%06d.dpx", *LOCAL_RUNNER, *kept[1:])
+    assert keep.stat().st_mtime_ns == before  # the complete file was skipped
+    assert (out / "g.001002.dpx").read_bytes() == rewritten
+    assert not list(out.glob(".*partial*"))
+    assert not url.exists()  # done: the store is removed
+    capsys.readouterr()
+    # A new job over complete files is refused unless --overwrite.
+    from pipeline.cli import main
+
+    argv = [str(src / "f.%06d.dpx"), "-o", str(out / "g.%06d.dpx"), "--model", "bicubic"]
+    assert main([*argv, "--quiet", *LOCAL_RUNNER]) == 2
+    err = capsys.readouterr().err
+    assert "already exists (6 of the 6 output frames do); pass --overwrite" in err
