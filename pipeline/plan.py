@@ -216,7 +216,12 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         if fmt == "sequence":
             url = default_store_url(str(src), str(out), cfg.store.work_dir)
             sequence = plan_sequence_output(
-                info, str(out), v.start_number, overwrite, JobStore.exists(url)
+                info,
+                str(out),
+                v.start_number,
+                overwrite,
+                JobStore.exists(url),
+                v.drop_unsupported,
             )
         else:
             check_float_to_video(info)

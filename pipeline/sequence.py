@@ -257,10 +257,28 @@ def sequence_identity(info: SequenceInfo) -> dict[str, Any]:
     }
 
 
+def float_planes(frame: Any) -> np.ndarray:
+    """A planar float frame (EXR: gbrpf16le/gbrpf32le, grayf16le/grayf32le) -> (H, W, 3)
+    float32 RGB, read from its planes as they are: swscale's conversion from half floats
+    clips to 0..1, which would lose every scene-linear value above 1."""
+    kind = "<f2" if "f16" in frame.format.name else "<f4"
+    size = np.dtype(kind).itemsize
+    planes = [
+        np.frombuffer(memoryview(p), dtype=kind)
+        .reshape(frame.height, p.line_size // size)[:, : frame.width]
+        .astype(np.float32)
+        for p in frame.planes
+    ]
+    if len(planes) == 1:
+        planes *= 3
+    g, b, r = planes[:3]  # FFmpeg's planar RGB order: G, B, R
+    return np.stack([r, g, b], axis=-1)
+
+
 def decoded_array(frame: Any, dtype: str) -> np.ndarray:
     """A decoded frame -> (H, W, 3) RGB: uint8, uint16 (full 16-bit scale) or float32."""
     if dtype == "float32":
-        return frame.reformat(format="gbrpf32le").to_ndarray()
+        return float_planes(frame)
     return frame.to_ndarray(format="rgb48le" if dtype == "uint16" else "rgb24")
 
 

@@ -88,10 +88,36 @@ def source_timecode(info: VideoInfo) -> str | None:
     )
 
 
+def check_other_streams(info: VideoInfo, drop_unsupported: bool) -> None:
+    """A sequence holds pictures only: a video's audio, subtitle and data streams are
+    refused, or left out with ``--drop-unsupported`` (one warning line)."""
+    others = [
+        f"#{e['index']} ({e['type']})"
+        for e in info.streams
+        if e["index"] != info.video_index and e["type"] in ("audio", "subtitle")
+    ]
+    if not others:
+        return
+    what = f"stream(s) {', '.join(others)} of {info.path}"
+    if drop_unsupported:
+        log.warning("dropping %s: a frame sequence holds pictures only", what)
+        return
+    raise UserError(
+        f"{what} cannot be stored in a frame sequence; write a video file, or pass "
+        "--drop-unsupported to leave them out"
+    )
+
+
 def plan_sequence_output(
-    info: VideoInfo, out: str, start_number: int | None, overwrite: bool, resuming: bool
+    info: VideoInfo,
+    out: str,
+    start_number: int | None,
+    overwrite: bool,
+    resuming: bool,
+    drop_unsupported: bool = False,
 ) -> SequenceTarget:
     """Decide the output files and their format; refuse what cannot be kept."""
+    check_other_streams(info, drop_unsupported)
     codec = CODECS[Path(out).suffix.lower()]
     floating = isinstance(info, SequenceInfo) and bool(info.float_bits)
     pix_fmt, half = _pix_fmt(codec, info.bit_depth, floating, info.path)

@@ -47,8 +47,13 @@ def decode(path: Path | str, fmt: str = "rgb48le") -> tuple[str, np.ndarray, dic
     """(decoded pix_fmt, pixels, frame metadata) of one file, by FFmpeg's decoder."""
     with av.open(str(path)) as c:
         frame = next(c.decode(video=0))
-    if fmt == "float":
-        return frame.format.name, frame.reformat(format="gbrpf32le").to_ndarray(), frame.metadata
+    if fmt == "float":  # the planes as decoded (G, B, R), without swscale
+        dt = np.float16 if "f16" in frame.format.name else np.float32
+        g, b, r = (
+            np.frombuffer(bytes(p), dt).reshape(frame.height, -1)[:, : frame.width]
+            for p in frame.planes
+        )
+        return frame.format.name, np.stack([r, g, b], -1).astype(np.float32), frame.metadata
     return frame.format.name, frame.to_ndarray(format=fmt), dict(frame.metadata)
 
 
@@ -182,3 +187,139 @@ def test_dpx_10bit_from_1001_to_dpx_keeps_numbers_depth_and_resumes(tmp_path, ca
     assert main([*argv, "--quiet", *LOCAL_RUNNER]) == 2
     err = capsys.readouterr().err
     assert "already exists (6 of the 6 output frames do); pass --overwrite" in err
+
+
+def write_exr(pattern: Path, numbers, half: bool) -> list[np.ndarray]:
+    """Scene-linear frames (values up to 4) written by FFmpeg's EXR encoder (PyAV)."""
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    frames = []
+    for k, n in enumerate(numbers):
+        img = np.stack([x / W * 4, y / H * 2 + k * 0.1, (x + y) % 7 / 7], axis=-1)
+        cc = av.CodecContext.create("exr", "w")
+        cc.width, cc.height, cc.pix_fmt, cc.time_base = W, H, "gbrpf32le", Fraction(1, 24)
+        cc.options = {"format": "half" if half else "float", "compression": "zip1"}
+        frame = av.VideoFrame.from_ndarray(img.astype(np.float32), format="gbrpf32le")
+        Path(str(pattern) % n).write_bytes(b"".join(bytes(p) for p in cc.encode(frame)))
+        frames.append(img)
+    return frames
+
+
+@pytest.mark.integration
+def test_exr_half_and_float_keep_scene_linear_values_and_float_ness(tmp_path, capsys):
+    from pipeline.cli import main
+
+    for half, fmt in ((True, "gbrpf16le"), (False, "gbrpf32le")):
+        src, out = tmp_path / f"in{half}", tmp_path / f"out{half}"
+        src.mkdir(), out.mkdir()
+        write_exr(src / "plate.%04d.exr", [1, 2, 3], half)
+        run(src, out / "up.%04d.exr", *LOCAL_RUNNER)  # a folder of frames as the input
+        assert sorted(p.name for p in out.iterdir()) == [f"up.{n:04d}.exr" for n in (1, 2, 3)]
+        for n in (1, 3):
+            _, lr, _ = decode(src / f"plate.{n:04d}.exr", "float")
+            got, sr, _ = decode(out / f"up.{n:04d}.exr", "float")
+            assert got == fmt  # half stays half, float stays float
+            ref = float_bicubic(lr, 2)
+            assert ref.max() > 3.5 and sr.max() > 3.5  # above 1 kept, not clipped
+            tol = 4e-3 if half else 1e-5
+            np.testing.assert_allclose(sr, ref, atol=tol, rtol=tol)
+    capsys.readouterr()
+    plate = str(tmp_path / "inTrue" / "plate.%04d.exr")
+    for out_name, extra, text in (
+        ("s.%04d.exr", ("--model", "s3diff"), "pass --set model.value_range=MIN,MAX"),
+        ("v.mov", ("--model", "bicubic"), "write an EXR sequence"),
+        ("p.%04d.png", ("--model", "bicubic"), "only an EXR sequence keeps them"),
+    ):
+        argv = [plate, "-o", str(tmp_path / out_name), *extra, "--quiet", *LOCAL_RUNNER]
+        assert main(argv) == 2
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+        assert len(err) == 1 and text in err[0], err
+
+
+@pytest.mark.integration
+def test_video_with_timecode_to_dpx_and_16bit_tiff_to_tiff(tmp_path, capsys):
+    import tifffile
+
+    from pipeline.cli import main
+
+    # A camera-style MOV (timecode track, audio) -> DPX frames from --start-number, the
+    # range's timecode in each header (read back by FFmpeg's DPX decoder).
+    mov, out = tmp_path / "cam.mov", tmp_path / "dpx"
+    out.mkdir()
+    subprocess.run(
+        [ffmpeg(), "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate=25"]
+        + ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-frames:v", "8"]
+        + ["-shortest", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac"]
+        + ["-timecode", "01:00:00:00", str(mov)],
+        check=True,
+    )
+    argv = [str(mov), "-o", str(out / "f.%05d.dpx"), "--model", "bicubic", "--quiet"]
+    assert main([*argv, *LOCAL_RUNNER]) == 2  # the audio has no place in a sequence
+    err = capsys.readouterr().err
+    assert "(audio) of" in err and "--drop-unsupported" in err, err
+    run(
+        mov,
+        out / "f.%05d.dpx",
+        *LOCAL_RUNNER,
+        "--frames",
+        "2:6",
+        "--start-number",
+        "100",
+        "--drop-unsupported",
+    )
+    assert sorted(p.name for p in out.iterdir()) == [f"f.{n:05d}.dpx" for n in range(100, 104)]
+    for k, n in enumerate(range(100, 104)):
+        fmt, sr, meta = decode(out / f"f.{n:05d}.dpx", "rgb24")
+        assert fmt == "rgb24" and sr.shape == (2 * H, 2 * W, 3)
+        assert meta["timecode"] == f"01:00:00:{2 + k:02d}"  # frame 2 of 25 fps 01:00:00:00
+
+    # 16-bit TIFF frames (FFmpeg's TIFF encoder), numbered from 0 -> 16-bit TIFF frames.
+    src, tif_out = tmp_path / "tif", tmp_path / "tif_out"
+    src.mkdir(), tif_out.mkdir()
+    ffmpeg_frames(src / "t_%03d.tif", "rgb48le", 4, 0)
+    run(src / "t_%03d.tif", tif_out / "u_%03d.tif", *LOCAL_RUNNER)
+    assert sorted(p.name for p in tif_out.iterdir()) == [f"u_{n:03d}.tif" for n in range(4)]
+    for n in (0, 3):
+        lr = tifffile.imread(src / f"t_{n:03d}.tif")
+        sr = tifffile.imread(tif_out / f"u_{n:03d}.tif")
+        assert sr.dtype == np.uint16 and sr.shape == (2 * H, 2 * W, 3)
+        diff = np.abs(sr.astype(np.int64) - bicubic_reference(lr, 2).astype(np.int64))
+        assert diff.max() <= 1, n
+
+
+@pytest.mark.integration
+def test_png_folder_to_prores_on_ray(tmp_path, ray_local):
+    """A sequence to a video works like any video: ProRes 422 HQ, as studios hand over,
+    at --fps 24000/1001, decoded on Ray's tasks (numbered from 1, found in the folder)."""
+    from pipeline.run import run_job
+    from tests.helpers import make_config
+
+    src = tmp_path / "png"
+    src.mkdir()
+    ffmpeg_frames(src / "frame%04d.png", "rgb24", 6, 1)
+    out = tmp_path / "out.mov"
+    cfg = make_config(
+        scale=2,
+        tile=32,
+        overlap=8,
+        video__codec="prores_ks",
+        video__options="profile=3",
+        video__pix_fmt="yuv422p10le",  # ProRes is 10-bit: 8-bit PNGs are converted on request
+        video__fps="24000/1001",
+        video__segment_frames=3,
+    )
+    summary = run_job(str(src), str(out), cfg, progress=False)
+    assert summary.frames == 6 and summary.segments_total == 2
+    with av.open(str(out)) as c:
+        vs = c.streams.video[0]
+        assert vs.codec_context.name == "prores" and vs.average_rate == Fraction(24000, 1001)
+        assert vs.codec_context.profile == "HQ"
+        frames = list(c.decode(vs))
+        decoded = [f.to_ndarray(format="rgb24") for f in frames]
+        assert [f.pts * f.time_base for f in frames] == [
+            Fraction(1001 * i, 24000) for i in range(6)
+        ]
+    assert len(decoded) == 6 and decoded[0].shape == (2 * H, 2 * W, 3)
+    for i in (0, 5):
+        _, lr, _ = decode(src / f"frame{i + 1:04d}.png", "rgb24")
+        ref = bicubic_reference(lr, 2).astype(float)
+        assert np.abs(decoded[i].astype(float) - ref).mean() < 4.0, i  # codec noise only
