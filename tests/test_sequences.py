@@ -150,14 +150,20 @@ def test_dpx_10bit_from_1001_to_dpx_keeps_numbers_depth_and_resumes(tmp_path, ca
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir(), out.mkdir()
     ffmpeg_frames(src / "f.%06d.dpx", "gbrp10le", 6, 1001)
+    for k, n in enumerate(range(1001, 1007)):  # a scanner's DPX carries the timecode
+        path = src / f"f.{n:06d}.dpx"
+        tc = timecode_add("10:00:00:00", k, Fraction(24))
+        path.write_bytes(set_dpx_timecode(path.read_bytes(), tc, Fraction(24)))
+    assert decode(src / "f.001001.dpx")[2]["timecode"] == "10:00:00:00"
     kept = ("--keep-store", "--set", "video.keep_frames=true", "--set", "video.segment_frames=2")
     run(src / "f.%06d.dpx", out / "g.%06d.dpx", *LOCAL_RUNNER, *kept)
     names = sorted(p.name for p in out.iterdir() if p.suffix == ".dpx")
     assert names == [f"g.{n:06d}.dpx" for n in range(1001, 1007)]
     for n in (1001, 1004, 1006):
         _, lr, _ = decode(src / f"f.{n:06d}.dpx")
-        fmt, sr, _ = decode(out / f"g.{n:06d}.dpx")
+        fmt, sr, meta = decode(out / f"g.{n:06d}.dpx")
         assert fmt == "gbrp10le"  # 10-bit in, 10-bit out
+        assert meta["timecode"] == f"10:00:00:{n - 1001:02d}"
         ref = bicubic_reference(lr, 2).astype(np.int64)
         diff = np.abs(sr.astype(np.int64) - ref)
         assert diff.max() <= 2 * 64 and diff.mean() < 32, n  # within 10-bit rounding
