@@ -33,6 +33,7 @@ CODECS = {"dpx_pipe": "dpx", "exr_pipe": "exr", "tiff_pipe": "tiff", "png_pipe":
 PRINTF = re.compile(r"%(0?\d*)d")
 NUMBERED = re.compile(r"^(?P<head>.*?)(?P<num>\d+)(?P<tail>\.[A-Za-z0-9]+)$")
 MAX_LISTED = 8  # missing ranges named in a gap error
+FLOAT_FORMATS = ("gbrpf16le", "gbrpf32le", "grayf16le", "grayf32le")  # float_planes reads
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,11 @@ def probe_sequence(
         )
     bits = max(c.bits for c in fmt.components)
     float_bits = bits if "f16" in fmt.name or "f32" in fmt.name else 0
+    if float_bits and fmt.name not in FLOAT_FORMATS:
+        raise UserError(
+            f"{first_file} holds {fmt.name} float samples; float frames are read from "
+            "OpenEXR (planar RGB or gray): convert the sequence to EXR"
+        )
     all_pts = list(range(len(numbers)))
     a, b = parse_range(frames, start_s, end_s, all_pts, tb)
     stream = {
