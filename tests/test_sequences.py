@@ -331,3 +331,37 @@ def test_png_folder_to_prores_on_ray(tmp_path, ray_local):
         _, lr, _ = decode(src / f"frame{i + 1:04d}.png", "rgb24")
         ref = bicubic_reference(lr, 2).astype(float)
         assert np.abs(decoded[i].astype(float) - ref).mean() < 4.0, i  # codec noise only
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    "pix_fmt,bits,dtype",
+    [("rgb24", 8, "uint8"), ("gbrp10le", 10, "uint16"), ("gbrp12le", 12, "uint16"),
+     ("rgb48le", 16, "uint16")],
+)  # fmt: skip
+def test_dpx_depths_read_and_written_at_their_depth(tmp_path, pix_fmt, bits, dtype):
+    """Each DPX depth FFmpeg's encoder writes is probed and stored at its depth, and a
+    frame of the store is written back in the same pixel format, values unchanged."""
+    from pipeline.sequence import decode_file, probe_sequence
+    from pipeline.sequence_out import _encoder, frame_bytes, plan_sequence_output
+
+    rng = np.random.default_rng(bits)
+    top = (1 << bits) - 1
+    values = rng.integers(0, top + 1, (H, W, 3)).astype(np.uint16 if bits > 8 else np.uint8)
+    cc = av.CodecContext.create("dpx", "w")
+    cc.width, cc.height, cc.pix_fmt, cc.time_base = W, H, pix_fmt, Fraction(1, 24)
+    frame = av.VideoFrame.from_ndarray(values, format=pix_fmt)  # (H, W, 3) RGB, any depth
+    (tmp_path / "s.0007.dpx").write_bytes(b"".join(bytes(p) for p in cc.encode(frame)))
+    info = probe_sequence(str(tmp_path / "s.%04d.dpx"), "25")
+    assert (info.bit_depth, info.dtype, info.numbers, info.pix_fmt) == (bits, dtype, (7,), pix_fmt)
+    stored = decode_file(str(tmp_path / "s.0007.dpx"), "dpx", dtype)
+    scale = 65535 / top if bits > 8 else 1  # stored at the full 16-bit scale
+    np.testing.assert_allclose(stored / scale, values, atol=0.5)
+    out = tmp_path / "o"
+    out.mkdir()
+    target = plan_sequence_output(info, str(out / "o.%04d.dpx"), None, False, False)
+    assert target.pix_fmt == pix_fmt and target.numbers == (7,)
+    (out / "o.0007.dpx").write_bytes(frame_bytes(_encoder(target, W, H), stored, target))
+    got, back, _ = decode(out / "o.0007.dpx")
+    assert got == pix_fmt
+    np.testing.assert_array_equal(back, decode(tmp_path / "s.0007.dpx")[1])
