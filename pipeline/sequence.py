@@ -92,7 +92,12 @@ def _pattern_regex(name: str) -> tuple[re.Pattern[str], int]:
     assert m is not None
     spec = m.group(1)
     width = int(spec) if spec else 0
-    digits = rf"\d{{{width},}}" if spec.startswith("0") and width else r"\d+"
+    # As printf writes them: %04d pads to 4 digits (longer numbers are not padded), %d
+    # never pads, so "0001" is not frame 1 of "f.%d.dpx".
+    if spec.startswith("0") and width:
+        digits = rf"\d{{{width}}}|[1-9]\d{{{width},}}"
+    else:
+        digits = r"0|[1-9]\d*"
     head, tail = name[: m.start()].replace("%%", "%"), name[m.end() :].replace("%%", "%")
     return re.compile(f"^{re.escape(head)}({digits}){re.escape(tail)}$"), width
 

@@ -121,6 +121,9 @@ def test_patterns_folders_rates_and_gaps(tmp_path, capsys):
     for n in (8, 9, 10, 11):
         (loose / f"f{n}.png").touch()
     assert find_frames(str(loose)) == (str(loose / "f%d.png"), [8, 9, 10, 11])
+    (loose / "f0012.png").touch()  # a name "f%04d.png" gives, not "f%d.png"
+    assert find_frames(str(loose / "f%d.png"))[1] == [8, 9, 10, 11]
+    assert find_frames(str(loose / "f%04d.png"))[1] == [12]
     assert parse_rate("24000/1001") == Fraction(24000, 1001) and parse_rate(25) == 25
     with pytest.raises(UserError, match="positive frame rate"):
         parse_rate("fast")
