@@ -226,7 +226,8 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         else:
             check_float_to_video(info)
             pix_fmt = choose_pix_fmt(v.codec, info.pix_fmt, v.pix_fmt)
-            remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
+            if not sequence_in:  # a sequence has pictures only
+                remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
             check_dispositions(info, str(out), remux, v.drop_unsupported)
         target = segment_target_frames(info, v.segment_s, v.segment_frames)
         segments = tuple(plan_segments(info, target, v.segment_max_frames or 4 * target))

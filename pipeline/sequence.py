@@ -213,6 +213,7 @@ def probe_sequence(
             "OpenEXR (planar RGB or gray): convert the sequence to EXR"
         )
     all_pts = list(range(len(numbers)))
+    timecode = read_timecode(first_file, codec)
     a, b = parse_range(frames, start_s, end_s, all_pts, tb)
     stream = {
         "index": 0,
@@ -250,7 +251,10 @@ def probe_sequence(
         pattern=pattern,
         numbers=tuple(numbers),
         float_bits=float_bits,
-        timecode=read_timecode(first_file, codec),
+        timecode=timecode,
+        # The source's start, as a video's tag holds it: a .mov output gets a timecode
+        # track from it (a range's start is moved by the output side, as for a video).
+        metadata={"timecode": timecode} if timecode else {},
     )
 
 

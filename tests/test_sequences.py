@@ -196,6 +196,14 @@ def test_dpx_10bit_from_1001_to_dpx_keeps_numbers_depth_and_resumes(tmp_path, ca
     assert main([*argv, "--quiet", *LOCAL_RUNNER]) == 2
     err = capsys.readouterr().err
     assert "already exists (6 of the 6 output frames do); pass --overwrite" in err
+    # The shot to ProRes 4444 (10-bit RGB in: yuv444p10le), its timecode on a tmcd track.
+    mov = tmp_path / "shot.mov"
+    run(src / "f.%06d.dpx", mov, *LOCAL_RUNNER, "--codec", "prores_ks")
+    with av.open(str(mov)) as c:
+        assert c.streams.video[0].codec_context.profile == "4444"
+        assert c.streams.video[0].frames == 6
+        tmcd = [s for s in c.streams if s.type == "data"]
+        assert tmcd and tmcd[0].metadata["timecode"] == "10:00:00:00"
 
 
 def write_exr(pattern: Path, numbers, half: bool) -> list[np.ndarray]:
