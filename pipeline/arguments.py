@@ -54,6 +54,12 @@ def add_job_options(p: argparse.ArgumentParser) -> None:
     v.add_argument("--frames", help="process frames A:B only (indices, B exclusive)")
     v.add_argument("--start", type=float, help="process from this time (seconds)")
     v.add_argument("--end", type=float, help="process up to this time (seconds)")
+    v.add_argument("--fps", help="frame rate of a frame sequence input (default 24; 24000/1001)")
+    v.add_argument(
+        "--start-number",
+        type=int,
+        help="first file number of a sequence output (default: the source's, or 0 for a video)",
+    )
     v.add_argument(
         "--drop-unsupported",
         action="store_true",

@@ -15,6 +15,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ FLAGS = {
     "video.frames": "--frames",
     "video.start_s": "--start",
     "video.end_s": "--end",
+    "video.fps": "--fps",
+    "video.start_number": "--start-number",
     "video.drop_unsupported": "--drop-unsupported",
 }
 
@@ -196,6 +199,8 @@ class VideoConfig:
     frames: str | None = None  # "A:B" frame indices to process
     start_s: float | None = None
     end_s: float | None = None
+    fps: str = "24"  # a frame sequence input's rate: 24, 25, 24000/1001, ...
+    start_number: int | None = None  # a sequence output's first number (None: the source's)
     # Segments are the unit of decode, encode and resume: keyframe-aligned ranges of
     # about segment_s seconds (or at least segment_frames frames), cut mid-GOP only past
     # segment_max_frames (default 4x the target). Each is encoded on its own (closed
@@ -529,6 +534,14 @@ def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
         "video.max_region_out_px",
         f"must be >= 64, got {v.max_region_out_px}",
     )
+    _require(
+        _is_rate(v.fps), "video.fps", f"must be a frame rate like 24 or 24000/1001, got {v.fps!r}"
+    )
+    _require(
+        v.start_number is None or v.start_number >= 0,
+        "video.start_number",
+        f"must be >= 0, got {v.start_number}",
+    )
     if v.frames is not None:
         parse_frames(v.frames)
         if v.start_s is not None or v.end_s is not None:
@@ -538,6 +551,13 @@ def validate(cfg: JobConfig, model: ModelSpec | None = None) -> None:
             )
     if model is not None:
         _validate_for_model(cfg, model)
+
+
+def _is_rate(text: Any) -> bool:
+    try:
+        return Fraction(str(text).strip()) > 0
+    except (ValueError, ZeroDivisionError):
+        return False
 
 
 def _validate_for_model(cfg: JobConfig, model: ModelSpec) -> None:

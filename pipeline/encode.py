@@ -34,7 +34,7 @@ def container_format(path: str | Path) -> str:
 def _depth_and_chroma(pix_fmt: str) -> tuple[int, str]:
     import av
 
-    fmt = av.VideoFormat(pix_fmt)
+    fmt = av.VideoFormat(pix_fmt, 16, 16)  # a size, or every plane reports width 0
     depth = max(c.bits for c in fmt.components)
     chroma = "444"
     comps = fmt.components

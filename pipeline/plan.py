@@ -30,8 +30,10 @@ from pipeline.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
 from pipeline.publish import FORMATS, check_output
 from pipeline.publish.metadata import geo_epsg, geo_keys_complete
 from pipeline.samples import has_natural_range
+from pipeline.sequence import is_sequence_input, probe_sequence, sequence_identity
+from pipeline.sequence_out import SequenceTarget, is_sequence_output, plan_sequence_output
 from pipeline.storage import ObjectPath, as_path, check_output_location
-from pipeline.store import Layout, default_store_url
+from pipeline.store import JobStore, Layout, default_store_url
 from pipeline.tiling import shard_geometry
 from pipeline.video import VideoInfo, plan_segments, probe_video, segment_target_frames
 
@@ -52,10 +54,11 @@ class Plan:
     segments: tuple[tuple[int, int], ...] = ()  # video decode segments (frame ranges)
     remux: tuple[int, ...] = ()  # video: stream indices copied packet for packet
     pix_fmt: str = ""  # video: encoder pixel format
+    sequence: SequenceTarget | None = None  # a frame sequence output's files
 
     @property
     def is_video(self) -> bool:
-        return self.fmt == "video"
+        return self.fmt in ("video", "sequence")
 
 
 def _check_paths(input_path: Path | ObjectPath, output: Path | ObjectPath, overwrite: bool) -> None:
@@ -79,6 +82,8 @@ def _check_paths(input_path: Path | ObjectPath, output: Path | ObjectPath, overw
 
 
 def _output_kind(out: Path | ObjectPath) -> str:
+    if is_sequence_output(str(out)):
+        return "sequence"
     suffix = out.suffix.lower()
     if suffix in CONTAINERS:
         return "video"
@@ -165,22 +170,43 @@ def check_geo(src: Path | ObjectPath, info: ImageInfo, fmt: str) -> None:
         )
 
 
+def check_sequence_model(info: VideoInfo, cfg: JobConfig, model: ModelSpec) -> None:
+    """Float (EXR) frames have no display range: a model that needs one needs
+    ``model.value_range``; bicubic runs them in float, values above 1 kept."""
+    if info.dtype == "float32" and not model.any_range and not cfg.model.value_range:
+        raise UserError(
+            f"{info.path} holds float (OpenEXR) samples, which have no display range; model "
+            f"{model.name!r} needs one: pass --set model.value_range=MIN,MAX (scene-linear "
+            "values outside it are clipped), or use --model bicubic"
+        )
+
+
+def check_float_to_video(info: VideoInfo) -> None:
+    if info.dtype == "float32":
+        raise UserError(
+            f"{info.path} holds float (OpenEXR) samples, which no video codec here keeps; "
+            "write an EXR sequence (out/frame.%06d.exr)"
+        )
+
+
 def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool) -> Plan:
     src, out = as_path(input_path), as_path(output_path)
     fmt = _output_kind(out)
     _check_paths(src, out, overwrite)
     model = get_spec(cfg.model.name)
     cfg = resolve_model_defaults(cfg, model)
-    if not src.exists():
+    sequence_in = is_sequence_input(input_path)
+    if not sequence_in and not src.exists():
         raise UserError(f"input {src} does not exist")
-    is_image = sniff(src) in IMAGE_KINDS
+    is_image = not sequence_in and sniff(src) in IMAGE_KINDS
     scale = cfg.model.scale
     v = cfg.video
     segments: tuple[tuple[int, int], ...] = ()
     remux: tuple[int, ...] = ()
     pix_fmt = ""
+    sequence: SequenceTarget | None = None
     if is_image:
-        if fmt == "video":
+        if fmt in ("video", "sequence"):
             raise UserError(f"{src} is an image; give an image output (.zarr .tif .png .jpg)")
         info: ImageInfo | VideoInfo = probe(src, cfg.output.max_input_decode_mb)
         check_pixel_semantics(info, cfg, model)
@@ -200,15 +226,34 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         frames = 1
         selection: dict[str, Any] = {}
     else:
-        info = probe_video(src, v.frames, v.start_s, v.end_s)
-        if fmt != "video":
-            raise UserError(f"{src} is a video; give a video output (.mp4 .mkv .mov)")
-        check_hdr(info, v.codec, v.drop_unsupported)
-        check_aspect(info, v.codec, container_format(str(out)), v.drop_unsupported)
-        info = plan_deinterlace(info, v.deinterlace)
-        pix_fmt = choose_pix_fmt(v.codec, info.pix_fmt, v.pix_fmt)
-        remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
-        check_dispositions(info, str(out), remux, v.drop_unsupported)
+        if sequence_in:
+            info = probe_sequence(input_path, v.fps, v.frames, v.start_s, v.end_s)
+            check_sequence_model(info, cfg, model)
+        else:
+            info = plan_deinterlace(probe_video(src, v.frames, v.start_s, v.end_s), v.deinterlace)
+        if fmt not in ("video", "sequence"):
+            raise UserError(
+                f"{src} is a video; give a video output (.mp4 .mkv .mov) or a frame "
+                "sequence (out/frame.%06d.exr .dpx .tif .png)"
+            )
+        if fmt == "sequence":
+            url = default_store_url(str(src), str(out), cfg.store.work_dir)
+            sequence = plan_sequence_output(
+                info,
+                str(out),
+                v.start_number,
+                overwrite,
+                JobStore.exists(url),
+                v.drop_unsupported,
+            )
+        else:
+            check_hdr(info, v.codec, v.drop_unsupported)
+            check_aspect(info, v.codec, container_format(str(out)), v.drop_unsupported)
+            check_float_to_video(info)
+            pix_fmt = choose_pix_fmt(v.codec, info.pix_fmt, v.pix_fmt)
+            if not sequence_in:  # a sequence has pictures only
+                remux = tuple(remux_streams(info, str(out), v.drop_unsupported))
+            check_dispositions(info, str(out), remux, v.drop_unsupported)
         target = segment_target_frames(info, v.segment_s, v.segment_frames)
         segments = tuple(plan_segments(info, target, v.segment_max_frames or 4 * target))
         side = max(info.height, info.width) * scale
@@ -243,7 +288,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
     # What must match for a store to be resumed: the input and everything that changes
     # the stored pixels. Actor counts, batch sizes and encoder settings may change.
     spec = {
-        "input": identity(src),
+        "input": sequence_identity(info) if sequence_in else identity(src),
         "model": {"name": cfg.model.name, "scale": scale, "weights": cfg.model.weights},
         "tiling": {
             "tile_px": cfg.tiling.tile_px,
@@ -256,5 +301,9 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
         "segments": [list(s) for s in segments],
         "config": {"model": cfg.to_dict()["model"] | {"batch_size": None, "device": None}},
     }
+    if sequence is not None:  # the files a resume finds must be the same files
+        spec["sequence_out"] = {"pattern": sequence.pattern, "numbers": [sequence.numbers[0]]}
     url = default_store_url(str(src), str(out), cfg.store.work_dir)
-    return Plan(str(src), out, cfg, model, info, layout, fmt, spec, url, segments, remux, pix_fmt)
+    return Plan(
+        str(src), out, cfg, model, info, layout, fmt, spec, url, segments, remux, pix_fmt, sequence
+    )

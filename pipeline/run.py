@@ -20,6 +20,7 @@ from pipeline.config import JobConfig
 from pipeline.errors import UserError
 from pipeline.graphs.image import ImageGraph
 from pipeline.graphs.job import JobGraph, Summary, UnreadableInput
+from pipeline.graphs.sequence import SequenceGraph
 from pipeline.graphs.video import VideoGraph
 from pipeline.plan import Plan, plan_job
 from pipeline.runner.loop import Loop
@@ -58,6 +59,8 @@ def make_executor(cfg: JobConfig) -> Any:
 
 
 def graph_for(plan: Plan, **kwargs: Any) -> JobGraph:
+    if plan.fmt == "sequence":
+        return SequenceGraph(plan, **kwargs)
     return (VideoGraph if plan.is_video else ImageGraph)(plan, **kwargs)
 
 

@@ -12,6 +12,7 @@ the stage runs, so nothing here imports worker code.
     pyramid  one block of a pyramid level from the level below (1 CPU)
     write    the output file's pixels (TIFF, PNG/JPEG, OME-Zarr blocks) (1 CPU)
     encode   one video segment's frames -> its packets      (CPU tasks, several at once)
+             (a frame sequence output: -> its frame files, ``sequence_write_stage``)
     assemble the segments' packets + copied streams -> file (one CPU task)
 """
 
@@ -88,13 +89,16 @@ def region_pool(cfg: JobConfig, model: ModelSpec, expected_regions: int) -> Pool
     )
 
 
-def decode_stage(cfg: JobConfig) -> Stage:
+def decode_stage(cfg: JobConfig, sequence: bool = False) -> Stage:
     """Video decode tasks: one CPU each where the CPUs are; at most half the cluster's
-    CPUs decode at once, so the encoder and the driver keep theirs."""
+    CPUs decode at once, so the encoder and the driver keep theirs. A frame sequence's
+    segments decode file by file (``pipeline.sequence``)."""
     cpus = cpu_stage_options(workers_use_gpu(cfg))["num_cpus"]
     return Stage(
         "decode",
-        "pipeline.video:ingest_segment_task",
+        "pipeline.sequence:ingest_sequence_task"
+        if sequence
+        else "pipeline.video:ingest_segment_task",
         cpus=cpus,
         max_in_flight=max(1, int(cluster_cpus()) // 2),
         priority=1,
@@ -134,3 +138,22 @@ def encode_stage(cfg: JobConfig) -> tuple[Stage, int]:
 def assemble_stage(cfg: JobConfig) -> Stage:
     cpus = cpu_stage_options(workers_use_gpu(cfg))["num_cpus"]
     return Stage("assemble", "pipeline.assemble:assemble_task", cpus=cpus, priority=0)
+
+
+def sequence_write_stage(cfg: JobConfig) -> Stage:
+    """A frame sequence output's segment writers, in the encoders' place and number."""
+    count, _ = encoder_plan(cfg)
+    cpus = min(1.0, cluster_cpus() / 2) if workers_use_gpu(cfg) else 0.0
+    return Stage(
+        "encode",
+        "pipeline.sequence_out:write_frames_task",
+        cpus=cpus,
+        max_in_flight=count,
+        priority=0,
+        spread=True,
+    )
+
+
+def sequence_check_stage(cfg: JobConfig) -> Stage:
+    cpus = cpu_stage_options(workers_use_gpu(cfg))["num_cpus"]
+    return Stage("assemble", "pipeline.sequence_out:check_sequence_task", cpus=cpus, priority=0)

@@ -33,7 +33,7 @@ class VideoGraph(JobGraph):
     def __init__(self, plan, **kwargs) -> None:
         super().__init__(plan, **kwargs)
         self.ingest_units = len(plan.segments)
-        self.decode = decode_stage(plan.config)
+        self.decode = decode_stage(plan.config, plan.info.kind == "sequence")
         self.encode, self.threads = encode_stage(plan.config)
         self.assemble = assemble_stage(plan.config)
 
@@ -127,18 +127,7 @@ class VideoGraph(JobGraph):
             self.bar.close()
             self.recorder.stage("assemble")
             log.info("assemble: joining %d segment(s)", len(plan.segments))
-            v = plan.config.video
-            args = (
-                plan.store_url,
-                plan.info,
-                v,
-                str(self.tmp),
-                list(plan.remux),
-                plan.pix_fmt,
-                len(plan.segments),
-                self.threads,
-            )
-            self.emit(Call(self, self.assemble, args, address="assemble"))
+            self.emit(Call(self, self.assemble, self.assemble_args(), address="assemble"))
             return
         # Decode within the window (the segment after the oldest always: conditioning
         # windows may need its first frames).
@@ -153,23 +142,31 @@ class VideoGraph(JobGraph):
             self.decoding.add(i)
             self.emit(Call(self, self.decode, (plan.info, plan.store_url, a, b), address=i))
         # Encode every segment whose regions are all done.
-        fmt = container_format(str(plan.output_path))
         for i in sorted(self.candidates):
             self.candidates.discard(i)
             a, b = plan.segments[i]
             self.encoding.add(i)
-            args = (
-                plan.store_url,
-                plan.info,
-                plan.config.video,
-                i,
-                a,
-                b,
-                plan.pix_fmt,
-                fmt,
-                self.threads,
-            )
-            self.emit(Call(self, self.encode, args, address=i))
+            self.emit(Call(self, self.encode, self.encode_args(i, a, b), address=i))
+
+    def encode_args(self, i: int, a: int, b: int) -> tuple[Any, ...]:
+        """The encode call's arguments for segment ``i`` (frames [a, b))."""
+        plan = self.plan
+        fmt = container_format(str(plan.output_path))
+        v = plan.config.video
+        return (plan.store_url, plan.info, v, i, a, b, plan.pix_fmt, fmt, self.threads)
+
+    def assemble_args(self) -> tuple[Any, ...]:
+        plan = self.plan
+        return (
+            plan.store_url,
+            plan.info,
+            plan.config.video,
+            str(self.tmp),
+            list(plan.remux),
+            plan.pix_fmt,
+            len(plan.segments),
+            self.threads,
+        )
 
     # ----------------------------------------------------------------- settle
     def settled(self, call: Call, result: Any) -> None:
@@ -226,8 +223,12 @@ class VideoGraph(JobGraph):
                 result["segments"],
                 result["copied_packets"],
             )
-            replace_output(self.tmp, plan.output_path)
-            self.done_output = True
+            self.publish()
+
+    def publish(self) -> None:
+        """Every segment is in the output: move it into place."""
+        replace_output(self.tmp, self.plan.output_path)
+        self.done_output = True
 
     def _postfix(self) -> None:
         self.bar.set_postfix_str(
