@@ -62,7 +62,8 @@ def upscale(
     """Upscale one image or video into ``output``; returns a :class:`Result`.
 
     ``input``: an image (PNG, JPEG, TIFF/BigTIFF/OME-TIFF), a Zarr array or a video,
-    a local path or an object-store URL. ``output``: its format follows the extension
+    a local path (made absolute: the workers may run in another folder) or an
+    object-store URL. ``output``: its format follows the extension
     (``.zarr .tif .png .jpg`` for images, ``.mp4 .mkv .mov`` for videos).
 
     ``model``: ``"bicubic"``, ``"s3diff"``, ...; None picks S3Diff when its weights are
@@ -90,8 +91,8 @@ def upscale(
         config, overrides, model=model, weights=weights, scale=scale, address=address
     )
     return run_one(
-        os.fspath(input),
-        os.fspath(output),
+        absolute(input),
+        absolute(output),
         preset,
         flags,
         set_items,
@@ -137,10 +138,13 @@ def upscale_batch(
     """
     from pipeline.batch import read_manifest
 
+    from pipeline.batch import BatchItem
+
     if isinstance(items_or_manifest, (str, os.PathLike)):
         items = read_manifest(os.fspath(items_or_manifest), output_pattern)
     else:
         items = batch_items(items_or_manifest, output_pattern)
+    items = [BatchItem(absolute(i.input), absolute(i.output), i.set_items) for i in items]
     preset, flags, set_items = job_settings(
         config, overrides, model=model, weights=weights, scale=scale, address=address
     )
@@ -228,6 +232,13 @@ def run_many(
 
 
 # ---------------------------------------------------------------------- settings
+def absolute(path: PathLike) -> str:
+    """A local path made absolute (a URL as it is): the workers, on an already-running
+    Ray or a cluster, do not share this process's working folder."""
+    text = os.fspath(path)
+    return text if "://" in text else os.path.abspath(text)
+
+
 def job_settings(
     config: Config, overrides: Overrides, **keywords: Any
 ) -> tuple[str | None, dict[str, Any], tuple[str, ...]]:

@@ -112,9 +112,11 @@ class Loop:
                         break
                     continue
                 self._step()
-        except KeyboardInterrupt as exc:
+        except BaseException as exc:
             # Ctrl-C: every running job ends as interrupted (flags kept, store unlocked,
-            # temporaries removed); the caller exits 130.
+            # temporaries removed); the caller exits 130. Anything else raised into the
+            # loop (a scheduler's own stop exception, a bug) ends them the same way, so
+            # that a program that goes on in this process can run the jobs again.
             for graph in list(self.running):
                 self._end(graph, exc)
             raise
