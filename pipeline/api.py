@@ -136,9 +136,7 @@ def upscale_batch(
     every item (an item's own overrides come last). Bad options raise
     :class:`UserError` before any item runs. A batch runs on Ray.
     """
-    from pipeline.batch import read_manifest
-
-    from pipeline.batch import BatchItem
+    from pipeline.batch import BatchItem, read_manifest
 
     if isinstance(items_or_manifest, (str, os.PathLike)):
         items = read_manifest(os.fspath(items_or_manifest), output_pattern)

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -253,59 +254,43 @@ def run_batch(
     ``progress``: a listener of ``pipeline.events`` (True: the CLI's batch bar);
     ``on_regions(n)`` hears of regions done (benchmarks); ``cancel``: a token another
     thread may cancel (the running items stop as after SIGTERM)."""
-    listener: Listener | None = progress if callable(progress) else None
-    if progress is True:
-        from pipeline.progress_bar import BarRenderer
-
-        listener = BarRenderer(stages=("batch",))
-    try:
-        return _run_batch(
-            items, preset, overrides, base_set, overwrite, restart, listener, report_path,
-            on_regions, cancel,
-        )  # fmt: skip
-    finally:
-        if progress is True:
-            listener.close()  # type: ignore[union-attr]
-
-
-def _run_batch(
-    items, preset, overrides, base_set, overwrite, restart, listener, report_path, on_regions,
-    cancel,
-) -> list[ItemReport]:  # fmt: skip
     import numpy as np
 
     from pipeline.cluster import ray_runtime
-    from pipeline.run import checks_here
+    from pipeline.run import checks_here, listener_for
 
-    reports = [ItemReport(i.input, i.output, overrides=list(i.set_items)) for i in items]
-    report = _Report(report_path, reports)
-    plans = _plan_items(items, preset, overrides or {}, base_set, overwrite, reports)
-    report.save()
-    if not plans:
+    listener, bars = listener_for(progress, ("batch",))
+    with closing(bars) if bars is not None else nullcontext():
+        reports = [ItemReport(i.input, i.output, overrides=list(i.set_items)) for i in items]
+        report = _Report(report_path, reports)
+        plans = _plan_items(items, preset, overrides or {}, base_set, overwrite, reports)
+        report.save()
+        if not plans:
+            return reports
+        first = next(iter(plans.values()))
+        cfg = first.config
+        if any(p.config.run.runner == "local" for p in plans.values()):
+            raise UserError("batch runs on Ray; run.runner=local is for single jobs")
+        total = sum(p.layout.frames * int(np.prod(p.layout.regions)) for p in plans.values())
+        here = checks_here(cfg)
+        if here:  # the workers' machine is this one: refuse before a local Ray starts
+            _check_weights(plans, reports)
+        stopping.check(cancel)
+        with ray_runtime(cfg.run.address):
+            if not here:
+                _check_weights(plans, reports, cancel)
+            runnable = [i for i in plans if reports[i].status == "pending"]
+            meter = JobEvents(listener, "").stage("batch", total, "region")
+
+            def count(n: int, resumed: bool) -> None:
+                meter.advance(n, resumed)
+                if on_regions is not None:
+                    on_regions(n)
+
+            run = (restart, count, total, cfg, listener, cancel)
+            _run_items(runnable, plans, reports, report, *run)
+        report.save()
         return reports
-    first = next(iter(plans.values()))
-    cfg = first.config
-    if any(p.config.run.runner == "local" for p in plans.values()):
-        raise UserError("batch runs on Ray; run.runner=local is for single jobs")
-    total = sum(p.layout.frames * int(np.prod(p.layout.regions)) for p in plans.values())
-    here = checks_here(cfg)
-    if here:  # the workers' machine is this one: refuse before a local Ray starts
-        _check_weights(plans, reports)
-    stopping.check(cancel)
-    with ray_runtime(cfg.run.address):
-        if not here:
-            _check_weights(plans, reports, cancel)
-        runnable = [i for i in plans if reports[i].status == "pending"]
-        meter = JobEvents(listener, "").stage("batch", total, "region")
-
-        def count(n: int, resumed: bool) -> None:
-            meter.advance(n, resumed)
-            if on_regions is not None:
-                on_regions(n)
-
-        _run_items(runnable, plans, reports, report, restart, count, total, cfg, listener, cancel)
-    report.save()
-    return reports
 
 
 def _check_weights(plans: dict[int, Any], reports: list[ItemReport], cancel: Any = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from typing import Any
 
 from pipeline import stopping
@@ -99,22 +99,34 @@ def run_job(
     ``progress``: a listener of ``pipeline.events``, or True for the CLI's bars;
     ``cancel``: a token another thread may cancel (the job stops as after SIGTERM)."""
     t0 = time.perf_counter()
-    events: Listener | None = None
+    events, bars = listener_for(progress)
+    with closing(bars) if bars is not None else nullcontext():
+        return _run(input_path, output_path, cfg, overwrite, restart, events, cancel, t0)
+
+
+def listener_for(
+    progress: bool | Listener | None, stages: tuple[str, ...] = ("upscale", "publish")
+) -> tuple[Listener | None, Any]:
+    """The events' listener for ``progress`` (True: the CLI's bars for ``stages``), and
+    the bars to close after the run (None when not drawn here)."""
     if progress is True:
         from pipeline.progress_bar import BarRenderer
 
-        events = BarRenderer()
-    elif callable(progress):
-        events = progress
-    try:
-        return _run_planned(input_path, output_path, cfg, overwrite, restart, events, cancel, t0)
-    finally:
-        close = getattr(events, "close", None) if progress is True else None
-        if close is not None:
-            close()
+        bars = BarRenderer(stages)
+        return bars, bars
+    return (progress if callable(progress) else None), None
 
 
-def _run_planned(input_path, output_path, cfg, overwrite, restart, events, cancel, t0) -> Result:
+def _run(
+    input_path: str,
+    output_path: str,
+    cfg: JobConfig,
+    overwrite: bool,
+    restart: bool,
+    events: Listener | None,
+    cancel: stopping.CancelToken | None,
+    t0: float,
+) -> Result:
     plan = plan_job(input_path, output_path, cfg, overwrite)
     log_probe(plan)
     local = plan.config.run.runner == "local"
