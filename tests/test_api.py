@@ -24,7 +24,13 @@ from PIL import Image
 import pipeline
 from pipeline.api import batch_items, job_settings
 from pipeline.batch import BatchItem
-from pipeline.events import ItemFinished, SegmentsEncoded, StageStarted, UnitsDone
+from pipeline.events import (
+    ItemFinished,
+    SegmentsEncoded,
+    StageStarted,
+    UnitsDone,
+    WarningLogged,
+)
 from pipeline.progress_bar import BarRenderer
 from pipeline.results import ItemResult
 from pipeline.store import JobStore, default_store_url, read_progress
@@ -334,8 +340,13 @@ def test_each_error_kind_with_the_cli_line(tmp_path, monkeypatch, capsys):
     ctl = fm.write_control(tmp_path / "control.json", poison="raise")
     failing = {**LOCAL, "model.weights": str(ctl), "run.region_retries": 1}
     out = tmp_path / "poisoned_x2.tif"
+    events: list = []
     with pytest.raises(pipeline.JobFailed, match=r"frame 0 region .* failed 2 time\(s\)") as failed:
-        pipeline.upscale(poisoned, out, model="faulty", scale=2, overrides=failing)
+        pipeline.upscale(
+            poisoned, out, model="faulty", scale=2, overrides=failing, progress=events.append
+        )
+    warned = [e.message for e in events if isinstance(e, WarningLogged)]
+    assert warned and all(w.startswith("retrying frame 0 region") for w in warned), warned
     assert failed.value.exit_code == 3 and "the job store" in str(failed.value)
     assert "\n" not in str(failed.value) and not out.exists()
     fm.write_control(ctl, poison=None)  # the model is fixed: the rerun resumes
