@@ -12,7 +12,8 @@ a video :class:`SegmentsEncoded` when its upscale starts and after each encoded 
 and :class:`WarningLogged` for each warning the driver logs. A batch adds its own
 ``batch`` stage (the regions of every item; ``output`` is ``""``) and one
 :class:`ItemFinished` per item. Events arrive on the thread that runs the job; a
-listener that raises ends the job with its exception (the store stays resumable).
+listener that raises ends the job with its exception (the store stays resumable), except
+for a warning, whose exception ``logging`` reports as a handler's.
 """
 
 from __future__ import annotations
