@@ -24,14 +24,16 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from contextlib import closing, nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import stopping
 from pipeline.config import load_config
-from pipeline.errors import JobFailed, UserError, cause
-from pipeline.progress_bar import open_bar
+from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause
+from pipeline.events import ItemFinished, JobEvents, Listener
+from pipeline.results import ItemResult, exit_code, format_table
 
 log = logging.getLogger(__name__)
 
@@ -48,31 +50,12 @@ class BatchItem:
     set_items: tuple[str, ...] = ()
 
 
-@dataclass
-class ItemReport:
-    """One line of the report. status: done | skipped | failed | terminated |
-    interrupted | pending."""
-
-    input: str
-    output: str
-    status: str = "pending"
-    frames: int = 0
-    megapixels: float = 0.0
-    seconds: float = 0.0
-    mp_per_s: float = 0.0
-    regions_run: int = 0
-    regions_total: int = 0
-    segments_run: int = 0  # video: encode segments run / in all
-    segments_total: int = 0
-    scratch_peak_bytes: int | None = None
-    model_busy: float | None = None  # share of the region workers' time in the model
-    store: str | None = None
-    error: str | None = None
-    overrides: list[str] = field(default_factory=list)
+ItemReport = ItemResult  # one line of the report (pipeline.results)
+__all__ = ["BatchItem", "ItemReport", "exit_code", "format_table", "read_manifest", "run_batch"]
 
 
 # ----------------------------------------------------------------------- manifests
-def _set_items(value: Any, where: str) -> tuple[str, ...]:
+def override_items(value: Any, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, dict):
@@ -92,7 +75,7 @@ def _from_file(path: Path) -> list[BatchItem]:
         raise UserError(f"cannot read manifest {path}: {first}") from None
     common: tuple[str, ...] = ()
     if isinstance(data, dict):
-        common = _set_items(data.get("set"), str(path))
+        common = override_items(data.get("set"), str(path))
         data = data.get("items")
     if not isinstance(data, list) or not data:
         raise UserError(
@@ -112,7 +95,7 @@ def _from_file(path: Path) -> list[BatchItem]:
             BatchItem(
                 _resolve(base, str(entry["input"])),
                 _resolve(base, str(entry["output"])),
-                common + _set_items(entry.get("set"), where),
+                common + override_items(entry.get("set"), where),
             )
         )
     return items
@@ -148,6 +131,11 @@ def _from_pattern(source: str, output_pattern: str | None) -> list[BatchItem]:
         paths = sorted(Path(p) for p in glob.glob(source))
     if not paths:
         raise UserError(f"no inputs match {source}")
+    return items_for(paths, output_pattern)
+
+
+def items_for(paths: list[Any], output_pattern: str | None) -> list[BatchItem]:
+    """One item per input path, its output named by ``output_pattern``."""
     if not output_pattern:
         raise UserError(
             "a directory or glob needs --output-pattern, e.g. 'out/{stem}_x4.tif' "
@@ -257,51 +245,55 @@ def run_batch(
     base_set: tuple[str, ...] = (),
     overwrite: bool = False,
     restart: bool = False,
-    progress: bool = True,
+    progress: bool | Listener | None = None,
     report_path: Path | None = None,
     on_regions: Callable[[int], None] | None = None,
+    cancel: stopping.CancelToken | None = None,
 ) -> list[ItemReport]:
     """Run every item; never raises for one item's failure (see the reports).
-    ``on_regions(n)`` hears of regions done, as the progress bar does (benchmarks)."""
+    ``progress``: a listener of ``pipeline.events`` (True: the CLI's batch bar);
+    ``on_regions(n)`` hears of regions done (benchmarks); ``cancel``: a token another
+    thread may cancel (the running items stop as after SIGTERM)."""
     import numpy as np
 
     from pipeline.cluster import ray_runtime
-    from pipeline.run import checks_here
+    from pipeline.run import checks_here, listener_for
 
-    reports = [ItemReport(i.input, i.output, overrides=list(i.set_items)) for i in items]
-    report = _Report(report_path, reports)
-    plans = _plan_items(items, preset, overrides or {}, base_set, overwrite, reports)
-    report.save()
-    if not plans:
-        return reports
-    first = next(iter(plans.values()))
-    cfg = first.config
-    if any(p.config.run.runner == "local" for p in plans.values()):
-        raise UserError("batch runs on Ray; run.runner=local is for single jobs")
-    total = sum(p.layout.frames * int(np.prod(p.layout.regions)) for p in plans.values())
-    here = checks_here(cfg)
-    if here:  # the workers' machine is this one: refuse before a local Ray starts
-        _check_weights(plans, reports)
-    with ray_runtime(cfg.run.address):
-        if not here:
+    listener, bars = listener_for(progress, ("batch",))
+    with closing(bars) if bars is not None else nullcontext():
+        reports = [ItemReport(i.input, i.output, overrides=list(i.set_items)) for i in items]
+        report = _Report(report_path, reports)
+        plans = _plan_items(items, preset, overrides or {}, base_set, overwrite, reports)
+        report.save()
+        if not plans:
+            return reports
+        first = next(iter(plans.values()))
+        cfg = first.config
+        if any(p.config.run.runner == "local" for p in plans.values()):
+            raise UserError("batch runs on Ray; run.runner=local is for single jobs")
+        total = sum(p.layout.frames * int(np.prod(p.layout.regions)) for p in plans.values())
+        here = checks_here(cfg)
+        if here:  # the workers' machine is this one: refuse before a local Ray starts
             _check_weights(plans, reports)
-        runnable = [i for i in plans if reports[i].status == "pending"]
-        bar = open_bar(total, unit="region", desc="batch", enabled=progress)
+        stopping.check(cancel)
+        with ray_runtime(cfg.run.address):
+            if not here:
+                _check_weights(plans, reports, cancel)
+            runnable = [i for i in plans if reports[i].status == "pending"]
+            meter = JobEvents(listener, "").stage("batch", total, "region")
 
-        def count(n: int) -> None:
-            bar.update(n)
-            if on_regions is not None:
-                on_regions(n)
+            def count(n: int, resumed: bool) -> None:
+                meter.advance(n, resumed)
+                if on_regions is not None:
+                    on_regions(n)
 
-        try:
-            _run_items(runnable, plans, reports, report, restart, count, total, cfg)
-        finally:
-            bar.close()
-    report.save()
-    return reports
+            run = (restart, count, total, cfg, listener, cancel)
+            _run_items(runnable, plans, reports, report, *run)
+        report.save()
+        return reports
 
 
-def _check_weights(plans: dict[int, Any], reports: list[ItemReport]) -> None:
+def _check_weights(plans: dict[int, Any], reports: list[ItemReport], cancel: Any = None) -> None:
     """Fail the items whose model's weights are not usable (checked once per model)."""
     from pipeline.run import check_weights
 
@@ -310,7 +302,7 @@ def _check_weights(plans: dict[int, Any], reports: list[ItemReport]) -> None:
         key = repr(plan.config.model)
         if key not in checked:
             try:
-                check_weights(plan)
+                check_weights(plan, cancel)
                 checked[key] = None
             except UserError as exc:
                 checked[key] = str(exc)
@@ -318,7 +310,9 @@ def _check_weights(plans: dict[int, Any], reports: list[ItemReport]) -> None:
             reports[i].status, reports[i].error = "failed", checked[key]
 
 
-def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> None:
+def _run_items(
+    runnable, plans, reports, report, restart, count, total, cfg, listener, cancel
+) -> None:
     """Every runnable item as a graph on one loop, ``run.active_jobs`` at a time. Items
     that share a pool run together; a model change waits for the running items and
     frees the previous pool's workers first (their GPUs would be held otherwise)."""
@@ -345,7 +339,9 @@ def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> 
             r.scratch_peak_bytes = summary.scratch_peak_bytes
             r.model_busy = summary.model_busy
             r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
-        elif isinstance(exc, stopping.Terminated):
+        elif isinstance(exc, Cancelled):
+            r.status, r.error = "cancelled", str(exc)
+        elif isinstance(exc, Interrupted):
             r.status, r.error = "terminated", str(exc)
         elif isinstance(exc, KeyboardInterrupt):
             r.status, r.error = (
@@ -360,13 +356,15 @@ def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> 
         r.seconds = time.perf_counter() - started.get(i, time.perf_counter())
         log.info("batch: %s %s%s", r.status, r.output, f": {r.error}" if r.error else "")
         report.save()
+        if listener is not None:
+            listener(ItemFinished(r.output, r.input, r.status, r.error))
 
     graphs = []
     for i in runnable:
         g = graph_for(
             plans[i],
             restart=restart,
-            progress=False,
+            events=listener,
             expected_regions=total,
             on_regions=count,
             on_change=on_change,
@@ -388,44 +386,13 @@ def _run_items(runnable, plans, reports, report, restart, count, total, cfg) -> 
         return True
 
     try:
-        run_graphs(graphs, cfg, executor=executor, active=cfg.run.active_jobs, may_start=may_start)
+        run_graphs(
+            graphs,
+            cfg,
+            executor=executor,
+            active=cfg.run.active_jobs,
+            may_start=may_start,
+            cancel=cancel,
+        )
     finally:
         executor.close()
-
-
-def exit_code(reports: list[ItemReport]) -> int:
-    """0: every item done or skipped; 3: some failed; 75: stopped (none failed)."""
-    statuses = {r.status for r in reports}
-    if "failed" in statuses:
-        return JobFailed.exit_code
-    if statuses - {"done", "skipped"}:
-        return stopping.Terminated.exit_code
-    return 0
-
-
-def format_table(reports: list[ItemReport]) -> str:
-    rows = [("#", "status", "frames", "MP", "time s", "MP/s", "busy", "output / error")]
-    for i, r in enumerate(reports, 1):
-        tail = r.output + (f"  ({r.error})" if r.error else "")
-        rows.append(
-            (
-                str(i),
-                r.status,
-                str(r.frames) if r.frames else "-",
-                f"{r.megapixels:.1f}" if r.megapixels else "-",
-                f"{r.seconds:.1f}" if r.seconds else "-",
-                f"{r.mp_per_s:.2f}" if r.mp_per_s else "-",
-                f"{r.model_busy * 100:.0f}%" if r.model_busy is not None else "-",
-                tail,
-            )
-        )
-    widths = [max(len(row[c]) for row in rows) for c in range(7)]
-    lines = [
-        "  ".join(cell.rjust(w) for cell, w in zip(row[:7], widths, strict=True)) + "  " + row[7]
-        for row in rows
-    ]
-    counts: dict[str, int] = {}
-    for r in reports:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    lines.append(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    return "\n".join(lines)

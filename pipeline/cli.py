@@ -5,6 +5,10 @@ inputs; ``status TARGET`` reads a job's progress; ``sample PATH`` writes a built
 synthetic test image; ``weights`` checks S3Diff weights; ``qc SOURCE OUTPUT`` measures
 flicker, seams and fidelity. Errors print as one line and exit non-zero;
 ``--debug`` shows the traceback.
+
+Jobs and batches run through the Python API (``pipeline.api``); this layer parses,
+sets up logging, draws the progress bars from the jobs' events, prints results and
+turns errors into exit codes.
 """
 
 from __future__ import annotations
@@ -12,43 +16,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from pipeline.arguments import build_batch_parser, build_parser, job_overrides, program_name
-from pipeline.config import chooses_model, load_config
-from pipeline.errors import JobFailed, TaskBug, UserError, plain
-from pipeline.progress_bar import BarLogHandler
+from pipeline.errors import Error, UserError, plain
+from pipeline.progress_bar import BarLogHandler, BarRenderer
 from pipeline.quiet import set_quiet
-from pipeline.stopping import Terminated, install_sigterm_handler
-
-log = logging.getLogger("pipeline")
+from pipeline.stopping import install_sigterm_handler
 
 WEIGHTS_COMMAND = "workers.s3diff.command"  # main(argv) -> exit code
-# (model.weights) -> where S3Diff's weights are, or None; a path lookup, no torch.
-FIND_WEIGHTS = "workers.s3diff.locations:find_weights"
-
-
-def default_model(
-    preset: str | None, overrides: dict[str, Any], set_items: Sequence[str]
-) -> dict[str, Any]:
-    """``overrides``, plus ``model.name=s3diff`` when no model was chosen and S3Diff's
-    weights are given or found (flag, $S3DIFF_WEIGHTS, the caches); says which in one
-    line. The lookup runs here, on the driver: with ``--address`` the cluster's
-    workers must have the weights where this machine finds them."""
-    if chooses_model(preset, overrides, set_items):
-        return overrides
-    cfg = load_config(preset, overrides, list(set_items))
-    module_name, function = FIND_WEIGHTS.split(":")
-    found = getattr(importlib.import_module(module_name), function)(cfg.model.weights)
-    if found or cfg.model.weights:
-        where = found or cfg.model.weights
-        log.info("model: s3diff (weights: %s; --model bicubic for plain bicubic)", where)
-        return {**overrides, "model.name": "s3diff"}
-    log.info("model: bicubic (for S3Diff: 'run_pipeline.py weights download', or --weights DIR)")
-    return overrides
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -60,17 +37,6 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     if quiet and not debug:
         set_quiet()  # library warnings too, here and in the Ray workers
-
-
-def _loopback_only() -> None:
-    """Make the private local Ray listen on 127.0.0.1 only.
-
-    For a new local cluster Ray advertises the machine's routable address, and its
-    services listen there or on every interface. With this switch (read when ``ray`` is
-    first imported, so before that) Ray uses the loopback address, and every service
-    it starts (GCS, raylet, workers, agents) binds to 127.0.0.1."""
-    if "ray" not in sys.modules:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def _sample(argv: Sequence[str]) -> int:
@@ -97,50 +63,65 @@ def _weights(argv: Sequence[str]) -> int:
     return importlib.import_module(WEIGHTS_COMMAND).main(list(argv))
 
 
+def _bars(quiet: bool, stages: tuple[str, ...] = ("upscale", "publish")) -> BarRenderer | None:
+    return None if quiet else BarRenderer(stages)
+
+
 def _batch(argv: Sequence[str]) -> int:
     from pathlib import Path
 
-    from pipeline.batch import (
-        default_report_path,
-        exit_code,
-        format_table,
-        read_manifest,
-        run_batch,
-    )
+    from pipeline.api import run_many
+    from pipeline.batch import default_report_path, read_manifest
 
     args = build_batch_parser().parse_args(argv)
     _setup_logging(args.debug, args.quiet)
     items = read_manifest(args.manifest, args.output_pattern)
-    overrides = job_overrides(args)
-    load_config(args.config, overrides, args.set)  # bad options fail before any item
-    overrides = default_model(args.config, overrides, args.set)
-    cfg = load_config(args.config, overrides, args.set)
-    from pipeline.cluster import join_address
-
-    if not join_address(cfg.run.address):  # $RAY_ADDRESS: joins (a submitted batch)
-        _loopback_only()
     report = Path(args.report) if args.report else default_report_path(args.manifest)
-    reports = run_batch(
-        items,
-        preset=args.config,
-        overrides=overrides,
-        base_set=tuple(args.set),
-        overwrite=args.overwrite,
-        restart=args.restart,
-        progress=not args.quiet,
-        report_path=report,
-    )
-    print(format_table(reports))
-    print(f"report: {report}")
-    code = exit_code(reports)
-    bad = [r for r in reports if r.status not in ("done", "skipped")]
-    if bad:
-        print(
-            f"error: {len(bad)} of {len(reports)} item(s) not done: "
-            + "; ".join(f"{r.input} ({r.status})" for r in bad[:10]),
-            file=sys.stderr,
+    bars = _bars(args.quiet, ("batch",))
+    try:
+        result = run_many(
+            items,
+            args.config,
+            job_overrides(args),
+            tuple(args.set),
+            report=report,
+            overwrite=args.overwrite,
+            restart=args.restart,
+            progress=bars,
         )
-    return code
+    finally:
+        if bars is not None:
+            bars.close()
+    print(result.table())
+    print(f"report: {report}")
+    line = result.error_line()
+    if line:
+        print(f"error: {line}", file=sys.stderr)
+    return result.exit_code
+
+
+def _job(argv: Sequence[str]) -> int:
+    from pipeline.api import run_one
+
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.debug, args.quiet)
+    bars = _bars(args.quiet)
+    try:
+        result = run_one(
+            args.input,
+            args.output,
+            args.config,
+            job_overrides(args),
+            tuple(args.set),
+            overwrite=args.overwrite,
+            restart=args.restart,
+            progress=bars,
+        )
+    finally:
+        if bars is not None:
+            bars.close()
+    print(result.line())
+    return 0
 
 
 def _status(argv: Sequence[str]) -> int:
@@ -182,28 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         install_sigterm_handler()
         if argv and argv[0] == "batch":
             return _batch(argv[1:])
-        args = build_parser().parse_args(argv)
-        _setup_logging(args.debug, args.quiet)
-        overrides = job_overrides(args)
-        load_config(args.config, overrides, args.set)  # bad options fail first
-        cfg = load_config(args.config, default_model(args.config, overrides, args.set), args.set)
-        from pipeline.cluster import join_address
-
-        if not join_address(cfg.run.address):  # $RAY_ADDRESS: joins (a submitted job)
-            _loopback_only()
-        from pipeline.run import run_job
-
-        summary = run_job(
-            args.input,
-            args.output,
-            cfg,
-            overwrite=args.overwrite,
-            restart=args.restart,
-            progress=not args.quiet,
-        )
-        print(summary.line())
-        return 0
-    except (UserError, JobFailed, Terminated, TaskBug) as exc:
+        return _job(argv)
+    except Error as exc:
         if debug:
             raise
         print(f"error: {plain(str(exc))}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Ray runtime: start a private local Ray (or join a cluster) for the life of a job.
 
 Local Ray binds to 127.0.0.1 with the dashboard off and is shut down when the job
-ends. When the caller already initialised Ray (tests, notebooks), it is reused as is.
+ends. When the caller already initialised Ray (tests, notebooks attached to a cluster),
+it is reused as is and left running.
 
 The job joins a cluster instead when given an address (``--address``/``run.address``)
 or when ``RAY_ADDRESS`` holds one: Ray's job supervisor sets it for the entrypoint of
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,13 +33,18 @@ IN_RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 @contextmanager
 def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
+    from pipeline.stopping import reinstall_after_ray_init, sigterm_handler
+
+    address = join_address(address)
+    if not address:
+        loopback_only()
     import ray
 
     if ray.is_initialized():
         yield
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = join_address(address)
+    previous = sigterm_handler()
     if address:
         check_reachable(address)
         # Ship our two packages so workers on other machines can import them (inside a
@@ -68,9 +75,7 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
             log_to_driver=True,
             runtime_env=ray_runtime_env() or None,
         )
-    from pipeline.stopping import reinstall_after_ray_init
-
-    reinstall_after_ray_init()
+    reinstall_after_ray_init(previous)
     try:
         yield
     finally:
@@ -78,6 +83,17 @@ def ray_runtime(address: str | None, num_cpus: int | None = None) -> Iterator[No
         if reaper is not None:
             reaper.kill()
             reaper.wait()
+
+
+def loopback_only() -> None:
+    """Make a private local Ray listen on 127.0.0.1 only.
+
+    For a new local cluster Ray advertises the machine's routable address, and its
+    services listen there or on every interface. With this switch (read when ``ray`` is
+    first imported, so before that) Ray uses the loopback address, and every service
+    it starts (GCS, raylet, workers, agents) binds to 127.0.0.1."""
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def join_address(address: str | None) -> str | None:

@@ -1,18 +1,46 @@
-"""The exception types the CLI prints as a single line without a traceback."""
+"""The errors a job ends with, one base class, one kind per exit code of the CLI.
+
+``str(error)`` is the one line the CLI prints after ``error:``: what is wrong and what to
+do. The library raises them; only the CLI turns them into exit codes
+(``error.exit_code``). Anything else that escapes a job is a bug, reported as such.
+"""
 
 import re
 
 
-class UserError(Exception):
-    """Bad input, config or environment: the message says what is wrong and what to do."""
+class Error(Exception):
+    """Base of every error a job ends with; ``str(error)`` is its one-line message."""
+
+    exit_code = 1
+
+
+class UserError(Error):
+    """Bad input, config or environment: the message says what is wrong and what to do.
+    Raised before anything is written (exit code 2)."""
 
     exit_code = 2
 
 
-class JobFailed(Exception):
-    """A job stopped after its retries ran out; the message names the frame and region."""
+class JobFailed(Error):
+    """A region (or a batch item) failed after its retries ran out; the message names
+    the frame and region. The job store is kept: a fixed rerun resumes (exit code 3)."""
 
     exit_code = 3
+
+
+class Interrupted(Error):
+    """The job was stopped before its end and its store is resumable: run the same job
+    again to go on from where it stopped (exit code 75)."""
+
+    exit_code = 75  # EX_TEMPFAIL: a temporary condition, run the same command again
+
+
+class Terminated(Interrupted):
+    """Stopped by SIGTERM (preemption, eviction, ``ray job stop``)."""
+
+
+class Cancelled(Interrupted):
+    """Stopped by :meth:`pipeline.CancelToken.cancel` (from another thread)."""
 
 
 def damaged(exc: BaseException) -> bool:
@@ -63,7 +91,7 @@ def is_decode_error(exc: BaseException, pillow: bool = False) -> bool:
     return any(t.__module__.split(".")[0] in ("imagecodecs", "tifffile") for t in type(exc).__mro__)
 
 
-class TaskBug(Exception):
+class TaskBug(Error):
     """A task failed in a way no input explains: a bug, said so in one plain line."""
 
     exit_code = 1

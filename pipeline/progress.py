@@ -33,8 +33,10 @@ class Progress:
         regions_total: int,
         regions_done: int,
         frames_total: int,
-        on_regions: Callable[[int], None] | None = None,
+        on_regions: Callable[[int, bool], None] | None = None,
     ) -> None:
+        """``on_regions(n, resumed)`` hears of regions done: those resumed from the
+        store at once (``resumed=True``), then each one run."""
         self.store_url = store_url
         self.on_regions = on_regions
         self.record: dict[str, Any] = {
@@ -59,7 +61,7 @@ class Progress:
         self._last_write = 0.0
         self.flush()
         if on_regions is not None and regions_done:
-            on_regions(regions_done)
+            on_regions(regions_done, True)
 
     def stage(self, name: str) -> None:
         self.record["stage"] = name
@@ -71,7 +73,7 @@ class Progress:
         r = self.record
         r["regions_done"] += count
         if self.on_regions is not None:
-            self.on_regions(count)
+            self.on_regions(count, False)
         if self._first_region_t is not None:
             run = r["regions_done"] - r["regions_done_at_start"]
             elapsed = max(time.time() - self._first_region_t, 1e-6)

@@ -1,5 +1,7 @@
-"""The driver's progress bars and the log lines printed beside them.
+"""The CLI's progress bars and the log lines printed beside them.
 
+The bars are drawn from the jobs' progress events (``pipeline.events``) by
+:class:`BarRenderer`, the listener the CLI gives a job; the library itself draws none.
 Every bar (a job's ``upscale`` and ``publish``, a batch's ``batch``) is made by
 :func:`open_bar`, and the CLI's log handler (:class:`BarLogHandler`) writes through
 ``tqdm.write``, so on a terminal a stage message appears above the live bar instead of
@@ -13,9 +15,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import IO, Any
 
 from tqdm import tqdm
+
+from pipeline.events import Event, SegmentsEncoded, StageStarted, UnitsDone
 
 LINE_EVERY_S = 0.2  # plain lines at most this often (the kill tests read every change)
 LINE_FORMAT = (
@@ -89,3 +94,50 @@ class BarLogHandler(logging.StreamHandler):
             tqdm.write(self.format(record), file=self.stream)
         except Exception:  # noqa: BLE001 - logging's own convention
             self.handleError(record)
+
+
+class BarRenderer:
+    """A listener of progress events that draws one bar per stage named in ``stages``
+    (a job: ``upscale`` and ``publish``; a batch: ``batch``); a video's upscale bar
+    shows the segments encoded. The bar of a stage closes when the next one opens, or
+    on :meth:`close`."""
+
+    def __init__(
+        self, stages: Iterable[str] = ("upscale", "publish"), file: IO[str] | None = None
+    ) -> None:
+        self.stages = set(stages)
+        self.file = file
+        self.bar: tqdm | None = None
+        self.stage = self.output = ""
+        self.segments = False  # the bar shows a video's encoded segments
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StageStarted):
+            if event.stage in self.stages:
+                self.close()
+                self.stage, self.output, self.segments = event.stage, event.output, False
+                self.bar = open_bar(
+                    event.total,
+                    desc=event.stage,
+                    unit=event.unit,
+                    initial=event.done,
+                    file=self.file,
+                )
+            elif event.output == self.output:
+                self.close()  # the same job's next stage (a video's assembly)
+        elif self.bar is None or event.output != self.output:
+            return
+        elif isinstance(event, UnitsDone) and event.stage == self.stage:
+            self.bar.update(event.done - self.bar.n)
+            if event.done >= event.total and not self.segments:
+                self.close()  # a video's upscale bar stays for its last segments
+        elif isinstance(event, SegmentsEncoded):
+            self.segments = True
+            self.bar.set_postfix_str(
+                f"encoded {event.encoded}/{event.total} segments", refresh=False
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -12,24 +12,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from typing import Any
 
+from pipeline import stopping
 from pipeline.cluster import join_address, ray_runtime
 from pipeline.config import JobConfig
 from pipeline.errors import UserError
+from pipeline.events import Listener
 from pipeline.graphs.image import ImageGraph
 from pipeline.graphs.job import JobGraph, Summary, UnreadableInput
 from pipeline.graphs.sequence import SequenceGraph
 from pipeline.graphs.video import VideoGraph
 from pipeline.plan import Plan, plan_job
+from pipeline.results import Result
 from pipeline.runner.loop import Loop
 from pipeline.runner.stage import call_by_name
 from pipeline.stages import WEIGHTS_CHECK
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Summary", "UnreadableInput", "plan_job", "run_job", "run_graphs"]
+__all__ = ["Result", "Summary", "UnreadableInput", "plan_job", "run_job", "run_graphs"]
 
 
 def log_probe(plan: Plan) -> None:
@@ -71,12 +74,14 @@ def run_graphs(
     executor: Any = None,
     active: int = 1,
     may_start: Callable[[Any, list[Any]], bool] | None = None,
+    cancel: stopping.CancelToken | None = None,
 ) -> None:
     """Run job graphs on one loop (Ray, when used, is up)."""
     own = executor is None
     executor = make_executor(cfg) if own else executor
     try:
-        Loop(executor, cfg.run.term_grace_s).run(graphs, active=active, may_start=may_start)
+        loop = Loop(executor, cfg.run.term_grace_s, cancel)
+        loop.run(graphs, active=active, may_start=may_start)
     finally:
         if own:
             executor.close()
@@ -89,23 +94,58 @@ def run_job(
     *,
     overwrite: bool = False,
     restart: bool = False,
-    progress: bool = True,
-) -> Summary:
+    progress: bool | Listener | None = None,
+    cancel: stopping.CancelToken | None = None,
+) -> Result:
+    """Plan, check and run one job; raises its error (``pipeline.errors``).
+
+    ``progress``: a listener of ``pipeline.events``, or True for the CLI's bars;
+    ``cancel``: a token another thread may cancel (the job stops as after SIGTERM)."""
     t0 = time.perf_counter()
+    events, bars = listener_for(progress)
+    with closing(bars) if bars is not None else nullcontext():
+        return _run(input_path, output_path, cfg, overwrite, restart, events, cancel, t0)
+
+
+def listener_for(
+    progress: bool | Listener | None, stages: tuple[str, ...] = ("upscale", "publish")
+) -> tuple[Listener | None, Any]:
+    """The events' listener for ``progress`` (True: the CLI's bars for ``stages``), and
+    the bars to close after the run (None when not drawn here)."""
+    if progress is True:
+        from pipeline.progress_bar import BarRenderer
+
+        bars = BarRenderer(stages)
+        return bars, bars
+    return (progress if callable(progress) else None), None
+
+
+def _run(
+    input_path: str,
+    output_path: str,
+    cfg: JobConfig,
+    overwrite: bool,
+    restart: bool,
+    events: Listener | None,
+    cancel: stopping.CancelToken | None,
+    t0: float,
+) -> Result:
     plan = plan_job(input_path, output_path, cfg, overwrite)
     log_probe(plan)
     local = plan.config.run.runner == "local"
     here = checks_here(plan.config)
     if here:  # the workers' machine is this one: refuse before a local Ray starts
         check_weights(plan)
+    stopping.check(cancel)
     with nullcontext() if local else ray_runtime(plan.config.run.address):
         if not here:
-            check_weights(plan)
-        graph = graph_for(plan, restart=restart, progress=progress, t0=t0)
-        run_graphs([graph], plan.config)
+            check_weights(plan, cancel)
+        graph = graph_for(plan, restart=restart, events=events, t0=t0)
+        run_graphs([graph], plan.config, cancel=cancel)
     if graph.error is not None:
         raise graph.error
-    assert graph.summary is not None
+    if graph.summary is None:  # stopped before the job began
+        raise stopping.stop_error(cancel)
     return graph.summary
 
 
@@ -115,7 +155,7 @@ def checks_here(cfg: JobConfig) -> bool:
     return cfg.run.runner == "local" or join_address(cfg.run.address) is None
 
 
-def weights_problems(plan: Plan) -> list[str]:
+def weights_problems(plan: Plan, cancel: stopping.CancelToken | None = None) -> list[str]:
     """The weights check, run where the workers run (they need the weights there): in
     this process for a local run (it imports torch here), else as a task on the
     cluster, which must be up."""
@@ -127,13 +167,13 @@ def weights_problems(plan: Plan) -> list[str]:
     from pipeline.runner.ray_executor import wait_all
 
     task = ray.remote(num_cpus=1, max_retries=2)(call_by_name)
-    return wait_all([task.remote(WEIGHTS_CHECK, weights)])[0]
+    return wait_all([task.remote(WEIGHTS_CHECK, weights)], cancel)[0]
 
 
-def check_weights(plan: Plan) -> None:
+def check_weights(plan: Plan, cancel: stopping.CancelToken | None = None) -> None:
     if not plan.model.needs_weights:
         return
-    problems = weights_problems(plan)
+    problems = weights_problems(plan, cancel)
     if problems:
         more = (
             f" (and {len(problems) - 1} more: run_pipeline.py weights check)"

@@ -71,6 +71,7 @@ def format_store_status(s: dict[str, Any]) -> str:
         "interrupted": "stopped by Ctrl-C or its driver died: run the same command again to resume",
         "stale": "no update for a while from a driver on another host",
         "terminated": "stopped by SIGTERM: run the same command again to resume",
+        "cancelled": "cancelled from the Python API: run the same job again to resume",
         "failed": "run the same command again once the cause is fixed: it resumes",
     }
     if s["state"] in explain:

@@ -16,7 +16,6 @@ from pipeline.errors import damaged
 from pipeline.graphs.job import JobGraph
 from pipeline.ingest import plan_bands
 from pipeline.probe import ImageInfo
-from pipeline.progress_bar import open_bar
 from pipeline.publish import (
     blocks,
     create_ome_zarr,
@@ -54,6 +53,7 @@ class ImageGraph(JobGraph):
                 chunk_rows = store.array("input").chunks[1]
                 bands = plan_bands(plan.info, chunk_rows, int(cluster_cpus()) * 2)
                 log.info("ingest: %d band(s) into %s", len(bands), plan.store_url)
+                self.step_meter = self.events.stage("ingest", len(bands), "band")
                 self._calls(INGEST, [(plan.info, plan.store_url, a, b) for a, b in bands])
             if self.outstanding:
                 return
@@ -66,11 +66,10 @@ class ImageGraph(JobGraph):
                 if not self.started:
                     self.started = True
                     self.recorder.stage("upscale")
-                    self.open_bar()
+                    self.start_upscale()
                     self.arrived(range(self.frames))
                 if self.regions_left or self.estimates_left:
                     return
-                self.bar.close()
                 self.phase, self.started = "publish", False
         if self.phase == "publish":
             self._publish()
@@ -91,9 +90,7 @@ class ImageGraph(JobGraph):
                 log.info("publish: %s with %d pyramid level(s)", plan.fmt, len(self.shapes))
                 levels = list(range(1, len(self.shapes)))
             self.steps = [*levels, "write", "rename"]
-            self.bar = open_bar(
-                self._publish_calls(levels), desc="publish", unit="step", enabled=self.progress
-            )
+            self.step_meter = self.events.stage("publish", self._publish_calls(levels), "step")
         if self.outstanding:
             return
         step = self.steps.pop(0)
@@ -101,7 +98,6 @@ class ImageGraph(JobGraph):
             self._write()
         elif step == "rename":
             replace_output(self.tmp, plan.output_path)
-            self.bar.close()
             self.done_output = True
         else:
             h, w = self.shapes[step]
@@ -109,7 +105,7 @@ class ImageGraph(JobGraph):
             self._calls(PYRAMID, calls)
 
     def _publish_calls(self, levels: list[int]) -> int:
-        """The publish bar's length: one step per pyramid block and per writer call (the
+        """The publish stage's length: one step per pyramid block and per writer call (the
         TIFF and PNG/JPEG writers are one call each, so they count as one step)."""
         plan, cfg = self.plan, self.plan.config.output
         n = sum(len(blocks(*self.shapes[level], cfg.tile_px * 4)) for level in levels)
@@ -155,8 +151,8 @@ class ImageGraph(JobGraph):
 
     def settled_other(self, call: Call, result: Any) -> None:
         self.outstanding -= 1
-        if self.phase == "publish" and self.bar is not None:
-            self.bar.update(1)
+        if self.phase in ("ingest", "publish"):
+            self.step_meter.advance()
 
     def failure_other(self, call: Call, exc: BaseException) -> BaseException:
         if call.stage is INGEST and damaged(exc):

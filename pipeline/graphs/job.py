@@ -11,21 +11,19 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from pipeline import stopping
 from pipeline.conditioning import Conditioning
 from pipeline.config import degradation_mode, parse_degradation
-from pipeline.errors import JobFailed, UserError, cause
+from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause
+from pipeline.events import JobEvents, Listener, StageMeter
 from pipeline.plan import Plan
-from pipeline.progress import ModelBusy, Progress, busy_text
-from pipeline.progress_bar import open_bar
+from pipeline.progress import ModelBusy, Progress
 from pipeline.publish.files import discard
+from pipeline.results import Result
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
 from pipeline.stages import REGION_SPLIT, region_pool, region_stages
@@ -41,34 +39,7 @@ class UnreadableInput(UserError):
     """The input passed the probe but its pixels could not be decoded (damaged file)."""
 
 
-@dataclass(frozen=True)
-class Summary:
-    output: str
-    seconds: float
-    out_megapixels: float
-    frames: int
-    regions_total: int
-    regions_run: int
-    store_url: str
-    segments_total: int = 0  # video: encode segments
-    segments_run: int = 0
-    scratch_peak_bytes: int | None = None  # the store's largest sampled size
-    model_busy: float | None = None  # the workers' share of time in the model (ModelBusy)
-
-    def line(self) -> str:
-        rate = self.out_megapixels / max(self.seconds, 1e-9)
-        resumed = self.regions_total - self.regions_run
-        extra = f", {resumed} resumed from the store" if resumed else ""
-        frames = f"{self.frames} frames, " if self.frames > 1 else ""
-        if self.segments_total:
-            extra += f", {self.segments_run}/{self.segments_total} segments encoded"
-        if self.model_busy is not None:
-            extra += f", {busy_text(self.model_busy)}"
-        return (
-            f"done in {self.seconds:.1f} s: {frames}{self.out_megapixels:.1f} output "
-            f"megapixels ({rate:.1f} MP/s), {self.regions_run}/{self.regions_total} regions "
-            f"run{extra} -> {self.output}"
-        )
+Summary = Result  # the name the runner's callers knew it by
 
 
 def resume_line(
@@ -112,8 +83,9 @@ def sweep_partials(final: Path) -> None:
 class JobGraph:
     """One job's lifecycle on the loop; subclasses add ingest and publish stages.
 
-    ``expected_regions`` sizes the region pool (a batch's total); ``on_regions(n)``
-    hears of regions done, resumed ones first (a batch's bar)."""
+    ``expected_regions`` sizes the region pool (a batch's total); ``on_regions(n, resumed)``
+    hears of regions done, resumed ones first (a batch's bar); ``events`` hears the
+    job's progress events (``pipeline.events``)."""
 
     ingest_units = 1
 
@@ -122,7 +94,7 @@ class JobGraph:
         plan: Plan,
         *,
         restart: bool = False,
-        progress: bool = True,
+        events: Listener | None = None,
         expected_regions: int = 0,
         on_regions: Any = None,
         t0: float | None = None,
@@ -131,7 +103,8 @@ class JobGraph:
         """``on_change(graph, "begin" | "end")`` hears when the job starts and ends."""
         self.plan = plan
         self.on_change = on_change
-        self.restart, self.progress, self.on_regions = restart, progress, on_regions
+        self.restart, self.on_regions = restart, on_regions
+        self.events = JobEvents(events, str(plan.output_path))
         self.t0 = time.perf_counter() if t0 is None else t0
         lay = plan.layout
         self.frames = lay.frames
@@ -148,7 +121,8 @@ class JobGraph:
         self.done_output = False
         self.store: JobStore | None = None
         self.store_removed = False  # after success (or a damaged input) without --keep-store
-        self.bar: tqdm | None = None
+        self.upscale_meter: StageMeter | None = None
+        self.frames_resumed = 0
         self._out: list[Call] = []
 
     # ---------------------------------------------------------------- lifecycle
@@ -162,6 +136,7 @@ class JobGraph:
         sweep_partials(plan.output_path)
         done = self.store.done_mask()
         skipped = self.finished_frames()
+        self.frames_resumed = len(skipped)
         self.todo = [
             RegionTask(r.frame, r.row, r.col)
             for f in range(self.frames)
@@ -240,14 +215,14 @@ class JobGraph:
 
     def _end(self, error: BaseException | None) -> None:
         plan, store = self.plan, self.store
-        if self.bar is not None:
-            self.bar.close()
         if store is None:
             return
         drop = False
         if error is None:
             self.recorder.finish("done")
-        elif isinstance(error, stopping.Terminated):
+        elif isinstance(error, Cancelled):
+            self.recorder.finish("cancelled", str(error))
+        elif isinstance(error, Interrupted):
             self.recorder.finish("terminated", str(error))
         elif isinstance(error, KeyboardInterrupt):
             self.recorder.finish("interrupted")
@@ -262,7 +237,7 @@ class JobGraph:
             self.store_removed = True
         if error is None:
             lay = plan.layout
-            self.summary = Summary(
+            self.summary = Result(
                 output=str(plan.output_path),
                 seconds=time.perf_counter() - self.t0,
                 out_megapixels=lay.frames * lay.out_shape[1] * lay.out_shape[2] / 1e6,
@@ -271,6 +246,11 @@ class JobGraph:
                 regions_run=len(self.todo),
                 store_url=plan.store_url,
                 model_busy=self.busy.fraction(),
+                input=plan.input_path,
+                frames_resumed=self.frames_resumed,
+                model=plan.config.model.name,
+                weights=plan.config.model.weights,
+                store_kept=not self.store_removed,
                 **self.summary_extra(),
             )
 
@@ -281,13 +261,10 @@ class JobGraph:
         return {}
 
     # ------------------------------------------------------------- region stages
-    def open_bar(self) -> None:
-        self.bar = open_bar(
-            self.regions_total,
-            initial=self.regions_total - len(self.todo),
-            unit="region",
-            desc="upscale",
-            enabled=self.progress,
+    def start_upscale(self) -> None:
+        """The upscale stage begins (its regions resumed from the store count as done)."""
+        self.upscale_meter = self.events.stage(
+            "upscale", self.regions_total, "region", done=self.regions_total - len(self.todo)
         )
 
     def start_conditioning(self) -> None:
@@ -338,8 +315,8 @@ class JobGraph:
             self.recorder.model_busy(self.busy.fraction())
             self.left[task.frame] -= 1
             self.regions_left -= 1
-            if self.bar is not None:
-                self.bar.update(1)
+            if self.upscale_meter is not None:
+                self.upscale_meter.advance()
             self.recorder.regions_done()
         elif call.stage is self.estimate_stage:
             if self.error is not None:

@@ -84,8 +84,8 @@ class VideoGraph(JobGraph):
         self.log_resume(self.segments_done, len(segments))
         self.recorder.stage("upscale")
         self.recorder.segments(self.segments_done, self.segments_total)
-        self.open_bar()
-        self._postfix()
+        self.start_upscale()
+        self._segments_event()
         self.start_conditioning()
         self.in_store = [bool(flags[i]) and not self.encoded[i] for i in range(len(segments))]
         for i, (a, b) in enumerate(segments):
@@ -124,8 +124,8 @@ class VideoGraph(JobGraph):
         oldest = self.oldest_unencoded()
         if oldest == len(plan.segments):
             self.assembling = True
-            self.bar.close()
             self.recorder.stage("assemble")
+            self.assemble_meter = self.events.stage("assemble", 1, "step")
             log.info("assemble: joining %d segment(s)", len(plan.segments))
             self.emit(Call(self, self.assemble, self.assemble_args(), address="assemble"))
             return
@@ -204,10 +204,8 @@ class VideoGraph(JobGraph):
                 store.mark_ingested(i, False)
                 self.in_store[i] = False
             self.recorder.segments(self.segments_done, self.segments_total)
-            self.recorder.frames_encoded(
-                sum(b - a for (a, b), e in zip(plan.segments, self.encoded, strict=True) if e)
-            )
-            self._postfix()
+            self.recorder.frames_encoded(self.frames_encoded())
+            self._segments_event()
             self._update_scratch()
         else:
             if self.encode_nodes:
@@ -224,16 +222,19 @@ class VideoGraph(JobGraph):
                 result["copied_packets"],
             )
             self.publish()
+            self.assemble_meter.advance()
 
     def publish(self) -> None:
         """Every segment is in the output: move it into place."""
         replace_output(self.tmp, self.plan.output_path)
         self.done_output = True
 
-    def _postfix(self) -> None:
-        self.bar.set_postfix_str(
-            f"encoded {self.segments_done}/{self.segments_total} segments", refresh=False
-        )
+    def frames_encoded(self) -> int:
+        segments = self.plan.segments
+        return sum(b - a for (a, b), e in zip(segments, self.encoded, strict=True) if e)
+
+    def _segments_event(self) -> None:
+        self.events.segments(self.segments_done, self.segments_total, self.frames_encoded())
 
     def _update_scratch(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -8,7 +8,9 @@ bound allows, waits for the next result, and applies retries: a failed call is q
 again up to its stage's ``retries``, then its job ends with the job's own error while the
 other jobs go on. On a stop request (SIGTERM) nothing new is submitted, function tasks
 are cancelled, actor calls in flight settle for up to ``run.term_grace_s`` (their regions'
-flags are written), and every running job ends with :class:`stopping.Terminated`.
+flags are written), and every running job ends with :class:`stopping.Terminated`. A
+cancelled :class:`stopping.CancelToken` (the Python API) stops the loop it was given to
+the same way, ending its jobs with :class:`pipeline.errors.Cancelled`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,6 @@ from pipeline.errors import cause
 from pipeline.runner.stage import Call, Settled
 
 log = logging.getLogger(__name__)
-
-STOPPED = "stopped by SIGTERM; the job store is kept: run the same command to resume"
 
 
 class Graph(Protocol):
@@ -75,8 +75,14 @@ def _queue_key(call: Call) -> Any:
 
 
 class Loop:
-    def __init__(self, executor: Executor, term_grace_s: float) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        term_grace_s: float,
+        cancel: stopping.CancelToken | None = None,
+    ) -> None:
         self.executor = executor
+        self.cancel = cancel
         self.term_grace_s = term_grace_s
         self.queues: dict[Any, deque[Call]] = {}
         self.running: list[Graph] = []
@@ -97,21 +103,26 @@ class Loop:
         pending = deque(graphs)
         try:
             while pending or self.running:
-                while pending and len(self.running) < active and not stopping.STOP.is_set():
+                while pending and len(self.running) < active and not self._stopping():
                     if may_start is not None and not may_start(pending[0], self.running):
                         break
                     self._begin(pending.popleft())
                 if not self.running:
-                    if stopping.STOP.is_set() or not pending:
+                    if self._stopping() or not pending:
                         break
                     continue
                 self._step()
-        except KeyboardInterrupt as exc:
+        except BaseException as exc:
             # Ctrl-C: every running job ends as interrupted (flags kept, store unlocked,
-            # temporaries removed); the caller exits 130.
+            # temporaries removed); the caller exits 130. Anything else raised into the
+            # loop (a scheduler's own stop exception, a bug) ends them the same way, so
+            # that a program that goes on in this process can run the jobs again.
             for graph in list(self.running):
                 self._end(graph, exc)
             raise
+
+    def _stopping(self) -> bool:
+        return stopping.stop_requested(self.cancel)
 
     def _begin(self, graph: Graph) -> None:
         try:
@@ -147,7 +158,7 @@ class Loop:
 
     # -------------------------------------------------------------------- step
     def _step(self) -> None:
-        stop = stopping.STOP.is_set()
+        stop = self._stopping()
         for graph in list(self.running):
             try:
                 for call in graph.ready():
@@ -216,7 +227,7 @@ class Loop:
                 if live:
                     self._fail(graph, exc)
             return
-        if not live or stopping.STOP.is_set():
+        if not live or self._stopping():
             return
         if s.spared:
             log.warning("requeued %s: its worker died running another task", _name(call))
@@ -238,12 +249,12 @@ class Loop:
         self.queues.clear()
         self.executor.cancel_functions()
         busy = self.executor.in_flight()
-        if busy and stopping.stopped_for_s() < self.term_grace_s:
+        if busy and stopping.stopped_for_s(self.cancel) < self.term_grace_s:
             return False
         if busy:
             log.warning("stop: %d call(s) abandoned after %.0f s", busy, self.term_grace_s)
         for graph in list(self.running):
-            self._end(graph, stopping.Terminated(STOPPED))
+            self._end(graph, stopping.stop_error(self.cancel))
         return True
 
 

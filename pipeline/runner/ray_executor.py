@@ -228,18 +228,19 @@ class RayExecutor:
         self._puts.clear()
 
 
-def wait_all(refs: list[Any]) -> list[Any]:
-    """``ray.get(refs)``, but cancelled with :class:`stopping.Terminated` on a stop."""
+def wait_all(refs: list[Any], cancel: Any = None) -> list[Any]:
+    """``ray.get(refs)``, but cancelled with :class:`stopping.Terminated` on a stop
+    (:class:`pipeline.errors.Cancelled` when the ``cancel`` token was cancelled)."""
     import ray
 
     from pipeline import stopping
 
     pending = list(refs)
     while pending:
-        if stopping.STOP.is_set():
+        if stopping.stop_requested(cancel):
             for ref in pending:
                 ray.cancel(ref, force=True)
-            stopping.check()
+            stopping.check(cancel)
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.2)
     return ray.get(refs)
 
