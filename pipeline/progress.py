@@ -158,8 +158,3 @@ class ModelBusy:
 
     def per_worker(self) -> dict[str, float]:
         return {k: min(1.0, m / max(e - s, 1e-9)) for k, (m, s, e) in self.workers.items()}
-
-
-def busy_text(fraction: float | None) -> str:
-    """How summaries, ``status`` and batch reports say it: "model busy 87%"."""
-    return "" if fraction is None else f"model busy {fraction * 100:.0f}%"

@@ -7,7 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.errors import Cancelled, Error, Interrupted, JobFailed, Terminated
-from pipeline.progress import busy_text
 
 
 @dataclass(frozen=True)
@@ -196,3 +195,9 @@ class BatchResult:
                 next((s for s in STOPPED_STATUSES if s in statuses), ""), Interrupted
             )
         raise kind(line)
+
+
+def busy_text(fraction: float | None) -> str:
+    """How summaries, ``status`` and batch reports say the region workers' share of time
+    in the model (``pipeline.progress.ModelBusy``): "model busy 87%"."""
+    return "" if fraction is None else f"model busy {fraction * 100:.0f}%"

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.progress import busy_text, driver_alive
+from pipeline.progress import driver_alive
+from pipeline.results import busy_text
 from pipeline.store import JobStore, is_local, local_path, read_progress
 
 

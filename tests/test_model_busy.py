@@ -3,7 +3,8 @@ timings each region reports (pipeline/progress.py)."""
 
 import pytest
 
-from pipeline.progress import ModelBusy, busy_text
+from pipeline.progress import ModelBusy
+from pipeline.results import busy_text
 
 
 def _region(worker, started, ended, model_s):

@@ -46,7 +46,6 @@ from pipeline.samples import sample_range, to_unit
 from pipeline.shots import frame_signature
 from pipeline.store import JobStore
 from pipeline.tiling import Grid, Region, plan_grid, region_at, tile_window, tiles_for_region
-from workers.region import Samples, region_weights
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,8 @@ class _JobView:
         self.degradation = None
         text = job.config.model.value_range
         self.range = sample_range(self.layout.dtype, parse_value_range(text) if text else None)
+        from workers.region import Samples  # torch: imported where the worker runs
+
         lay = self.layout
         self.samples = Samples(lay.channels, lay.alpha, lay.colour, lay.dtype, *self.range)
         self._weights: OrderedDict[tuple, Any] = OrderedDict()  # region rect -> sum of windows
@@ -113,6 +114,8 @@ class _JobView:
     def weights(self, halo: _Halo, device) -> Any:
         """The region's sum of tile windows on ``device``: the same for every frame, so
         a video sums it once (a few regions' worth are kept)."""
+        from workers.region import region_weights
+
         r = halo.region
         key = (r.y0, r.x0, r.y1, r.x1, str(device))
         if key not in self._weights:
