@@ -31,7 +31,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -78,7 +77,7 @@ class _JobView:
 
         lay = self.layout
         self.samples = Samples(lay.channels, lay.alpha, lay.colour, lay.dtype, *self.range)
-        self._weights: OrderedDict[tuple, Any] = OrderedDict()  # region rect -> sum of windows
+        self._weights: dict[tuple, Any] = {}  # region rect -> its sum of windows
 
     def region(self, task: RegionTask) -> tuple[Region, list[tuple[int, int]]]:
         lay = self.layout
@@ -113,19 +112,18 @@ class _JobView:
 
     def weights(self, halo: _Halo, device) -> Any:
         """The region's sum of tile windows on ``device``: the same for every frame, so
-        a video sums it once (a few regions' worth are kept)."""
+        a video sums it once (the last region's is kept)."""
         from workers.region import region_weights
 
         r = halo.region
         key = (r.y0, r.x0, r.y1, r.x1, str(device))
         if key not in self._weights:
-            if len(self._weights) >= 4:
-                self._weights.popitem(last=False)
+            self._weights.clear()  # one kept: a video's frames share it, an image's
+            # regions mostly differ (then it costs what summing inline cost)
             window = partial(self.window, device=device)
             self._weights[key] = region_weights(
                 self.grid, r, halo.tiles, self.layout.scale, window, device
             )
-        self._weights.move_to_end(key)
         return self._weights[key]
 
     def window(self, y: int, x: int, device) -> Any:
@@ -167,7 +165,7 @@ class _Buffers:
     def give(self, buf: Any) -> None:
         with self._lock:
             self._free.append(buf)
-            del self._free[:-4]  # keep a few; shapes change only at an image's edges
+            del self._free[:-2]  # as many as regions in flight; edge shapes come and go
 
 
 @dataclass
