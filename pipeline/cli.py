@@ -14,6 +14,7 @@ turns errors into exit codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -63,8 +64,15 @@ def _weights(argv: Sequence[str]) -> int:
     return importlib.import_module(WEIGHTS_COMMAND).main(list(argv))
 
 
-def _bars(quiet: bool, stages: tuple[str, ...] = ("upscale", "publish")) -> BarRenderer | None:
-    return None if quiet else BarRenderer(stages)
+@contextlib.contextmanager
+def _bars(quiet: bool, stages: tuple[str, ...] = ("upscale", "publish")):
+    """The CLI's progress bars (None with --quiet), closed however the job ends."""
+    bars = None if quiet else BarRenderer(stages)
+    try:
+        yield bars
+    finally:
+        if bars is not None:
+            bars.close()
 
 
 def _batch(argv: Sequence[str]) -> int:
@@ -77,8 +85,7 @@ def _batch(argv: Sequence[str]) -> int:
     _setup_logging(args.debug, args.quiet)
     items = read_manifest(args.manifest, args.output_pattern)
     report = Path(args.report) if args.report else default_report_path(args.manifest)
-    bars = _bars(args.quiet, ("batch",))
-    try:
+    with _bars(args.quiet, ("batch",)) as bars:
         result = run_many(
             items,
             args.config,
@@ -89,9 +96,6 @@ def _batch(argv: Sequence[str]) -> int:
             restart=args.restart,
             progress=bars,
         )
-    finally:
-        if bars is not None:
-            bars.close()
     print(result.table())
     print(f"report: {report}")
     line = result.error_line()
@@ -105,8 +109,7 @@ def _job(argv: Sequence[str]) -> int:
 
     args = build_parser().parse_args(argv)
     _setup_logging(args.debug, args.quiet)
-    bars = _bars(args.quiet)
-    try:
+    with _bars(args.quiet) as bars:
         result = run_one(
             args.input,
             args.output,
@@ -117,9 +120,6 @@ def _job(argv: Sequence[str]) -> int:
             restart=args.restart,
             progress=bars,
         )
-    finally:
-        if bars is not None:
-            bars.close()
     print(result.line())
     return 0
 
