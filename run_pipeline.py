@@ -1,8 +1,8 @@
-"""Thin CLI entry point: see pipeline/cli.py (also installed as ``sr-pipeline``)."""
+"""Thin CLI entry point: see pipeline/cli/main.py (also installed as ``sr-pipeline``)."""
 
 import sys
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

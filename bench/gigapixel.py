@@ -803,8 +803,8 @@ def bench_tiff_writer(side: int, threads: list[int], max_wait: float) -> list[di
     import tempfile
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.image_meta import ImageMeta
-    from pipeline.publish import downsample2, pyramid_shapes, write_tiff
+    from pipeline.image.metadata import ImageMeta
+    from pipeline.image.publish import downsample2, pyramid_shapes, write_tiff
 
     rng = np.random.default_rng(0)
     shapes = pyramid_shapes(side, side, 1024)

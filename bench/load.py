@@ -128,7 +128,7 @@ def main() -> int:
 
     import ray
 
-    from pipeline.run import run_job
+    from pipeline.job.launch import run_job
     from tests.helpers import make_config
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="load-"))

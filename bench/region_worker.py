@@ -48,10 +48,10 @@ def child(code_root: str, mode: str, frames: int, codec: str | None) -> dict:
     import numpy as np
 
     from pipeline.config import JobConfig, ModelConfig, TilingConfig
+    from pipeline.image.synthetic import sample_image
+    from pipeline.pure.tiling import shard_geometry
     from pipeline.runner.tasks import JobRef, RegionTask
-    from pipeline.sample import sample_image
-    from pipeline.store import JobStore, Layout
-    from pipeline.tiling import shard_geometry
+    from pipeline.store.jobstore import JobStore, Layout
     from workers.region_worker import RegionWorker
 
     cfg = JobConfig(

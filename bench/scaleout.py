@@ -2,7 +2,7 @@
 
 Starts a fresh local Ray for each actor count with logical GPUs (so the actors are
 scheduled as GPU actors, ``num_cpus=0``, while torch runs on the CPU) and runs the same
-batch through ``pipeline.batch.run_batch``. Two rates per run:
+batch through ``pipeline.job.batch.run_batch``. Two rates per run:
 
 - pool: regions per second between the first and the last region completion — the
   shared actor pool's throughput;
@@ -44,7 +44,7 @@ def make_inputs(folder: Path, count: int, size: int) -> list[Path]:
 def run_once(inputs: list[Path], out_dir: Path, actors: int, gpus: int, region: int) -> dict:
     import ray
 
-    from pipeline.batch import BatchItem, run_batch
+    from pipeline.job.batch import BatchItem, run_batch
 
     out_dir.mkdir()
     items = [BatchItem(str(p), str(out_dir / f"{p.stem}.tif")) for p in inputs]

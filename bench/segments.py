@@ -10,7 +10,7 @@ Three tables, each with its baseline measured in the same run:
    store: ``video.keep_frames=true`` with an unbounded window); bytes per frame.
 2. Encode throughput of 1, 2 and 4 encoders on a CPU-bound encode (720p -> 1440p
    libx264): the segments of one stored job encoded by N processes at once
-   (``pipeline.segments.encode_segment_task``, one thread each); ratio to 1 encoder.
+   (``pipeline.video.encode.encode_segment_task``, one thread each); ratio to 1 encoder.
 3. End to end: the pipeline CLI against the single-process loop of bench/video.py on
    the same clip and encoder settings.
 
@@ -112,7 +112,7 @@ def scratch_table(width: int, height: int, frames: int) -> None:
 
 
 def _encode_one(args: tuple) -> float:
-    from pipeline.segments import encode_segment_task
+    from pipeline.video.encode import encode_segment_task
 
     t0 = time.perf_counter()
     encode_segment_task(*args)
@@ -122,8 +122,8 @@ def _encode_one(args: tuple) -> float:
 def encoder_table(width: int, height: int, frames: int, seg_frames: int) -> None:
     """Encode a stored job's segments with 1, 2 and 4 processes at once."""
     from pipeline.config import load_config
-    from pipeline.plan import plan_job
-    from pipeline.store import JobStore
+    from pipeline.job.plan import plan_job
+    from pipeline.store.jobstore import JobStore
 
     src = make_clip(DATA / f"enc_{width}x{height}_{frames}.mp4", width, height, frames)
     out = DATA / "enc_out.mp4"

@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import SCRATCH_CODECS  # noqa: E402
-from pipeline.sample import sample_image  # noqa: E402
-from pipeline.store import scratch_codecs  # noqa: E402
-from pipeline.tiling import shard_geometry  # noqa: E402
+from pipeline.image.synthetic import sample_image  # noqa: E402
+from pipeline.pure.tiling import shard_geometry  # noqa: E402
+from pipeline.store.jobstore import scratch_codecs  # noqa: E402
 
 
 def frames(width: int, height: int, count: int) -> list[np.ndarray]:

@@ -47,7 +47,7 @@ from pipeline.events import (
     WarningLogged,
 )
 from pipeline.results import BatchResult, ItemResult, Result
-from pipeline.stopping import CancelToken
+from pipeline.runner.stopping import CancelToken
 
 __all__ = [
     "upscale",

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import UserError
 from pipeline.events import Listener, WarningLogged
 from pipeline.results import BatchResult, Result
-from pipeline.stopping import CancelToken
+from pipeline.runner.stopping import CancelToken
 
 if TYPE_CHECKING:
-    from pipeline.batch import BatchItem
+    from pipeline.job.batch import BatchItem
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def upscale_batch(
     every item (an item's own overrides come last). Bad options raise
     :class:`UserError` before any item runs. A batch runs on Ray.
     """
-    from pipeline.batch import BatchItem, read_manifest
+    from pipeline.job.batch import BatchItem, read_manifest
 
     if isinstance(items_or_manifest, (str, os.PathLike)):
         items = read_manifest(os.fspath(items_or_manifest), output_pattern)
@@ -175,7 +175,7 @@ def run_one(
     """One job from the CLI's three layers of settings: a preset file, values of
     dedicated flags (``{"section.key": value}``) and ``--set`` items, in that order."""
     from pipeline.config import load_config
-    from pipeline.run import run_job
+    from pipeline.job.launch import run_job
 
     load_config(preset, flags, set_items)  # bad options fail first
     flags = default_model(preset, flags, set_items)
@@ -207,8 +207,8 @@ def run_many(
     cancel: CancelToken | None = None,
 ) -> BatchResult:
     """A batch from the CLI's three layers of settings (see :func:`run_one`)."""
-    from pipeline.batch import run_batch
     from pipeline.config import load_config
+    from pipeline.job.batch import run_batch
 
     load_config(preset, flags, set_items)  # bad options fail before any item
     flags = default_model(preset, flags, set_items)
@@ -275,7 +275,7 @@ def job_settings(
 
 def batch_items(entries: Iterable[Any], output_pattern: str | None) -> list[BatchItem]:
     """Batch items from a list (see :func:`upscale_batch`)."""
-    from pipeline.batch import BatchItem, items_for, override_items
+    from pipeline.job.batch import BatchItem, items_for, override_items
 
     items: list[BatchItem] = []
     for n, entry in enumerate(entries, 1):
@@ -343,7 +343,7 @@ def _find_weights(explicit: str | None) -> str | None:
 
 
 def _before_ray(cfg: Any) -> None:
-    from pipeline.cluster import join_address, loopback_only
+    from pipeline.runner.cluster import join_address, loopback_only
 
     if cfg.run.runner != "local" and not join_address(cfg.run.address):
         loopback_only()  # before anything imports ray

@@ -25,7 +25,7 @@ from pipeline.errors import UserError
 from pipeline.models import MODELS, ModelSpec
 
 # The codecs ``store.codec`` names, for the frames of the job store's ``input`` and
-# ``output`` arrays (pipeline.store.scratch_codecs). Each frame is written once and read
+# ``output`` arrays (pipeline.store.jobstore.scratch_codecs). Each frame is written once and read
 # once, and a video's scratch is bounded by its decode window, so speed decides more
 # than size: bench/store_codecs.py measures them.
 SCRATCH_CODECS = ("zstd-0", "zstd-1", "blosc-lz4", "blosc-zstd-1", "none")
@@ -35,7 +35,7 @@ RUNNERS = ("ray", "local")
 COLOR_FIXES = ("wavelet", "adain", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PALETTES = ("expand", "refuse")
-DEINTERLACE_MODES = ("auto", "off", "frame", "field")  # pipeline/deinterlace.py
+DEINTERLACE_MODES = ("auto", "off", "frame", "field")  # pipeline/video/deinterlace.py
 
 
 # The config keys that have a dedicated flag (cli.py builds its overrides from this);
@@ -133,7 +133,7 @@ class ModelConfig:
     degradation: str | None = None  # fixed scores "B,N" in [0,1] instead of estimating them
     # Where a frame's scores come from: frame (its own), window (the mean over +-
     # degradation_window frames), shot (the mean over its shot: cuts found on the LR
-    # frames, pipeline/shots.py), fixed (model.degradation). auto: fixed when
+    # frames, pipeline/pure/shots.py), fixed (model.degradation). auto: fixed when
     # model.degradation is given, window when degradation_window > 0, else shot.
     degradation_mode: str = "auto"
     degradation_window: int = 0  # video: average the scores over +-N frames (window mode)
@@ -160,7 +160,7 @@ class StoreConfig:
     chunk_out_px: int = 512
     keep: bool = False
     # The input and output frames' codec: auto (video: none, image: zstd-0) or one of
-    # pipeline.store.SCRATCH_CODECS (bench/store_codecs.py measures them).
+    # pipeline.store.jobstore.SCRATCH_CODECS (bench/store_codecs.py measures them).
     codec: str = "auto"
 
 
@@ -215,7 +215,7 @@ class VideoConfig:
     max_frames_in_store: int = 0
     keep_frames: bool = False  # keep frames in the store after their segment is encoded
     max_region_out_px: int = 4096  # a frame whose output is larger is cut into regions
-    # Interlaced sources (pipeline/deinterlace.py): auto (bwdif on interlaced sources, one
+    # Interlaced sources (pipeline/video/deinterlace.py): auto (bwdif on interlaced sources, one
     # frame per frame) | off (frames as they are) | frame (bwdif on every source) | field
     # (bwdif, one frame per field: 25i -> 50p).
     deinterlace: str = "auto"

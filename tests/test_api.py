@@ -23,7 +23,7 @@ from PIL import Image
 
 import pipeline
 from pipeline.api import batch_items, job_settings
-from pipeline.batch import BatchItem
+from pipeline.cli.bars import BarRenderer
 from pipeline.events import (
     ItemFinished,
     SegmentsEncoded,
@@ -31,9 +31,9 @@ from pipeline.events import (
     UnitsDone,
     WarningLogged,
 )
-from pipeline.progress_bar import BarRenderer
+from pipeline.job.batch import BatchItem
 from pipeline.results import ItemResult
-from pipeline.store import JobStore, default_store_url, read_progress
+from pipeline.store.jobstore import JobStore, default_store_url, read_progress
 from tests import faulty_model as fm
 from tests.helpers import ROOT, bicubic_reference, synth_image
 from tests.test_video import assert_pixels_upscaled, assert_video_preserved
@@ -125,7 +125,7 @@ def test_errors_are_one_family_with_the_cli_exit_codes():
         assert issubclass(kind, pipeline.Error) and kind.exit_code == code
     assert issubclass(pipeline.Cancelled, pipeline.Interrupted)
     assert issubclass(pipeline.Terminated, pipeline.Interrupted)
-    from pipeline import stopping
+    from pipeline.runner import stopping
 
     assert stopping.Terminated is pipeline.Terminated  # the CLI's SIGTERM path
 
@@ -313,7 +313,7 @@ def test_each_error_kind_with_the_cli_line(tmp_path, monkeypatch, capsys):
     """Bad input, bad config and a region that fails after its retries raise their
     kinds, each with the line the CLI prints after ``error:``; the failed job keeps its
     store and a fixed rerun resumes."""
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     src = _png(tmp_path / "in.png", 64, 64)
     cases = [

@@ -20,15 +20,15 @@ import tifffile
 import zarr
 
 from pipeline.errors import DamagedInput, is_decode_error
-from pipeline.image_meta import aperio_fields
-from pipeline.publish.metadata import (
+from pipeline.image.metadata import aperio_fields
+from pipeline.image.scaled_meta import (
     engineering_wkt,
     geo_affine,
     geo_crs_kind,
     geo_from_zarr,
     geo_keys_complete,
 )
-from pipeline.run import run_job
+from pipeline.job.launch import run_job
 from tests.helpers import make_config, synth_image
 
 H, W = 96, 128  # LR size of every fixture; tiles and strips of 16/32 px
@@ -343,7 +343,8 @@ def test_archive_layout_read_at_full_resolution(tmp_path, caplog, layout):
 def test_damaged_bytes_and_bugs_are_told_apart(tmp_path, monkeypatch, capsys):
     """Bytes that fail to decode: "damaged or truncated", exit 2. Any other failure in
     ingest is a bug of ours: its own type in one line, exit 1, no traceback."""
-    from pipeline import cli, ingest, probe
+    from pipeline.cli import main as cli
+    from pipeline.image import ingest, probe
 
     src = tmp_path / "scene.tif"
     write_cog(src)

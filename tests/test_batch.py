@@ -21,9 +21,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pipeline.batch import BatchItem, exit_code, format_table, read_manifest, run_batch
 from pipeline.errors import UserError
-from pipeline.run import run_job
+from pipeline.job.batch import BatchItem, exit_code, format_table, read_manifest, run_batch
+from pipeline.job.launch import run_job
 from tests import faulty_model as fm
 from tests.helpers import LOCAL_RUNNER, launch_cli, make_config, run_cli, synth_image
 
@@ -217,7 +217,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     """SIGTERM mid-upscale: exit 75 with one line, no output or temporary left, every
     flagged region complete; ``status`` says terminated; the rerun finishes the job
     and gives exactly the output of an uninterrupted run."""
-    from pipeline.status import store_status
+    from pipeline.cli.status import store_status
 
     src = _png(tmp_path / "in.png", 320, 400, seed=3)
     out = tmp_path / "out.tif"
@@ -243,7 +243,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     clean = tmp_path / "clean.tif"
     cfg = make_config(scale=2, tile=32, overlap=8, region_out_px=64, chunk_out_px=64, batch_size=1)
     run_job(str(src), str(clean), cfg, progress=False)
-    from pipeline.store import JobStore
+    from pipeline.store.jobstore import JobStore
 
     flags = JobStore.open(str(store), mode="r").done_mask()[0]
     partial = JobStore.open(str(store), mode="r").array("output")[0]
@@ -262,8 +262,8 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
 def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
     """A record saying "running" from a process that no longer exists reads as
     interrupted; unknown targets are one-line errors."""
-    from pipeline.status import format_store_status, store_status
-    from pipeline.store import PROGRESS_KEY
+    from pipeline.cli.status import format_store_status, store_status
+    from pipeline.store.jobstore import PROGRESS_KEY
 
     src = _png(tmp_path / "in.png", 64, 64, seed=1)
     out = tmp_path / "out.tif"

@@ -74,7 +74,7 @@ def test_coercion_follows_the_field_types():
 
 
 def test_weights_flag_sets_model_weights(tmp_path):
-    from pipeline.arguments import build_parser, job_overrides
+    from pipeline.cli.arguments import build_parser, job_overrides
 
     args = build_parser().parse_args(["in.png", "-o", "out.png", "--weights", str(tmp_path)])
     assert load_config(None, job_overrides(args)).model.weights == str(tmp_path)
@@ -118,7 +118,7 @@ def test_tuples_and_optionals_coerce_from_their_types():
 
 
 def test_every_flag_names_a_config_key_and_a_cli_option():
-    from pipeline.cli import build_parser
+    from pipeline.cli.main import build_parser
 
     options = {s for a in build_parser()._actions for s in a.option_strings}
     defaults = JobConfig().to_dict()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.arguments import build_parser, program_name
-from pipeline.graphs.job import resume_line
-from pipeline.progress_bar import BarLogHandler, LineWriter, open_bar
+from pipeline.cli.arguments import build_parser, program_name
+from pipeline.cli.bars import BarLogHandler, LineWriter, open_bar
+from pipeline.job.graph import resume_line
 from tests.helpers import LOCAL_RUNNER, launch_cli, run_cli, synth_image
 
 BAR = re.compile(r"upscale:.*\|\s*(\d+)/(\d+) ")  # as tests/test_reliability.py reads it
@@ -129,7 +129,7 @@ def test_ctrl_c_twice_exits_130_and_the_rerun_resumes(tmp_path):
     """SIGINT mid-upscale, then again at once: exit 130 with the one-line hint and no
     traceback (no ``release unlocked lock``); the store says interrupted; the rerun
     says how much it resumes and finishes."""
-    from pipeline.status import store_status
+    from pipeline.cli.status import store_status
 
     src = _png(tmp_path / "in.png", 320, 400, seed=3)
     out = tmp_path / "out.tif"

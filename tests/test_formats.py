@@ -15,7 +15,7 @@ import zarr
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.run import run_job
+from pipeline.job.launch import run_job
 from tests.helpers import bicubic_reference, make_config, synth_image
 
 pytestmark = pytest.mark.integration
@@ -182,7 +182,7 @@ def test_refused_outputs_and_inputs(tmp_path, png_rgb):
     with pytest.raises(UserError, match="cannot tell the output format"):
         upscale(png_rgb, tmp_path / "o.bmp")
     rgb16png = tmp_path / "rgb16.png"
-    from pipeline.publish import write_png16
+    from pipeline.image.publish import write_png16
 
     write_png16(rgb16png, synth_image(10, 10, dtype=np.uint16))
     with pytest.raises(UserError, match="16-bit RGB PNG"):

@@ -20,7 +20,7 @@ import zarr
 from PIL import Image, ImageOps
 
 from pipeline.errors import UserError
-from pipeline.run import run_job
+from pipeline.job.launch import run_job
 from tests.helpers import bicubic_reference, make_config, synth_image
 
 
@@ -57,7 +57,7 @@ def read_tiff(path: Path) -> tuple[np.ndarray, tifffile.TiffPage]:
 @pytest.mark.unit
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orient_matches_pillow_and_bands_tile_the_image(orientation):
-    from pipeline.ingest import orient, stored_band
+    from pipeline.image.ingest import orient, stored_band
 
     stored = synth_image(13, 21, seed=orientation)
     exif = Image.Exif()
@@ -76,7 +76,7 @@ def test_orient_matches_pillow_and_bands_tile_the_image(orientation):
 
 @pytest.mark.unit
 def test_compression_check_names_the_codec():
-    from pipeline.probe import compression_problem
+    from pipeline.image.probe import compression_problem
 
     for code in (1, 5, 7, 8, 50000, 50001, 34887):  # none, LZW, JPEG, Deflate, ZSTD, WebP, LERC
         assert compression_problem(code) is None, code
@@ -89,7 +89,7 @@ def test_compression_known_but_not_decodable(monkeypatch):
     """A compression tifffile knows whose decoder is missing (as without imagecodecs)."""
     import tifffile as tf
 
-    from pipeline.probe import compression_problem
+    from pipeline.image.probe import compression_problem
 
     class NoLzw(dict):
         def __contains__(self, key):
@@ -102,7 +102,7 @@ def test_compression_known_but_not_decodable(monkeypatch):
 
 @pytest.mark.unit
 def test_channel_roles_from_what_the_file_says():
-    from pipeline.probe import pillow_channels, tiff_semantics
+    from pipeline.image.probe import pillow_channels, tiff_semantics
 
     assert tiff_semantics(2, (), 3) == (False, True)  # RGB
     assert tiff_semantics(2, (2,), 4) == (True, True)  # RGB + unassociated alpha
@@ -121,7 +121,7 @@ def test_channel_roles_from_what_the_file_says():
 
 @pytest.mark.unit
 def test_sample_ranges_round_trip():
-    from pipeline.samples import from_unit, sample_range, to_unit
+    from pipeline.pure.value_range import from_unit, sample_range, to_unit
 
     for dtype in ("uint8", "uint16", "int8", "int16"):
         info = np.iinfo(dtype)
@@ -164,7 +164,7 @@ def test_bands_reach_the_model_one_by_one():
 
 @pytest.mark.unit
 def test_tiff_photometric_follows_channel_roles():
-    from pipeline.publish import _photometric
+    from pipeline.image.publish import _photometric
 
     assert _photometric(1) == ("minisblack", None)
     assert _photometric(3) == ("rgb", None)
@@ -218,7 +218,7 @@ def test_exif_orientation_jpeg_and_png_output_displays_upright(tmp_path):
 @pytest.mark.integration
 @pytest.mark.parametrize("orientation", [3, 6, 7])
 def test_tiff_orientation_applied_band_by_band(tmp_path, orientation):
-    from pipeline.ingest import orient
+    from pipeline.image.ingest import orient
 
     stored = synth_image(70, 90, seed=orientation)  # several row bands and tiles
     src = tmp_path / "in.tif"
@@ -273,7 +273,7 @@ def _palette_tiff(path: Path, classes: int = 14) -> tuple[np.ndarray, np.ndarray
 def test_palette_tiff_expanded_or_refused(tmp_path, caplog):
     src = tmp_path / "landcover.tif"
     codes, table = _palette_tiff(src)
-    with caplog.at_level(logging.INFO, logger="pipeline.plan"):
+    with caplog.at_level(logging.INFO, logger="pipeline.job.plan"):
         upscale(src, tmp_path / "out.tif")
     assert any("colour table: expanded to RGB" in r.getMessage() for r in caplog.records)
     out, page = read_tiff(tmp_path / "out.tif")
@@ -398,7 +398,7 @@ def test_float_elevation_keeps_its_values(tmp_path):
 
 @pytest.mark.integration
 def test_models_needing_a_display_range_refuse_float_without_one(tmp_path):
-    from pipeline.plan import plan_job
+    from pipeline.job.plan import plan_job
 
     src = tmp_path / "dem.tif"
     tifffile.imwrite(src, np.zeros((32, 32), np.float32))

@@ -8,8 +8,8 @@ import pytest
 import tifffile
 
 from pipeline.errors import UserError
-from pipeline.run import run_job
-from pipeline.store import JobStore, default_store_url
+from pipeline.job.launch import run_job
+from pipeline.store.jobstore import JobStore, default_store_url
 from tests.helpers import make_config, synth_image
 
 pytestmark = pytest.mark.integration
@@ -80,8 +80,8 @@ def test_store_of_another_job_is_refused_then_restart(tmp_path: Path, tif_input:
 
 
 def test_second_driver_on_same_store_is_refused(tmp_path: Path, tif_input: Path):
-    from pipeline.run import plan_job
-    from pipeline.store import open_for_job
+    from pipeline.job.launch import plan_job
+    from pipeline.store.jobstore import open_for_job
 
     cfg = make_config(run__runner="local")
     plan = plan_job(str(tif_input), str(tmp_path / "o.tif"), cfg, overwrite=False)

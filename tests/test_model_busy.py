@@ -1,9 +1,9 @@
 """'Model busy': the share of the region workers' time spent in the model, from the
-timings each region reports (pipeline/progress.py)."""
+timings each region reports (pipeline/job/record.py)."""
 
 import pytest
 
-from pipeline.progress import ModelBusy
+from pipeline.job.record import ModelBusy
 from pipeline.results import busy_text
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.run import run_job
+from pipeline.job.launch import run_job
 from tests.helpers import LOCAL_RAY, make_config, run_cli, synth_image
 from tests.video_fixtures import decode_frames, make_clip
 
@@ -63,7 +63,7 @@ def test_image_job_spreads_over_gpu_nodes_and_matches_single_process(
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, synth_image(230, 301, seed=3), photometric="rgb", tile=(64, 64))
     common = {"scale": 2, "tile": 64, "overlap": 16, "region_out_px": 128, "chunk_out_px": 64}
-    caplog.set_level(logging.INFO, logger="pipeline.placement")
+    caplog.set_level(logging.INFO, logger="pipeline.runner.placement")
 
     out = tmp_path / "cluster.tif"
     summary = run_job(str(src), str(out), make_config(**common, run__address=c.address))
@@ -86,8 +86,8 @@ def test_video_job_spreads_over_gpu_nodes_and_matches_single_process(
     # segments (one per GOP of 8), three encoders of one thread: they spread over nodes.
     common = {"scale": 2, "tile": 32, "overlap": 8, "video__segment_frames": 4}
     common |= {"video__codec": "ffv1", "video__encoders": 3, "video__encoder_threads": 1}
-    caplog.set_level(logging.INFO, logger="pipeline.placement")
-    caplog.set_level(logging.INFO, logger="pipeline.graphs.video")
+    caplog.set_level(logging.INFO, logger="pipeline.runner.placement")
+    caplog.set_level(logging.INFO, logger="pipeline.video.graph")
 
     out = tmp_path / "cluster.mkv"
     summary = run_job(str(src), str(out), make_config(**common, run__address=c.address))

@@ -1,5 +1,5 @@
 """Pixels with no data (GDAL_NODATA, NaN in float rasters) stay no data and never leak
-into their neighbours (pipeline/nodata.py): an elevation model's -9999 interpolated as a
+into their neighbours (pipeline/image/nodata.py): an elevation model's -9999 interpolated as a
 height would give cliffs. Inputs are GeoTIFFs written by tifffile; outputs are read with
 rasterio, as a GIS user would, including the COG's overviews."""
 
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from pipeline.nodata import fill_invalid, invalid_mask, parse_nodata
-from pipeline.publish import downsample2
-from pipeline.run import run_job
+from pipeline.image.nodata import fill_invalid, invalid_mask, parse_nodata
+from pipeline.image.publish import downsample2
+from pipeline.job.launch import run_job
 from tests.helpers import make_config
 
 UTM_KEYS = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633)

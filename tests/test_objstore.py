@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import tifffile
 
+from pipeline.cli.status import status_command
 from pipeline.errors import JobFailed, UserError
-from pipeline.run import run_job
-from pipeline.status import status_command
+from pipeline.job.launch import run_job
 from tests import faulty_model as fm
 from tests.helpers import make_config, run_cli, synth_image
 from tests.test_video import assert_video_preserved
@@ -215,7 +215,7 @@ def test_bad_urls_exit_2_with_one_line(s3, tmp_path, capsys, args, text):
             pass
     from PIL import Image
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     Image.fromarray(synth_image(20, 20)).save(tmp_path / "in.png")
     s3.pipe_file(f"{BUCKET}/exists.png", b"keep me")
@@ -229,7 +229,7 @@ def test_bad_urls_exit_2_with_one_line(s3, tmp_path, capsys, args, text):
 
 
 def test_lease_refuses_a_second_driver_and_takes_over_a_stale_one(s3, monkeypatch):
-    from pipeline.store import JobStore, Layout, lock
+    from pipeline.store.jobstore import JobStore, Layout, lock
 
     url = f"s3://{BUCKET}/lease/job.zarr"
     layout = Layout(1, 32, 32, 3, "uint8", 2, 64, 64)
@@ -256,7 +256,7 @@ def test_lease_refuses_a_second_driver_and_takes_over_a_stale_one(s3, monkeypatc
 
 
 def test_large_upload_is_multipart_and_whole(s3, tmp_path):
-    from pipeline.publish.files import publish_file
+    from pipeline.store.outputs import publish_file
 
     data = os.urandom(11 * 2**20)
     (tmp_path / "big.bin").write_bytes(data)

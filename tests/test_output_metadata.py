@@ -18,8 +18,8 @@ import tifffile
 import zarr
 from PIL import Image, ImageCms
 
-from pipeline.publish.metadata import ICC_ATTR
-from pipeline.run import run_job
+from pipeline.image.scaled_meta import ICC_ATTR
+from pipeline.job.launch import run_job
 from tests.helpers import make_config, synth_image
 
 pytestmark = pytest.mark.integration

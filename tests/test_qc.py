@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.qc import QcOptions, detect_scale, measure, metrics
-from pipeline.tiling import tile_starts
+from pipeline.pure.tiling import tile_starts
+from pipeline.qc import metrics
+from pipeline.qc.measure import QcOptions, detect_scale, measure
 from tests.helpers import assert_one_line_error, bicubic_reference, run_cli
 
 SCALE = 2

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.samples import from_unit, sample_range, to_unit
-from pipeline.tiling import (
+from pipeline.pure.tiling import (
     accumulate,
     normalise,
     plan_grid,
@@ -16,6 +15,7 @@ from pipeline.tiling import (
     tile_window,
     tiles_for_region,
 )
+from pipeline.pure.value_range import from_unit, sample_range, to_unit
 from tests.helpers import bicubic_reference
 from workers.region import Samples, upscale_region
 from workers.upscaler import bicubic_upscale
@@ -76,7 +76,8 @@ def _run(image, scale, tile, overlap, region_px, window="gaussian", oom_every=0,
 
 
 def _numpy_reference(image, scale, tile, overlap, window="gaussian"):
-    """The blend as pipeline.tiling and pipeline.samples write it, over the whole frame."""
+    """The blend as pipeline.pure.tiling and pipeline.pure.value_range write it, over the
+    whole frame."""
     h, w, c = image.shape
     grid = plan_grid(h, w, tile, overlap)
     low, span, bounded = sample_range(image.dtype.name)

@@ -26,8 +26,8 @@ import tifffile
 from PIL import Image
 
 from pipeline.errors import JobFailed, UserError
-from pipeline.run import run_job
-from pipeline.store import JobStore, default_store_url
+from pipeline.job.launch import run_job
+from pipeline.store.jobstore import JobStore, default_store_url
 from tests import faulty_model as fm
 from tests.helpers import (
     LOCAL_RUNNER,
@@ -371,7 +371,7 @@ def test_raising_model_stops_cli_with_exit_3_naming_region(
 ):
     """A model that raises on poison input: retried ``run.region_retries`` times, then
     the CLI exits 3 with one line naming the frame and region; the fixed rerun resumes."""
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     control, log = faulty
     ctl = control(poison="raise")
@@ -398,7 +398,7 @@ def test_raising_model_stops_cli_with_exit_3_naming_region(
 def test_out_of_memory_halves_the_batch_and_drops_no_tile(tmp_path, ray_local, clean_small, faulty):
     """Injected OOM above one tile per call: each worker goes 4 -> 2 -> 1 and redoes the
     batch; every tile is computed once at batch 1 and the output is exact."""
-    from pipeline.tiling import plan_grid, plan_regions, tiles_for_region
+    from pipeline.pure.tiling import plan_grid, plan_regions, tiles_for_region
 
     control, log = faulty
     ctl = control(oom_above=1)

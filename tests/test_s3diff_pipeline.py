@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from pipeline.errors import UserError
-from pipeline.run import run_job
-from pipeline.store import JobStore, default_store_url
+from pipeline.job.launch import run_job
+from pipeline.store.jobstore import JobStore, default_store_url
 from tests.helpers import make_config, run_cli, synth_image
 
 pytestmark = pytest.mark.integration

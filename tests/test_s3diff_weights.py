@@ -277,7 +277,7 @@ def test_bad_weights_are_refused_before_a_local_ray_starts(tmp_path, monkeypatch
     import numpy as np
     from PIL import Image
 
-    import pipeline.run as run
+    import pipeline.job.launch as run
     from pipeline.config import load_config
 
     def no_ray(address):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pipeline.run import run_job
+from pipeline.job.launch import run_job
 from tests.helpers import bicubic_reference, make_config, synth_image
 
 pytestmark = pytest.mark.integration

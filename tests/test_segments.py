@@ -19,9 +19,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.assemble import plan_dts, reorder_delay
-from pipeline.run import run_job
-from pipeline.store import JobStore, default_store_url
+from pipeline.job.launch import run_job
+from pipeline.store.jobstore import JobStore, default_store_url
+from pipeline.video.assemble import plan_dts, reorder_delay
 from tests.helpers import LOCAL_RUNNER, launch_cli, make_config, run_cli
 from tests.test_reliability import kill_when, no_finished_looking_output
 from tests.video_fixtures import decode_frames, make_clip, probe_summary, video_stream

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.frameheaders import (
+from pipeline.video.frameheaders import (
     dpx_timecode,
     exr_timecode,
     set_dpx_timecode,
     set_exr_timecode,
     timecode_add,
 )
-from pipeline.sequence import find_frames, parse_rate
+from pipeline.video.sequence_in import find_frames, parse_rate
 from tests.helpers import LOCAL_RUNNER, bicubic_reference
 
 W, H = 48, 32
@@ -67,7 +67,7 @@ def float_bicubic(image: np.ndarray, scale: int) -> np.ndarray:
 
 
 def run(src, out, *extra) -> None:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     args = [str(src), "-o", str(out), "--model", "bicubic", "--scale", "2", "--quiet"]
     assert main([*args, "--tile", "32", "--overlap", "8", *map(str, extra)]) == 0
@@ -107,7 +107,7 @@ def test_timecodes_and_header_fields_read_back_by_ffmpeg(tmp_path):
 
 @pytest.mark.unit
 def test_patterns_folders_rates_and_gaps(tmp_path, capsys):
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     for n in (1001, 1002, 1003):
         (tmp_path / f"shot.{n:06d}.dpx").touch()
@@ -148,7 +148,7 @@ def test_patterns_folders_rates_and_gaps(tmp_path, capsys):
 # ----------------------------------------------------------------- integration
 @pytest.mark.integration
 def test_dpx_10bit_from_1001_to_dpx_keeps_numbers_depth_and_resumes(tmp_path, capsys):
-    from pipeline.store import JobStore
+    from pipeline.store.jobstore import JobStore
 
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir(), out.mkdir()
@@ -190,7 +190,7 @@ def test_dpx_10bit_from_1001_to_dpx_keeps_numbers_depth_and_resumes(tmp_path, ca
     assert not url.exists()  # done: the store is removed
     capsys.readouterr()
     # A new job over complete files is refused unless --overwrite.
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     argv = [str(src / "f.%06d.dpx"), "-o", str(out / "g.%06d.dpx"), "--model", "bicubic"]
     assert main([*argv, "--quiet", *LOCAL_RUNNER]) == 2
@@ -224,7 +224,7 @@ def write_exr(pattern: Path, numbers, half: bool) -> list[np.ndarray]:
 @pytest.mark.integration
 def test_exr_half_and_float_keep_scene_linear_values_and_float_ness(tmp_path, ray_local, capsys):
     """Half EXR on Ray (the sequence writer as Ray tasks), float EXR in process."""
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     for half, fmt in ((True, "gbrpf16le"), (False, "gbrpf32le")):
         src, out = tmp_path / f"in{half}", tmp_path / f"out{half}"
@@ -258,7 +258,7 @@ def test_exr_half_and_float_keep_scene_linear_values_and_float_ness(tmp_path, ra
 def test_video_with_timecode_to_dpx_and_16bit_tiff_to_tiff(tmp_path, capsys):
     import tifffile
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     # A camera-style MOV (timecode track, audio) -> DPX frames from --start-number, the
     # range's timecode in each header (read back by FFmpeg's DPX decoder).
@@ -309,7 +309,7 @@ def test_video_with_timecode_to_dpx_and_16bit_tiff_to_tiff(tmp_path, capsys):
 def test_png_folder_to_prores_on_ray(tmp_path, ray_local):
     """A sequence to a video works like any video: ProRes 422 HQ, as studios hand over,
     at --fps 24000/1001, decoded on Ray's tasks (numbered from 1, found in the folder)."""
-    from pipeline.run import run_job
+    from pipeline.job.launch import run_job
     from tests.helpers import make_config
 
     src = tmp_path / "png"
@@ -353,8 +353,8 @@ def test_png_folder_to_prores_on_ray(tmp_path, ray_local):
 def test_dpx_depths_read_and_written_at_their_depth(tmp_path, pix_fmt, bits, dtype):
     """Each DPX depth FFmpeg's encoder writes is probed and stored at its depth, and a
     frame of the store is written back in the same pixel format, values unchanged."""
-    from pipeline.sequence import decode_file, probe_sequence
-    from pipeline.sequence_out import _encoder, frame_bytes, plan_sequence_output
+    from pipeline.video.sequence_in import decode_file, probe_sequence
+    from pipeline.video.sequence_out import _encoder, frame_bytes, plan_sequence_output
 
     rng = np.random.default_rng(bits)
     top = (1 << bits) - 1

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.shots import ShotTracker, frame_signature, is_cut
+from pipeline.pure.shots import ShotTracker, frame_signature, is_cut
 from tests.video_fixtures import frame_rgb
 
 WEIGHTS = Path(__file__).parent / "data" / "golden" / "weights"
@@ -64,8 +64,8 @@ def test_shots_do_not_depend_on_arrival_order_and_close_at_the_cap():
 
 @pytest.mark.integration
 def test_tiny_s3diff_gives_every_frame_of_a_shot_the_same_scores(tmp_path):
-    from pipeline.run import run_job
-    from pipeline.store import JobStore, default_store_url
+    from pipeline.job.launch import run_job
+    from pipeline.store.jobstore import JobStore, default_store_url
     from tests.helpers import make_config
 
     src = clip_with_cut(tmp_path / "cut.mkv")
@@ -94,7 +94,7 @@ def test_tiny_s3diff_gives_every_frame_of_a_shot_the_same_scores(tmp_path):
     assert not (raw[:6] == raw[0]).all()  # what they replaced did jitter frame to frame
 
     # A resume finds the same shots from the stored signatures.
-    from pipeline.conditioning import Conditioning
+    from pipeline.job.conditioning import Conditioning
 
     again = Conditioning(JobStore.open(store.url), 12, True, mode="shot", max_shot=1000)
     assert again.shot_bounds() == [(0, 6), (6, 12)]

@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from pipeline.streammeta import (
+from pipeline.video.streams import (
     chapters_for_output,
     content_tags,
     declared_rate,

@@ -128,7 +128,7 @@ def _job_api_up(url: str) -> bool:
 
 @pytest.mark.integration
 def test_submit_follow_runs_the_job_on_the_cluster(tmp_path: Path, job_server: str):
-    from pipeline.submit import ray_job_status
+    from pipeline.cli.submit import ray_job_status
 
     src, out = tmp_path / "in.png", tmp_path / "out.png"
     Image.fromarray(synth_image(60, 80)).save(src)
@@ -180,7 +180,7 @@ def test_submit_to_nothing_is_one_line(tmp_path: Path):
 @pytest.mark.unit
 def test_submit_checks_the_command_line_before_uploading():
     """Single jobs and batches are parsed here first: a typo exits 2 before any upload."""
-    from pipeline.submit import check_pipeline_args
+    from pipeline.cli.submit import check_pipeline_args
 
     check_pipeline_args(["in.png", "-o", "out.tif", "--scale", "2"])
     check_pipeline_args(["batch", "list.yaml", "--work-dir", "s3://b/work", "--quiet"])
@@ -194,7 +194,7 @@ def test_submit_checks_the_command_line_before_uploading():
 
 @pytest.mark.unit
 def test_submit_exit_code_is_the_pipelines_own():
-    from pipeline.submit import job_exit_code
+    from pipeline.cli.submit import job_exit_code
 
     assert job_exit_code("SUCCEEDED", 0) == 0
     assert [job_exit_code("FAILED", c) for c in (2, 3, 75)] == [2, 3, 75]

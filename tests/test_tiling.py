@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.tiling import (
+from pipeline.pure.tiling import (
     EDGE_FLOOR,
     accumulate,
     normalise,
@@ -194,7 +194,7 @@ def test_regions_blended_from_their_tiles_equal_the_whole_frame_blend_cropped(ki
     [(2, 2048, 512), (3, 2048, 512), (4, 100, 64), (7, 1000, 100), (16, 64, 16)],
 )
 def test_shard_geometry_whole_lr_pixels_and_dividing_chunks(scale, region, chunk):
-    from pipeline.tiling import shard_geometry
+    from pipeline.pure.tiling import shard_geometry
 
     shard, ch = shard_geometry(scale, region, chunk)
     assert shard % scale == 0 and shard % ch == 0

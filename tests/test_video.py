@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.run import run_job
-from pipeline.store import JobStore, default_store_url
+from pipeline.job.launch import run_job
+from pipeline.store.jobstore import JobStore, default_store_url
 from tests.helpers import bicubic_reference, make_config
 from tests.video_fixtures import (
     decode_frames,

@@ -17,10 +17,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.deinterlace import applied_mode, as_fields
 from pipeline.errors import JobFailed, TaskBug, UserError, unexpected
-from pipeline.hdr import check_hdr, svtav1_params, x265_params
-from pipeline.timecode import find_timecode, from_frames, shifted, to_frames
+from pipeline.video.deinterlace import applied_mode, as_fields
+from pipeline.video.hdr import check_hdr, svtav1_params, x265_params
+from pipeline.video.timecode import find_timecode, from_frames, shifted, to_frames
 from tests.helpers import make_config
 
 integration = pytest.mark.integration
@@ -34,7 +34,7 @@ def cfg(**extra):
 
 
 def run(src: Path, out: Path, **extra) -> None:
-    from pipeline.run import run_job
+    from pipeline.job.launch import run_job
 
     run_job(str(src), str(out), cfg(**extra), overwrite=True, progress=False)
 
@@ -69,7 +69,7 @@ def test_timecode_arithmetic():
 
 @unit
 def test_field_list_and_modes():
-    from pipeline.video import VideoInfo
+    from pipeline.video.probe import VideoInfo
 
     info = VideoInfo(
         path="tv.mkv", kind="video", container="matroska", width=8, height=8, frames=3,
@@ -154,7 +154,7 @@ def test_anamorphic_keeps_its_display_aspect_ratio(tmp_path):
             assert c.streams.video[0].sample_aspect_ratio == Fraction(32, 27)
     assert len(packets(mkv, "video")) == 6
     # Matroska gets the SAR only from an H.264/HEVC VUI here: other codecs are refused.
-    from pipeline.plan import plan_job
+    from pipeline.job.plan import plan_job
 
     with pytest.raises(UserError, match="sample aspect ratio 32:27.*ffv1 in .mkv cannot carry"):
         plan_job(str(src), str(tmp_path / "o.mkv"), cfg(video__codec="ffv1"), overwrite=False)
@@ -162,7 +162,7 @@ def test_anamorphic_keeps_its_display_aspect_ratio(tmp_path):
 
 
 def _store_frames(src: Path, out: Path) -> np.ndarray:
-    from pipeline.store import JobStore, default_store_url
+    from pipeline.store.jobstore import JobStore, default_store_url
 
     store = JobStore.open(default_store_url(str(src), str(out), None), mode="r")
     return np.asarray(store.array("input")[:])
@@ -170,7 +170,8 @@ def _store_frames(src: Path, out: Path) -> np.ndarray:
 
 def _reference_rgb(src: Path, yuv_frames: list[np.ndarray]) -> list[np.ndarray]:
     """The ffmpeg binary's bwdif frames converted to RGB as ingest converts frames."""
-    from pipeline.video import decode_array, probe_video
+    from pipeline.video.decode import decode_array
+    from pipeline.video.probe import probe_video
 
     info = probe_video(src)
     out = []
@@ -198,7 +199,7 @@ def test_interlaced_source_is_deinterlaced_in_segments_as_whole(tmp_path, caplog
     src = make_interlaced(tmp_path / "tv.mkv", size="96x64", frames=12)
     assert "top coded first" in video_line(src) or "top first" in video_line(src)
     out = tmp_path / "tv_x2.mkv"
-    caplog.set_level("INFO", logger="pipeline.deinterlace")
+    caplog.set_level("INFO", logger="pipeline.video.deinterlace")
     run(src, out, store__keep="true", video__keep_frames="true")
     assert any("is interlaced" in r.message and "bwdif" in r.message for r in caplog.records)
     stored = _store_frames(src, out)
@@ -235,7 +236,7 @@ def test_interlaced_source_is_deinterlaced_in_segments_as_whole(tmp_path, caplog
     assert "50 fps" in video_line(fields) and "progressive" in video_line(fields)
 
     # Soft-telecined film (progressive frames with repeat flags) is progressive.
-    from pipeline.plan import plan_job
+    from pipeline.job.plan import plan_job
     from tests.master_fixtures import make_soft_telecine
 
     film = make_soft_telecine(tmp_path / "film.mkv")
@@ -249,7 +250,7 @@ def test_hdr10_master_keeps_mastering_display_and_light_level(tmp_path, capsys):
     """x265 10-bit BT.2020/PQ with ST 2086 + MaxCLL/MaxFALL: the same values come back
     from libx265 in Matroska and MP4 (exactly, in the bitstream and the container) and
     libsvtav1 in MP4 (bitstream, to AV1's fixed-point precision); libx264 is refused."""
-    from pipeline.cli import main
+    from pipeline.cli.main import main
     from tests.master_fixtures import ffmpeg_errors, ffmpeg_info, hdr10_of, make_hdr10, video_line
 
     src = make_hdr10(tmp_path / "master.mkv")
@@ -335,7 +336,7 @@ def test_video_that_starts_after_its_audio(tmp_path):
 def test_refusal_names_a_container_that_holds_the_stream(tmp_path):
     """An MP4 subtitle track (mov_text) refused for .mkv names the containers that hold
     it, not the refused one (it said "cannot be stored in .mkv; use .mkv")."""
-    from pipeline.plan import plan_job
+    from pipeline.job.plan import plan_job
     from tests.master_fixtures import ffmpeg
 
     srt = tmp_path / "cue.srt"

@@ -19,7 +19,7 @@ from pathlib import Path
 import av
 import pytest
 
-from pipeline.run import run_job
+from pipeline.job.launch import run_job
 from tests.helpers import make_config
 from tests.video_fixtures import (
     covers_and_attachments,
@@ -185,7 +185,7 @@ def _round_trip(src: Path, fmt: str, kind: str, value: int) -> int:
 def test_kept_dispositions_table_matches_the_muxers(tmp_path):
     """streammeta.KEPT_DISPOSITIONS says what FFmpeg's muxers keep: every flag, written
     alone, reads back (or its alias does) exactly when the table says it is kept."""
-    from pipeline.streammeta import DISPOSITION_ALIASES, KEPT_DISPOSITIONS, kept_disposition
+    from pipeline.video.streams import DISPOSITION_ALIASES, KEPT_DISPOSITIONS, kept_disposition
 
     sources = {"matroska": make_tagged_clip(tmp_path / "s.mkv", frames=2)}
     sources["mp4"] = sources["mov"] = make_tagged_clip(tmp_path / "s.mp4", frames=2)
@@ -202,7 +202,7 @@ def test_kept_dispositions_table_matches_the_muxers(tmp_path):
 
 def test_disposition_the_output_cannot_hold_is_refused(tmp_path, caplog):
     from pipeline.errors import UserError
-    from pipeline.plan import plan_job
+    from pipeline.job.plan import plan_job
 
     src = make_tagged_clip(tmp_path / "src.mkv", subtitles=False)  # audio: default, comment
     with pytest.raises(UserError) as err:

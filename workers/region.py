@@ -6,8 +6,8 @@ maths can be tested on arrays alone.
 Everything after the model runs in torch on the device the model's tiles come out on (the
 GPU when there is one): the weighted tiles are accumulated there in float32, normalised,
 converted to the output's sample type, and copied to the host once, finished. The blend
-is the same float32 arithmetic, in the same order, as ``pipeline.tiling.accumulate`` and
-``pipeline.samples.from_unit``, so the samples are identical to the numpy reference.
+is the same float32 arithmetic, in the same order, as ``pipeline.pure.tiling.accumulate`` and
+``pipeline.pure.value_range.from_unit``, so the samples are identical to the numpy reference.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.nodata import fill_tiles, mark_output
-from pipeline.tiling import Grid, Region, overlap_slices, pad_to_multiple
+from pipeline.image.nodata import fill_tiles, mark_output
+from pipeline.pure.tiling import Grid, Region, overlap_slices, pad_to_multiple
 
 # Sample types torch converts on the device; others are converted to float32 on the host.
 _DEVICE_DTYPES = {"uint8", "int8", "int16", "int32", "float32", "float16"}
@@ -122,7 +122,7 @@ def blend_region(
     (M, 3, h, w) float32 to (M, 3, h*scale, w*scale), or returns None when it ran out of
     memory (the same tiles are tried again, ``tiles_per_call()`` of them, which the caller
     lowered). ``invalid_hwc`` marks no-data samples, filled before the model
-    (pipeline/nodata.py). ``acc`` is a (C, h, w) float32 buffer to sum into (zeroed here;
+    (pipeline/image/nodata.py). ``acc`` is a (C, h, w) float32 buffer to sum into (zeroed here;
     None: a new one); ``wsum``, the region's sum of windows when the caller already has
     it (it depends only on the region's place in the grid), else summed here.
     """
@@ -235,7 +235,7 @@ def finish_region(
 
 
 def _to_unit(samples_hwc: np.ndarray, samples: Samples, device: torch.device) -> torch.Tensor:
-    """Stored samples -> float32 model units on ``device`` (``pipeline.samples.to_unit``,
+    """Stored samples -> float32 model units on ``device`` (``pipeline.pure.value_range.to_unit``,
     computed after the copy, so the smaller integer samples cross to the device)."""
     if samples_hwc.dtype.name in _DEVICE_DTYPES:
         t = torch.from_numpy(np.ascontiguousarray(samples_hwc)).to(device).to(torch.float32)
@@ -253,7 +253,7 @@ def _to_unit(samples_hwc: np.ndarray, samples: Samples, device: torch.device) ->
 
 def to_samples_unconverted(unit: torch.Tensor, samples: Samples) -> torch.Tensor:
     """float32 model units -> the values of ``samples.dtype``, still float32 (rounded
-    half to even and clipped for integers), in place: ``pipeline.samples.from_unit`` in
+    half to even and clipped for integers), in place: ``pipeline.pure.value_range.from_unit`` in
     torch, less the final cast (the caller casts while it copies)."""
     if samples.bounded:
         unit.clamp_(0.0, 1.0)

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import JobConfig, ModelConfig, degradation_mode, parse_value_range
-from pipeline.nodata import invalid_mask
-from pipeline.placement import current_node
+from pipeline.image.nodata import invalid_mask
+from pipeline.pure.shots import frame_signature
+from pipeline.pure.tiling import Grid, Region, plan_grid, region_at, tile_window, tiles_for_region
+from pipeline.pure.value_range import sample_range, to_unit
+from pipeline.runner.placement import current_node
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
-from pipeline.samples import sample_range, to_unit
-from pipeline.shots import frame_signature
-from pipeline.store import JobStore
-from pipeline.tiling import Grid, Region, plan_grid, region_at, tile_window, tiles_for_region
+from pipeline.store.jobstore import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class _JobView:
         by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
         by1, bx1 = max(y for y, _ in tiles) + g.tile_h, max(x for _, x in tiles) + g.tile_w
         halo = np.asarray(self.input[task.frame, by0:by1, bx0:bx1, :])
-        invalid = invalid_mask(halo, self.layout.nodata)  # pipeline/nodata.py
+        invalid = invalid_mask(halo, self.layout.nodata)  # pipeline/image/nodata.py
         return _Halo(region, tiles, self.layout.scale, (by0, bx0), halo, invalid)
 
     def write(self, task: RegionTask, out_hwc: np.ndarray) -> None:
@@ -230,7 +230,7 @@ class RegionWorker:
         self._lock = threading.Lock()  # the io threads open jobs and meet compute too
         self._slots: dict[tuple, _Slot] = {}
         self._buffers = _Buffers()
-        self.node = current_node()  # reported with each region (pipeline/placement)
+        self.node = current_node()  # reported with each region (pipeline/runner/placement)
         self.worker = uuid.uuid4().hex[:12]  # reported too: "model busy" is per worker
 
     def _open(self, job: JobRef) -> _JobView:
@@ -371,7 +371,7 @@ class RegionWorker:
         return out
 
     def signatures(self, frames: tuple[int, ...]) -> np.ndarray:
-        """(n, K) shot signatures of these LR frames (pipeline/shots.py)."""
+        """(n, K) shot signatures of these LR frames (pipeline/pure/shots.py)."""
         low, span, _ = self._view.range
         return np.stack(
             [frame_signature(to_unit(np.asarray(self.input[f]), low, span), 1.0) for f in frames]

@@ -46,7 +46,7 @@ def build_qc_parser() -> argparse.ArgumentParser:
 
 
 def qc_command(argv: Sequence[str]) -> int:
-    from pipeline.qc import QcOptions, measure
+    from pipeline.qc.measure import QcOptions, measure
     from pipeline.qc.report import table, write_plots
 
     args = build_qc_parser().parse_args(argv)

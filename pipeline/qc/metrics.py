@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.tiling import plan_grid
+from pipeline.pure.tiling import plan_grid
 
 
 def cv2_module():
@@ -184,7 +184,7 @@ def warp_error(
 def band_spans(length_lr: int, tile_px: int, overlap_px: int, scale: int) -> list[tuple[int, int]]:
     """The tile-overlap bands along one axis, as [start, stop) in output pixels.
 
-    Tiles follow ``pipeline.tiling.tile_starts`` (the job's global grid, LR px); the band
+    Tiles follow ``pipeline.pure.tiling.tile_starts`` (the job's global grid, LR px); the band
     between tile i and i+1 is where they overlap, and where a blend seam would show.
     """
     grid = plan_grid(length_lr, 1, tile_px, overlap_px)

@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from pipeline import stopping
 from pipeline.errors import cause
+from pipeline.runner import stopping
 from pipeline.runner.stage import Call, Settled
 
 log = logging.getLogger(__name__)

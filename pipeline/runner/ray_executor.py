@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.placement import Placement
+from pipeline.runner.placement import Placement
 from pipeline.runner.stage import Call, Hosted, PoolSpec, Settled, call_by_name
 from pipeline.runner.tasks import JobRef
 
@@ -233,7 +233,7 @@ def wait_all(refs: list[Any], cancel: Any = None) -> list[Any]:
     (:class:`pipeline.errors.Cancelled` when the ``cancel`` token was cancelled)."""
     import ray
 
-    from pipeline import stopping
+    from pipeline.runner import stopping
 
     pending = list(refs)
     while pending:

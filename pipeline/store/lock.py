@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.storage import access, filesystem, reason
+from pipeline.store.urls import access, filesystem, reason
 
 log = logging.getLogger(__name__)
 

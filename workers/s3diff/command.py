@@ -1,6 +1,6 @@
 """``run_pipeline.py weights check|convert|download [DIR]``: the weights subcommand.
 
-The driver's CLI (``pipeline/cli.py``) hands the subcommand's arguments to :func:`main`
+The driver's CLI (``pipeline/cli/main.py``) hands the subcommand's arguments to :func:`main`
 by dotted path, without importing worker code itself. A UserError (e.g. no weights
 directory) propagates to the CLI, which prints it as one line and exits 2.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.arguments import program_name
+from pipeline.cli.arguments import program_name
 
 
 def build_parser() -> argparse.ArgumentParser:

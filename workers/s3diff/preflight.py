@@ -1,6 +1,6 @@
 """The weights check the driver runs where the workers run, before any work.
 
-The driver (``pipeline/run.py``) names :func:`weights_problems` by its dotted path and
+The driver (``pipeline/job/launch.py``) names :func:`weights_problems` by its dotted path and
 runs it as a task, so the driver never imports worker code and the check sees the
 worker machines' files and ``$S3DIFF_WEIGHTS``.
 """

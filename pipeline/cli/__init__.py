@@ -1,0 +1,1 @@
+"""The command line: parsing, the subcommands, the progress bars."""

@@ -1,0 +1,1 @@
+"""The image path: probe, metadata, ingest, publish writers, their stages and graph."""

@@ -1,0 +1,1 @@
+"""What every job shares: plan, launch, batch, the region stages and the base graph."""

@@ -1,0 +1,183 @@
+"""Run jobs: plan, check, then their graphs on the runner's loop.
+
+``run_job`` is the single-job entry point; ``pipeline.job.batch`` runs many jobs through
+``run_graphs`` on one loop and one executor, so their region workers are shared. The
+executor is Ray's (tasks and actor pools) or, with ``run.runner=local``, this process.
+Running the same job again resumes it: only regions without a ``done`` flag (and
+segments not yet ingested) run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from contextlib import closing, nullcontext
+from typing import Any
+
+from pipeline.config import JobConfig
+from pipeline.errors import UserError
+from pipeline.events import Listener
+from pipeline.image.graph import ImageGraph
+from pipeline.job.graph import JobGraph, Summary, UnreadableInput
+from pipeline.job.plan import Plan, plan_job
+from pipeline.job.regions import WEIGHTS_CHECK
+from pipeline.results import Result
+from pipeline.runner import stopping
+from pipeline.runner.cluster import join_address, ray_runtime
+from pipeline.runner.loop import Loop
+from pipeline.runner.stage import call_by_name
+from pipeline.video.graph import VideoGraph
+from pipeline.video.sequence_graph import SequenceGraph
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Result", "Summary", "UnreadableInput", "plan_job", "run_job", "run_graphs"]
+
+
+def log_probe(plan: Plan) -> None:
+    info, lay = plan.info, plan.layout
+    log.info(
+        "probe: %s %dx%d%s, %d channel(s), %s -> %dx%d %s",
+        info.kind,
+        info.width,
+        info.height,
+        f", {lay.frames} frames" if plan.is_video else "",
+        info.channels,
+        info.dtype,
+        info.width * lay.scale,
+        info.height * lay.scale,
+        plan.output_path.suffix.lstrip("."),
+    )
+
+
+def make_executor(cfg: JobConfig) -> Any:
+    if cfg.run.runner == "local":
+        from pipeline.runner.local import LocalExecutor
+
+        return LocalExecutor()
+    from pipeline.runner.ray_executor import RayExecutor
+
+    return RayExecutor(per_actor=cfg.run.in_flight_per_actor)
+
+
+def graph_for(plan: Plan, **kwargs: Any) -> JobGraph:
+    if plan.fmt == "sequence":
+        return SequenceGraph(plan, **kwargs)
+    return (VideoGraph if plan.is_video else ImageGraph)(plan, **kwargs)
+
+
+def run_graphs(
+    graphs: Iterable[JobGraph],
+    cfg: JobConfig,
+    *,
+    executor: Any = None,
+    active: int = 1,
+    may_start: Callable[[Any, list[Any]], bool] | None = None,
+    cancel: stopping.CancelToken | None = None,
+) -> None:
+    """Run job graphs on one loop (Ray, when used, is up)."""
+    own = executor is None
+    executor = make_executor(cfg) if own else executor
+    try:
+        loop = Loop(executor, cfg.run.term_grace_s, cancel)
+        loop.run(graphs, active=active, may_start=may_start)
+    finally:
+        if own:
+            executor.close()
+
+
+def run_job(
+    input_path: str,
+    output_path: str,
+    cfg: JobConfig,
+    *,
+    overwrite: bool = False,
+    restart: bool = False,
+    progress: bool | Listener | None = None,
+    cancel: stopping.CancelToken | None = None,
+) -> Result:
+    """Plan, check and run one job; raises its error (``pipeline.errors``).
+
+    ``progress``: a listener of ``pipeline.events``, or True for the CLI's bars;
+    ``cancel``: a token another thread may cancel (the job stops as after SIGTERM)."""
+    t0 = time.perf_counter()
+    events, bars = listener_for(progress)
+    with closing(bars) if bars is not None else nullcontext():
+        return _run(input_path, output_path, cfg, overwrite, restart, events, cancel, t0)
+
+
+def listener_for(
+    progress: bool | Listener | None, stages: tuple[str, ...] = ("upscale", "publish")
+) -> tuple[Listener | None, Any]:
+    """The events' listener for ``progress`` (True: the CLI's bars for ``stages``), and
+    the bars to close after the run (None when not drawn here)."""
+    if progress is True:
+        from pipeline.cli.bars import BarRenderer
+
+        bars = BarRenderer(stages)
+        return bars, bars
+    return (progress if callable(progress) else None), None
+
+
+def _run(
+    input_path: str,
+    output_path: str,
+    cfg: JobConfig,
+    overwrite: bool,
+    restart: bool,
+    events: Listener | None,
+    cancel: stopping.CancelToken | None,
+    t0: float,
+) -> Result:
+    plan = plan_job(input_path, output_path, cfg, overwrite)
+    log_probe(plan)
+    local = plan.config.run.runner == "local"
+    here = checks_here(plan.config)
+    if here:  # the workers' machine is this one: refuse before a local Ray starts
+        check_weights(plan)
+    stopping.check(cancel)
+    with nullcontext() if local else ray_runtime(plan.config.run.address):
+        if not here:
+            check_weights(plan, cancel)
+        graph = graph_for(plan, restart=restart, events=events, t0=t0)
+        run_graphs([graph], plan.config, cancel=cancel)
+    if graph.error is not None:
+        raise graph.error
+    if graph.summary is None:  # stopped before the job began
+        raise stopping.stop_error(cancel)
+    return graph.summary
+
+
+def checks_here(cfg: JobConfig) -> bool:
+    """Whether the workers run on this machine (``run.runner=local`` or a private local
+    Ray), so that checks of their files can run in this process before Ray starts."""
+    return cfg.run.runner == "local" or join_address(cfg.run.address) is None
+
+
+def weights_problems(plan: Plan, cancel: stopping.CancelToken | None = None) -> list[str]:
+    """The weights check, run where the workers run (they need the weights there): in
+    this process for a local run (it imports torch here), else as a task on the
+    cluster, which must be up."""
+    weights = plan.config.model.weights
+    if checks_here(plan.config):
+        return call_by_name(WEIGHTS_CHECK, weights)
+    import ray
+
+    from pipeline.runner.ray_executor import wait_all
+
+    task = ray.remote(num_cpus=1, max_retries=2)(call_by_name)
+    return wait_all([task.remote(WEIGHTS_CHECK, weights)], cancel)[0]
+
+
+def check_weights(plan: Plan, cancel: stopping.CancelToken | None = None) -> None:
+    if not plan.model.needs_weights:
+        return
+    problems = weights_problems(plan, cancel)
+    if problems:
+        more = (
+            f" (and {len(problems) - 1} more: run_pipeline.py weights check)"
+            if len(problems) > 1
+            else ""
+        )
+        raise UserError(f"S3Diff weights are not usable: {problems[0]}{more}")

@@ -1,0 +1,1 @@
+"""Pure helpers (numpy only, no I/O): tiling geometry, value ranges, shot cuts."""

@@ -1,0 +1,1 @@
+"""The video path: probe, decode, encode, assemble, their stages and graph."""
