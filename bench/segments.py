@@ -112,10 +112,10 @@ def scratch_table(width: int, height: int, frames: int) -> None:
 
 
 def _encode_one(args: tuple) -> float:
-    from pipeline.video.encode import encode_segment_task
+    from pipeline.video.encode import encode_segment
 
     t0 = time.perf_counter()
-    encode_segment_task(*args)
+    encode_segment(*args)
     return time.perf_counter() - t0
 
 
@@ -141,10 +141,10 @@ def encoder_table(width: int, height: int, frames: int, seg_frames: int) -> None
     cfg = load_config(set_items=[*items, f"video.segment_frames={seg_frames}"])
     plan = plan_job(str(src), str(DATA / "enc_probe.mp4"), cfg, overwrite=True)
     store = JobStore.open(store_url)
-    tasks = [
-        (store_url, plan.info, cfg.video, 900 + i, a, b, plan.pix_fmt, "mp4", 1)
-        for i, (a, b) in enumerate(plan.segments)
-    ]
+    from pipeline.video.tasks import Segment, VideoJob
+
+    job = VideoJob(store_url, plan.info, cfg.video, plan.pix_fmt, "mp4", threads=1)
+    tasks = [(Segment(900 + i, a, b), job) for i, (a, b) in enumerate(plan.segments)]
     rows = []
     for n in (1, 2, 4):
         t0 = time.perf_counter()

@@ -16,6 +16,7 @@ import numpy as np
 
 from pipeline.errors import DamagedInput, is_decode_error
 from pipeline.image.probe import ImageInfo, tiff_colormap
+from pipeline.image.tasks import Band, ImageJob
 from pipeline.store.jobstore import JobStore
 from pipeline.store.urls import open_input, open_zarr
 
@@ -133,9 +134,10 @@ def decode_pillow(info: ImageInfo) -> np.ndarray:
     return np.ascontiguousarray(orient(arr, info.orientation))
 
 
-def ingest_rows_task(info: ImageInfo, store_url: str, y0: int, y1: int) -> int:
+def ingest_band(task: Band, job: ImageJob) -> int:
     """Copy rows [y0, y1) (whole input chunks) into ``input[0]``; returns rows copied."""
-    store = JobStore.open(store_url)
+    info, y0, y1 = job.info, task.y0, task.y1
+    store = JobStore.open(job.store_url)
     target = store.array("input")
     if info.kind in ("png", "jpeg"):
         try:

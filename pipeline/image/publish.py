@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -41,10 +40,11 @@ from pipeline.image.scaled_meta import (
     tiff_resolution,
     tiff_slide_description,
 )
+from pipeline.image.tasks import Block, ImageJob, WholeFile
 from pipeline.image.tiles import encoded_tiles
 from pipeline.store.jobstore import JobStore
-from pipeline.store.outputs import local_target, replace
-from pipeline.store.urls import ObjectPath, is_remote, zarr_kwargs
+from pipeline.store.outputs import local_target
+from pipeline.store.urls import ObjectPath, zarr_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,10 @@ def downsample2(
     return np.rint(mean).astype(block.dtype)
 
 
-def downsample_task(store_url: str, level: int, y0: int, y1: int, x0: int, x1: int) -> int:
+def pyramid_block(task: Block, job: ImageJob) -> int:
     """Write block [y0:y1, x0:x1] of pyramid level ``level`` from level - 1."""
-    store = JobStore.open(store_url)
+    level, y0, y1, x0, x1 = task.level, task.y0, task.y1, task.x0, task.x1
+    store = JobStore.open(job.store_url)
     src = read_level(store, level - 1, 2 * y0, 2 * y1, 2 * x0, 2 * x1)
     nodata = store.layout.nodata
     store.level(level)[y0:y1, x0:x1, :] = downsample2(src, y1 - y0, x1 - x0, nodata)
@@ -168,25 +169,6 @@ def blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int
 
 
 # ------------------------------------------------------------------------- writers
-def temp_name(final: Path | ObjectPath) -> Path | ObjectPath:
-    """A hidden sibling that keeps the extension (libraries pick formats from it)."""
-    return final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
-
-
-def replace_output(tmp: Path | ObjectPath, final: Path | ObjectPath) -> None:
-    """Atomically move a finished output into place (directories via a side rename; on an
-    object store by a copy that makes the final object appear whole)."""
-    if is_remote(str(final)):
-        replace(str(tmp), str(final))
-    elif tmp.is_dir() and final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, final)
-
-
 def ome_multiscales(
     name: str, shapes: list[tuple[int, int]], channels: int, meta: ImageMeta | None = None
 ) -> dict[str, Any]:
@@ -269,13 +251,12 @@ def create_ome_zarr(
     group.attrs.update(attrs)
 
 
-def copy_to_ome_task(
-    store_url: str, target: str, level: int, y0: int, y1: int, x0: int, x1: int
-) -> int:
-    """Copy one shard-aligned block of a level into the OME-Zarr, as (C, y, x)."""
+def copy_to_ome(task: Block, job: ImageJob) -> int:
+    """Copy one shard-aligned block of a level into the staged OME-Zarr, as (C, y, x)."""
     import zarr
 
-    store = JobStore.open(store_url)
+    target, level, y0, y1, x0, x1 = job.staged, task.level, task.y0, task.y1, task.x0, task.x1
+    store = JobStore.open(job.store_url)
     block = read_level(store, level, y0, y1, x0, x1)
     array = zarr.open_array(**zarr_kwargs(f"{target}/{level}"), mode="r+")
     array[:, y0:y1, x0:x1] = np.moveaxis(block, -1, 0)
@@ -344,21 +325,14 @@ def _rational(value: float) -> tuple[int, int]:
     return max(1, round(value * den)), den
 
 
-def write_tiff_task(
-    store_url: str,
-    target: str,
-    shapes: list[tuple[int, int]],
-    tile: int,
-    geo: dict[int, Any],
-    meta: ImageMeta | None = None,
-    maxworkers: int = 0,
-) -> int:
+def write_tiff_file(task: WholeFile, job: ImageJob, maxworkers: int = 0) -> int:
     """Stream every level into a tiled BigTIFF. With GeoTIFF tags the file is a
     Cloud-Optimized GeoTIFF (overviews as IFDs, COG order: publish.cog); otherwise
     level 0 with the others as SubIFDs (OME-TIFF when the input was OME).
     ``meta`` is the output's (scaled); tiles are compressed on ``maxworkers`` threads
     (0: every core)."""
-    store = JobStore.open(store_url)
+    target, shapes, tile, geo, meta = job.staged, list(job.shapes), job.tile_px, job.geo, job.meta
+    store = JobStore.open(job.store_url)
     lay = store.layout
 
     def rows(level: int, y0: int, y1: int) -> np.ndarray:
@@ -466,15 +440,14 @@ def write_png16(path: Path, image: np.ndarray, meta: ImageMeta | None = None) ->
         fh.write(chunk(b"IEND", b""))
 
 
-def write_small_task(
-    store_url: str, target: str, fmt: str, jpeg_quality: int, meta: ImageMeta | None = None
-) -> int:
+def write_small_file(task: WholeFile, job: ImageJob) -> int:
     """PNG/JPEG: the whole image in memory (check_output bounded its size); the ICC
     profile and the scaled resolution of ``meta`` (the output's) go with it."""
     from PIL import Image
 
-    meta = meta or ImageMeta()
-    store = JobStore.open(store_url)
+    target, fmt, jpeg_quality = job.staged, job.fmt, job.jpeg_quality
+    meta = job.meta or ImageMeta()
+    store = JobStore.open(job.store_url)
     image = np.asarray(store.array("output")[0])
     c = image.shape[-1]
     with local_target(target) as local:

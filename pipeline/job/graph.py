@@ -25,10 +25,11 @@ from pipeline.job.record import ModelBusy, Progress
 from pipeline.job.regions import REGION_SPLIT, region_pool, region_stages
 from pipeline.pure.tiling import plan_regions
 from pipeline.results import Result
+from pipeline.runner.deps import Dependencies
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
-from pipeline.store.jobstore import JobStore, open_for_job, remove_store
-from pipeline.store.outputs import discard
+from pipeline.store.jobstore import DoneFlags, JobStore, open_for_job, remove_store
+from pipeline.store.outputs import discard, temp_name
 from pipeline.store.urls import as_path, list_prefix
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,12 @@ def sweep_partials(final: Path) -> None:
 class JobGraph:
     """One job's lifecycle on the loop; subclasses add ingest and publish stages.
 
+    Construction leaves the graph complete: its stages, its context (what every task of
+    the job shares, sent once: ``self.context``, and the region workers' ``self.job``)
+    and empty bookkeeping. ``begin`` (run by the loop when the job starts) opens the
+    store and reads what is left to do; ``ready`` hands out the calls whose
+    dependencies (``pipeline.runner.deps``) are met; ``settled`` ticks them off.
+
     ``expected_regions`` sizes the region pool (a batch's total); ``on_regions(n, resumed)``
     hears of regions done, resumed ones first (a batch's bar); ``events`` hears the
     job's progress events (``pipeline.events``)."""
@@ -115,6 +122,8 @@ class JobGraph:
         self.job = JobRef(
             plan.store_url, plan.config, plan.model.size_multiple, plan.model.context_px
         )
+        self.staged = temp_name(plan.output_path)  # the output until it is complete
+        self.deps = Dependencies()
         self.error: BaseException | None = None
         self.summary: Summary | None = None
         self.busy = ModelBusy()
@@ -122,17 +131,24 @@ class JobGraph:
         self.store: JobStore | None = None
         self.store_removed = False  # after success (or a damaged input) without --keep-store
         self.upscale_meter: StageMeter | None = None
+        self.recorder: Progress | None = None
+        self.flags: DoneFlags | None = None
         self.frames_resumed = 0
+        self.todo: list[RegionTask] = []
+        self.by_frame: dict[int, list[RegionTask]] = {}
+        self.regions_left = 0
+        self.estimates_left = 0
+        self.waiting: set[int] = set()  # in the store, conditioning not final yet
+        self.cond: Conditioning | None = None
         self._out: list[Call] = []
 
     # ---------------------------------------------------------------- lifecycle
     def begin(self) -> None:
+        """Open the store and read what is left: the regions to run, the progress."""
         plan = self.plan
         if self.on_change is not None:
             self.on_change(self, "begin")
-        self.store = open_for_job(
-            plan.store_url, plan.spec, plan.layout, self.restart, self.ingest_units
-        )
+        self.open_store()
         sweep_partials(plan.output_path)
         done = self.store.done_mask()
         skipped = self.finished_frames()
@@ -155,25 +171,34 @@ class JobGraph:
             self.frames,
             self.on_regions,
         )
-        self.by_frame: dict[int, list[RegionTask]] = {}
         for task in self.todo:
             self.by_frame.setdefault(task.frame, []).append(task)
-        self.left = np.zeros(self.frames, np.int64)  # regions still to do, per frame
-        for f, tasks in self.by_frame.items():
-            self.left[f] = len(tasks)
         self.regions_left = len(self.todo)
-        self.estimates_left = 0
-        self.waiting: set[int] = set()  # in the store, conditioning not final yet
-        cfg = plan.config.model
-        fixed = parse_degradation(cfg.degradation) if cfg.degradation is not None else None
-        window = cfg.degradation_window if plan.is_video else 0
-        self.cond: Conditioning | None = None
-        self._cond_args = (self.frames, plan.model.needs_degradation, window, fixed)
-        self._cond_kwargs = {
-            "mode": degradation_mode(cfg, plan.is_video),
-            "max_shot": self.max_shot_frames(),
-            "threshold": cfg.shot_threshold,
-        }
+
+    def open_store(self) -> None:
+        plan = self.plan
+        self.store = open_for_job(
+            plan.store_url, plan.spec, plan.layout, self.restart, self.ingest_units
+        )
+        self.flags = DoneFlags(self.store)
+
+    def conditioning(self) -> Conditioning:
+        """The job's conditioning, opened on the store at first use."""
+        if self.cond is None:
+            assert self.store is not None
+            plan, cfg = self.plan, self.plan.config.model
+            fixed = parse_degradation(cfg.degradation) if cfg.degradation is not None else None
+            self.cond = Conditioning(
+                self.store,
+                self.frames,
+                plan.model.needs_degradation,
+                cfg.degradation_window if plan.is_video else 0,
+                fixed,
+                mode=degradation_mode(cfg, plan.is_video),
+                max_shot=self.max_shot_frames(),
+                threshold=cfg.shot_threshold,
+            )
+        return self.cond
 
     def max_shot_frames(self) -> int:
         """The longest shot shot-mode conditioning may wait for (video: its window)."""
@@ -192,15 +217,33 @@ class JobGraph:
 
     def ready(self) -> list[Call]:
         self.advance()
+        if self.flags is not None:
+            self.flags.maybe_flush()
         out, self._out = self._out, []
         return out
 
     def advance(self) -> None:
         """Move the job on from what has settled: queue new calls (``emit``)."""
-        raise NotImplementedError
 
     def emit(self, call: Call) -> None:
         self._out.append(call)
+
+    def call(self, stage: Any, task: Any, **kwargs: Any) -> Call:
+        """A call of one of this job's stages, with the job's context."""
+        return Call(self, stage, task, kwargs.pop("context", self.context), **kwargs)
+
+    @property
+    def context(self) -> Any:
+        """What every task of the job shares (subclasses: their ``JobContext``)."""
+        return self.job
+
+    def release(self, items: list[Any]) -> None:
+        """Hand out what the dependencies released: calls, or driver steps to run."""
+        for item in items:
+            if isinstance(item, Call):
+                self.emit(item)
+            else:
+                item()
 
     @property
     def finished(self) -> bool:
@@ -215,8 +258,10 @@ class JobGraph:
 
     def _end(self, error: BaseException | None) -> None:
         plan, store = self.plan, self.store
-        if store is None:
+        if store is None or self.recorder is None:
             return
+        if self.flags is not None and not self.store_removed:
+            self.flags.flush()
         drop = False
         if error is None:
             self.recorder.finish("done")
@@ -230,7 +275,8 @@ class JobGraph:
             self.recorder.finish("failed", cause(error))
             # Nothing worth resuming from a damaged input: leave no store behind.
             drop = isinstance(error, UnreadableInput) and not store.done_mask().any()
-        self.cleanup(error)
+        if error is not None:
+            discard(self.staged)
         store.unlock()
         if not plan.config.store.keep and (error is None or drop):
             remove_store(plan.store_url)
@@ -254,9 +300,6 @@ class JobGraph:
                 **self.summary_extra(),
             )
 
-    def cleanup(self, error: BaseException | None) -> None:
-        """Subclasses: drop temporaries after a failure."""
-
     def summary_extra(self) -> dict[str, Any]:
         return {}
 
@@ -267,72 +310,73 @@ class JobGraph:
             "upscale", self.regions_total, "region", done=self.regions_total - len(self.todo)
         )
 
-    def start_conditioning(self) -> None:
-        if self.cond is None:
-            assert self.store is not None
-            self.cond = Conditioning(self.store, *self._cond_args, **self._cond_kwargs)
-
     def arrived(self, frames: range) -> None:
         """These frames' pixels are in the store: estimate what is missing, then
         release the frames whose conditioning is final."""
-        self.start_conditioning()
-        assert self.cond is not None
-        missing = self.cond.missing(frames)
+        cond = self.conditioning()
+        missing = cond.missing(frames)
         for i in range(0, len(missing), ESTIMATE_BATCH):
             task = EstimateTask(tuple(missing[i : i + ESTIMATE_BATCH]))
             self.estimates_left += 1
             self.emit(
-                Call(self, self.estimate_stage, (task, self.job), task, pool=self.pool, first=True)
+                self.call(self.estimate_stage, task, context=self.job, pool=self.pool, first=True)
             )
         self.waiting.update(frames)
-        self.release()
+        self.release_frames()
 
-    def release(self) -> None:
-        assert self.cond is not None
-        for f in self.cond.release(sorted(self.waiting)):
+    def release_frames(self) -> None:
+        """Hand out the regions of the waiting frames whose conditioning is final."""
+        cond = self.conditioning()
+        for f in cond.release(sorted(self.waiting)):
             self.waiting.discard(f)
-            for task in self.by_frame.get(f, []):
+            for task in self.by_frame.pop(f, []):
                 self.emit(
-                    Call(
-                        self,
+                    self.call(
                         self.upscale_stage,
-                        (task, self.job),
                         task,
+                        context=self.job,
                         pool=self.pool,
                         split=REGION_SPLIT,
                     )
                 )
 
+    def region_settled(self, task: RegionTask) -> None:
+        """Subclasses: what a region done releases."""
+
     def settled(self, call: Call, result: Any) -> None:
         if call.stage is self.upscale_stage:
-            task = call.address
-            if self.store_removed:
+            task = call.task
+            if self.store_removed or self.flags is None or self.recorder is None:
                 return
-            self.store.mark_done(task.frame, task.row, task.col)
+            self.flags.add(task.frame, task.row, task.col)
             if self.error is not None:
                 return
             self.busy.record(result)
             self.recorder.model_busy(self.busy.fraction())
-            self.left[task.frame] -= 1
             self.regions_left -= 1
             if self.upscale_meter is not None:
                 self.upscale_meter.advance()
             self.recorder.regions_done()
+            self.region_settled(task)
         elif call.stage is self.estimate_stage:
             if self.error is not None:
                 return
             self.estimates_left -= 1
-            self.cond.record(call.address.frames, result)
-            self.release()
+            self.conditioning().record(call.task.frames, result)
+            self.release_frames()
+            self.estimate_settled()
         else:
             self.settled_other(call, result)
+
+    def estimate_settled(self) -> None:
+        """Subclasses: what an estimate settled releases."""
 
     def settled_other(self, call: Call, result: Any) -> None:
         raise NotImplementedError
 
     def failure(self, call: Call, exc: BaseException) -> BaseException:
         if call.pool is self.pool:
-            return region_failed(self.plan.store_url, call.address, call.attempt + 1, exc)
+            return region_failed(self.plan.store_url, call.task, call.attempt + 1, exc)
         return self.failure_other(call, exc)
 
     def failure_other(self, call: Call, exc: BaseException) -> BaseException:

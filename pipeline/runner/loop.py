@@ -262,6 +262,6 @@ def _name(call: Call) -> str:
     from pipeline.runner.tasks import describe
 
     try:
-        return describe(call.address)
+        return describe(call.task)
     except (AttributeError, IndexError, TypeError):
-        return f"{call.stage.name} {call.address}"
+        return f"{call.stage.name} {call.task}"

@@ -21,7 +21,7 @@ from typing import Any
 
 from pipeline.runner.placement import Placement
 from pipeline.runner.stage import Call, Hosted, PoolSpec, Settled, call_by_name
-from pipeline.runner.tasks import JobRef
+from pipeline.runner.tasks import JobContext
 
 log = logging.getLogger(__name__)
 IO_GROUP = "io"  # the actors' thread group for the io half of split calls
@@ -102,6 +102,7 @@ class RayExecutor:
         self.spared: set[Any] = set()
         self._remotes: dict[tuple, Any] = {}
         self._puts: dict[int, tuple[Any, Any]] = {}  # id(obj) -> (obj, ObjectRef)
+        self._put_by: dict[int, set[int]] = {}  # id(job) -> ids of its contexts
 
     # ------------------------------------------------------------------ submit
     def _pool(self, spec: PoolSpec, call: Call) -> ActorPool:
@@ -118,7 +119,7 @@ class RayExecutor:
         return self._pool(call.pool, call).has_room()
 
     def put(self, obj: Any) -> Any:
-        """One object-store copy of a job's shared argument (its ``JobRef``)."""
+        """One object-store copy of a job's shared context (a ``JobContext``)."""
         import ray
 
         held = self._puts.get(id(obj))
@@ -129,7 +130,11 @@ class RayExecutor:
     def submit(self, call: Call) -> None:
         import ray
 
-        args = tuple(self.put(a) if isinstance(a, JobRef) else a for a in call.args)
+        context = call.context
+        if isinstance(context, JobContext):
+            context = self.put(context)
+            self._put_by.setdefault(id(call.job), set()).add(id(call.context))
+        args = (call.task, context)
         if call.pool is not None:
             ref, flight = self._pool(call.pool, call).submit(call, args)
         else:
@@ -216,6 +221,8 @@ class RayExecutor:
             self.owners.pop(key)
             pool = self.pools.pop(key)
             pool.close()
+        for held in self._put_by.pop(id(job), ()):
+            self._puts.pop(held, None)
 
     def close_pools(self, keep: str | None = None) -> None:
         """Free the workers (and their GPUs) of every pool but ``keep``."""

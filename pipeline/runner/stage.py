@@ -1,11 +1,15 @@
 """Stages and calls: the units the loop schedules.
 
 A :class:`Stage` declares what runs (a "module:function", or a "module:Class" for actor
-stages, imported only in the process that runs it), its resources and how many of its
-calls may be in flight. A :class:`Call` is one task of a stage for one job: the
-function's (or actor method's) arguments and the address it works on. Actor stages run
-on a :class:`PoolSpec`: a set of actors built once (``setup``: the class loads its model
-in its constructor) and shared by every job whose calls name the same pool key.
+stages, imported only in the process that runs it), its resources, how many of its
+calls may be in flight and the task dataclass it takes (``takes``). Each stage of a job
+is a subclass (``pipeline.video.stages``, ``pipeline.image.stages``,
+``pipeline.job.regions``). A :class:`Call` is one task of a stage for one job: a typed
+task (what it works on) and the job's context (``pipeline.runner.tasks.JobContext``:
+what every task of the job shares, sent to the workers once per job); the function or
+actor method is called as ``target(task, context)``. Actor stages run on a
+:class:`PoolSpec`: a set of actors built once (``setup``: the class loads its model in
+its constructor) and shared by every job whose calls name the same pool key.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Stage:
     retries: int = 0  # failed attempts the loop repeats (Ray retries lost tasks itself)
     priority: int = 5  # lower is submitted first when several stages have work
     spread: bool = False  # Ray: spread the stage's tasks over the nodes (CPU-heavy work)
+    takes: Any = None  # the task dataclass its calls carry (checked when a call is made)
 
 
 @dataclass(frozen=True)
@@ -65,12 +70,12 @@ class PoolSpec:
 
 @dataclass
 class Call:
-    """One task of a stage for one job."""
+    """One task of a stage for one job: ``stage.target(task, context)``."""
 
     job: Any  # the job graph that made it (pipeline.runner.loop.Graph)
     stage: Stage
-    args: tuple = ()
-    address: Any = None  # what it works on (a task, a segment, a block)
+    task: Any  # what it works on: an instance of ``stage.takes``
+    context: Any = None  # the job's shared context (a JobContext), sent once per job
     method: str = "process"  # actor stages
     # Ray: the call as two methods on one actor, (compute, io): ``compute`` on the actor's
     # sequential thread, ``io`` (whose result settles the call) on its "io" thread group,
@@ -79,6 +84,15 @@ class Call:
     pool: PoolSpec | None = None  # actor stages
     first: bool = False  # queue ahead of the stage's other calls
     attempt: int = 0
+
+    def __post_init__(self) -> None:
+        takes = self.stage.takes
+        if takes is not None and not isinstance(self.task, takes):
+            raise TypeError(f"{self.stage.name} takes {takes.__name__}, not {self.task!r}")
+
+    @property
+    def args(self) -> tuple[Any, Any]:
+        return (self.task, self.context)
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """What the driver sends to workers: plain data, importable on both sides.
 
 Tasks carry addresses, never pixels: a region of one frame in the store's layout, or the
-frames whose degradation scores to estimate. ``JobRef`` is what a worker needs to serve
-one job's tasks; workers are shared by every job of a batch that uses the same model.
+frames whose degradation scores to estimate. A :class:`JobContext` is what every task of
+one job shares (the store, the input's description with every frame's pts, the plan):
+an executor sends it to the workers once per job (one object-store copy under Ray) and
+each call carries only its small task. ``JobRef`` is the region workers' context;
+workers are shared by every job of a batch that uses the same model.
 """
 
 from __future__ import annotations
@@ -10,6 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import JobConfig
+
+
+class JobContext:
+    """Marks a job's shared context: sent once per job, not with each call."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,7 @@ class EstimateTask:
 
 
 @dataclass(frozen=True)
-class JobRef:
+class JobRef(JobContext):
     """A job as its region workers see it: its store and tiling."""
 
     store_url: str

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ from pipeline.store.urls import filesystem, is_remote, local_path, zarr_kwargs
 
 FORMAT_VERSION = 3  # 3: the layout says which channel is alpha and whether RGB
 PROGRESS_KEY = "progress.json"
+DONE_CHUNK_FRAMES = 256  # frames per chunk of the region flags (one file per chunk)
 
 
 def scratch_codecs(name: str) -> Any:
@@ -201,7 +203,11 @@ class JobStore:
         )
         rows, cols = layout.regions
         group.create_array(
-            "done", shape=(t, rows, cols), dtype="uint8", chunks=(1, rows, cols), fill_value=0
+            "done",
+            shape=(t, rows, cols),
+            dtype="uint8",
+            chunks=(min(t, DONE_CHUNK_FRAMES), rows, cols),
+            fill_value=0,
         )
         units = max(1, ingest_units)
         for name in ("ingested", "encoded"):
@@ -234,6 +240,12 @@ class JobStore:
     def mark_done(self, frame: int, row: int, col: int) -> None:
         """Driver only, after the region's shard write returned."""
         self.array("done")[frame, row, col] = 1
+
+    def mark_done_many(self, regions: list[tuple[int, int, int]]) -> None:
+        """Driver only: the flags of these (frame, row, col) regions, in one write per
+        chunk (``DoneFlags``)."""
+        frames, rows, cols = (np.asarray(v) for v in zip(*regions, strict=True))
+        self.array("done").set_coordinate_selection((frames, rows, cols), 1)
 
     def ingested_mask(self) -> np.ndarray:
         """(units,) bool: which ingest units (video segments; the image) are in."""
@@ -452,3 +464,34 @@ def remove_store(url: str) -> None:
         fs, path = filesystem(url)
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+class DoneFlags:
+    """The driver's region flags, written in batches (at most every ``FLUSH_S``, and
+    when the job ends): one store write per flush instead of one per region. A driver
+    killed in between loses the flags of at most that long; those regions run again on
+    resume, whose results are the same."""
+
+    FLUSH_S = 0.5
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.pending: list[tuple[int, int, int]] = []
+        self._t = time.monotonic()
+
+    def add(self, frame: int, row: int, col: int) -> None:
+        self.pending.append((frame, row, col))
+
+    def forget(self, start: int, stop: int) -> None:
+        """Frames [start, stop) were freed (their flags cleared): drop theirs."""
+        self.pending = [p for p in self.pending if not start <= p[0] < stop]
+
+    def maybe_flush(self) -> None:
+        if self.pending and time.monotonic() - self._t >= self.FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.store.mark_done_many(self.pending)
+            self.pending = []
+        self._t = time.monotonic()

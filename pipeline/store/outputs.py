@@ -128,3 +128,22 @@ def local_target(target: str) -> Iterator[str]:
         ok = True
     finally:
         finish_staged(staged, target, ok)
+
+
+def temp_name(final: Path | ObjectPath) -> Path | ObjectPath:
+    """A hidden sibling that keeps the extension (libraries pick formats from it)."""
+    return final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
+
+
+def replace_output(tmp: Path | ObjectPath, final: Path | ObjectPath) -> None:
+    """Atomically move a finished output into place (directories via a side rename; on an
+    object store by a copy that makes the final object appear whole)."""
+    if is_remote(str(final)):
+        replace(str(tmp), str(final))
+    elif tmp.is_dir() and final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, final)

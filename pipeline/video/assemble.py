@@ -18,7 +18,6 @@ import logging
 from fractions import Fraction
 from typing import Any
 
-from pipeline.config import VideoConfig
 from pipeline.errors import UserError
 from pipeline.store.outputs import finish_staged, staging_path
 from pipeline.store.urls import av_input
@@ -46,6 +45,7 @@ from pipeline.video.streams import (
     copy_stream_meta,
     rescale_ts,
 )
+from pipeline.video.tasks import Assemble, Assembled, VideoJob
 from pipeline.video.timecode import tag_value
 
 log = logging.getLogger(__name__)
@@ -176,24 +176,17 @@ class Remuxer:
             self.src.close()
 
 
-def assemble_task(
-    store_url: str,
-    info: VideoInfo,
-    cfg: VideoConfig,
-    target: str,
-    remux: list[int],
-    pix_fmt: str,
-    units: int,
-    threads: int = 0,
-) -> dict[str, Any]:
-    """Join segment files 0..units-1 into ``target`` with the copied streams.
-    ``threads`` must be the segments' encoder threads: some codecs write their
+def assemble(task: Assemble, job: VideoJob) -> Assembled:
+    """Join segment files 0..segments-1 into the staged output with the copied streams.
+    ``job.threads`` must be the segments' encoder threads: some codecs write their
     settings into the stream's headers (x265 does)."""
     import av
 
     from pipeline.store.jobstore import JobStore
 
-    store = JobStore.open(store_url)
+    info, cfg, target, pix_fmt, threads = job.info, job.video, job.staged, job.pix_fmt, job.threads
+    remux, units = list(job.remux), task.segments
+    store = JobStore.open(job.store_url)
     lay = store.layout
     segs: list[SegmentPackets] = [read_segment(store.segment_path(u)) for u in range(units)]
     tb, offset = info.tb, pts_offset(info)
@@ -264,4 +257,4 @@ def assemble_task(
         ok = True
     finally:
         finish_staged(staged, target, ok=ok)
-    return {"frames": frames, "copied_packets": remuxer.copied, "segments": units}
+    return Assembled(frames, units, remuxer.copied)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.store.urls import av_input
-from pipeline.video.probe import VideoInfo
+from pipeline.video.tasks import Segment, VideoJob
 
 # AVColorSpace -> libswscale colourspace constant (SWS_CS_*), for RGB <-> YUV.
 SWS_COLORSPACE = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
@@ -32,8 +32,9 @@ def decode_array(frame: Any, dtype: str, color: dict[str, int]) -> np.ndarray:
     )
 
 
-def ingest_segment_task(info: VideoInfo, store_url: str, start: int, end: int) -> int:
-    """Decode selected frames [start, end) into ``input``; returns how many were written.
+def decode_segment(task: Segment, job: VideoJob) -> int:
+    """Decode the segment's frames [start, end) into ``input``; returns how many were
+    written.
 
     Seeks to the keyframe at or before the segment's first frame, decodes (flushing the
     decoder at the end of the stream), and keeps exactly the frames whose pts fall in
@@ -44,7 +45,8 @@ def ingest_segment_task(info: VideoInfo, store_url: str, start: int, end: int) -
 
     from pipeline.store.jobstore import JobStore
 
-    store = JobStore.open(store_url)
+    info, start, end = job.info, task.start, task.end
+    store = JobStore.open(job.store_url)
     target = store.array("input")
     if info.deinterlace:
         from pipeline.video.deinterlace import ingest_deinterlaced

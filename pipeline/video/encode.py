@@ -32,6 +32,7 @@ from pipeline.store.urls import filesystem, is_remote, local_path
 from pipeline.video.decode import sws_colorspace
 from pipeline.video.hdr import hdr10_options
 from pipeline.video.probe import VideoInfo
+from pipeline.video.tasks import Encoded, Segment, VideoJob
 from pipeline.video.timecode import shifted
 
 SEGMENT_FORMAT = 1
@@ -175,24 +176,17 @@ def pts_offset(info: VideoInfo) -> int:
     return info.pts[0] if info.first > 0 else 0
 
 
-def encode_segment_task(
-    store_url: str,
-    info: VideoInfo,
-    cfg: VideoConfig,
-    unit: int,
-    start: int,
-    end: int,
-    pix_fmt: str,
-    container: str,
-    threads: int = 0,
-) -> dict[str, Any]:
-    """Encode frames [start, end) of ``output`` into segment file ``unit``."""
+def encode_segment(task: Segment, job: VideoJob) -> Encoded:
+    """Encode the segment's frames [start, end) of ``output`` into its segment file."""
     import av
 
     from pipeline.runner.placement import current_node
     from pipeline.store.jobstore import JobStore
 
-    store = JobStore.open(store_url)
+    info, cfg, pix_fmt, threads = job.info, job.video, job.pix_fmt, job.threads
+    container = job.container
+    unit, start, end = task.index, task.start, task.end
+    store = JobStore.open(job.store_url)
     lay = store.layout
     frames = store.array("output")
     off = pts_offset(info)
@@ -234,4 +228,4 @@ def encode_segment_task(
             f"packets for {end - start} frames"
         )
     write_segment(store.segment_path(unit), seg)
-    return {"unit": unit, "frames": end - start, "bytes": len(seg.payload), "node": current_node()}
+    return Encoded(unit, end - start, current_node(), bytes=len(seg.payload))

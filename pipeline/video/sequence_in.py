@@ -27,6 +27,7 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.video.frameheaders import read_timecode
 from pipeline.video.probe import VideoInfo, parse_range
+from pipeline.video.tasks import Segment, VideoJob
 
 # FFmpeg's image2 pipe demuxers (detected from the content) -> the decoder we use.
 CODECS = {"dpx_pipe": "dpx", "exr_pipe": "exr", "tiff_pipe": "tiff", "png_pipe": "png"}
@@ -310,11 +311,12 @@ def decode_file(path: str, codec: str, dtype: str) -> np.ndarray:
     return decoded_array(frames[0], dtype)
 
 
-def ingest_sequence_task(info: SequenceInfo, store_url: str, start: int, end: int) -> int:
-    """Decode selected frames [start, end) (one file each) into ``input``."""
+def decode_sequence_segment(task: Segment, job: VideoJob) -> int:
+    """Decode the segment's frames [start, end) (one file each) into ``input``."""
     from pipeline.store.jobstore import JobStore
 
-    store = JobStore.open(store_url)
+    info, start, end = job.info, task.start, task.end
+    store = JobStore.open(job.store_url)
     target = store.array("input")
     for i in range(start, end):
         path = info.frame_path(i)

@@ -25,6 +25,7 @@ from pipeline.errors import UserError
 from pipeline.video.frameheaders import timecode_add, with_timecode
 from pipeline.video.probe import VideoInfo
 from pipeline.video.sequence_in import SequenceInfo, is_pattern
+from pipeline.video.tasks import Assemble, Assembled, Encoded, Segment, VideoJob
 
 log = logging.getLogger(__name__)
 
@@ -184,14 +185,15 @@ def temp_path(final: str) -> str:
     return str(p.with_name(f".{p.name}.partial-{os.getpid()}"))
 
 
-def write_frames_task(
-    store_url: str, target: SequenceTarget, unit: int, start: int, end: int, skip_existing: bool
-) -> dict[str, Any]:
-    """Write output frames [start, end) as files; skip complete ones on a resume."""
+def write_frames(task: Segment, job: VideoJob) -> Encoded:
+    """Write the segment's output frames [start, end) as files; skip complete ones on a
+    resume (``task.skip_existing``)."""
     from pipeline.runner.placement import current_node
     from pipeline.store.jobstore import JobStore
 
-    store = JobStore.open(store_url)
+    target, unit, start, end = job.sequence, task.index, task.start, task.end
+    skip_existing = task.skip_existing
+    store = JobStore.open(job.store_url)
     frames = store.array("output")
     lay = store.layout
     cc = _encoder(target, lay.width * lay.scale, lay.height * lay.scale)
@@ -211,16 +213,17 @@ def write_frames_task(
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         written += 1
-    return {"unit": unit, "frames": end - start, "written": written, "node": current_node()}
+    return Encoded(unit, end - start, current_node(), written=written)
 
 
-def check_sequence_task(target: SequenceTarget, units: int) -> dict[str, Any]:
+def check_frames(task: Assemble, job: VideoJob) -> Assembled:
     """The sequence is complete: every file is there (the last step of the graph)."""
+    target, units = job.sequence, task.segments
     paths = [target.path(i) for i in range(len(target.numbers))]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
         raise RuntimeError(f"{len(missing)} output frame file(s) are missing, first {missing[0]}")
-    return {"frames": len(paths), "segments": units, "copied_packets": 0}
+    return Assembled(len(paths), units)
 
 
 def sweep_temporaries(target: SequenceTarget) -> None:
