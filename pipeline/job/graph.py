@@ -22,7 +22,13 @@ from pipeline.events import JobEvents, Listener, StageMeter
 from pipeline.job.conditioning import Conditioning
 from pipeline.job.plan import Plan
 from pipeline.job.record import ModelBusy, Progress
-from pipeline.job.regions import REGION_SPLIT, region_pool, region_stages
+from pipeline.job.regions import (
+    REGION_SPLIT,
+    calls_batch,
+    region_pool,
+    region_stages,
+    regions_per_call,
+)
 from pipeline.pure.tiling import plan_regions
 from pipeline.results import Result
 from pipeline.runner.deps import Dependencies
@@ -123,6 +129,7 @@ class JobGraph:
             plan.store_url, plan.config, plan.model.size_multiple, plan.model.context_px
         )
         self.staged = temp_name(plan.output_path)  # the output until it is complete
+        self.region_batch = regions_per_call(lay.height, lay.width, lay.region_lr_px)
         self.deps = Dependencies()
         self.error: BaseException | None = None
         self.summary: Summary | None = None
@@ -325,20 +332,25 @@ class JobGraph:
         self.release_frames()
 
     def release_frames(self) -> None:
-        """Hand out the regions of the waiting frames whose conditioning is final."""
+        """Hand out the regions of the waiting frames whose conditioning is final; small
+        regions go several to a worker call, as long as every worker still gets some."""
         cond = self.conditioning()
+        tasks = []
         for f in cond.release(sorted(self.waiting)):
             self.waiting.discard(f)
-            for task in self.by_frame.pop(f, []):
-                self.emit(
-                    self.call(
-                        self.upscale_stage,
-                        task,
-                        context=self.job,
-                        pool=self.pool,
-                        split=REGION_SPLIT,
-                    )
+            tasks.extend(self.by_frame.pop(f, []))
+        batch = calls_batch(len(tasks), self.pool.count, self.region_batch)
+        for task in tasks:
+            self.emit(
+                self.call(
+                    self.upscale_stage,
+                    task,
+                    context=self.job,
+                    pool=self.pool,
+                    split=REGION_SPLIT,
+                    batch=batch,
                 )
+            )
 
     def region_settled(self, task: RegionTask) -> None:
         """Subclasses: what a region done releases."""

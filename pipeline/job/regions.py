@@ -38,6 +38,24 @@ def region_stages(run_retries: int) -> tuple[Stage, Stage]:
     )
 
 
+REGION_BATCH_LR_PX = 256 * 256  # the LR pixels of the regions one worker call may carry
+MAX_REGIONS_PER_CALL = 16
+
+
+def regions_per_call(height: int, width: int, region_lr_px: int) -> int:
+    """How many regions one worker call may carry: Ray's cost per call is the driver's
+    main cost per small region (a frame of a few hundred pixels is one region), so
+    small regions go several at a time, up to ``REGION_BATCH_LR_PX`` LR pixels."""
+    area = min(height, region_lr_px) * min(width, region_lr_px)
+    return max(1, min(MAX_REGIONS_PER_CALL, REGION_BATCH_LR_PX // max(1, area)))
+
+
+def calls_batch(ready: int, workers: int, most: int) -> int:
+    """Regions per call for ``ready`` regions released at once: at most ``most``, and
+    few enough that every one of ``workers`` gets some."""
+    return max(1, min(most, -(-ready // max(1, workers * 2))))
+
+
 def workers_use_gpu(cfg: JobConfig) -> bool:
     return cfg.run.runner != "local" and cluster_gpus() > 0 and cfg.run.gpus_per_actor > 0
 

@@ -25,6 +25,9 @@ class LocalExecutor:
     def submit(self, call: Call) -> None:
         self.calls.append(call)
 
+    def flush(self) -> None:
+        """Calls run one at a time here: nothing is packed."""
+
     def in_flight(self) -> int:
         return len(self.calls)
 

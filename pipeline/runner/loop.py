@@ -57,6 +57,8 @@ class Executor(Protocol):
 
     def submit(self, call: Call) -> None: ...
 
+    def flush(self) -> None: ...
+
     def next(self, timeout: float) -> Settled | None: ...
 
     def in_flight(self) -> int: ...
@@ -201,6 +203,7 @@ class Loop:
                 self.executor.submit(call)
                 self.stage_in_flight[stage_key] = n + 1
                 self.in_flight[id(call.job)] = self.in_flight.get(id(call.job), 0) + 1
+        self.executor.flush()
 
     def _check_stalled(self) -> None:
         """A job with nothing queued, nothing in flight and nothing ready is a bug in its

@@ -16,6 +16,7 @@ poison region that crashes its worker cannot use up its neighbours' retries.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ from pipeline.runner.tasks import JobContext
 
 log = logging.getLogger(__name__)
 IO_GROUP = "io"  # the actors' thread group for the io half of split calls
+IO_THREADS = 4  # threads of a batched io half (its regions' halo reads run ahead)
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Flight:
     actor: Any = None
     seq: int = 0
     compute: Any = None  # a split call's compute ref (its io ref settles the call)
+    batch: list[Call] | None = None  # calls sent as one (``Hosted.call_many``)
 
 
 class ActorPool:
@@ -64,6 +67,21 @@ class ActorPool:
 
     def has_room(self) -> bool:
         return min(self.load) < self.per_actor
+
+    def submit_many(self, calls: list[Call], arglist: list[tuple]) -> tuple[Any, Flight]:
+        """Several calls as one actor call; settled one by one from its list."""
+        slot = self.load.index(min(self.load))
+        actor = self.actors[slot]
+        self.seq += 1
+        self.load[slot] += 1
+        first = calls[0]
+        if first.split is None:
+            ref = actor.call_many.remote(first.method, arglist)
+            return ref, Flight(first, slot, actor, self.seq, batch=calls)
+        compute, io = first.split
+        compute_ref = actor.call_many.remote(compute, arglist)
+        ref = actor.call_many.options(concurrency_group=IO_GROUP).remote(io, arglist, IO_THREADS)
+        return ref, Flight(first, slot, actor, self.seq, compute_ref, batch=calls)
 
     def submit(self, call: Call, args: tuple) -> tuple[Any, Flight]:
         slot = self.load.index(min(self.load))
@@ -103,6 +121,8 @@ class RayExecutor:
         self._remotes: dict[tuple, Any] = {}
         self._puts: dict[int, tuple[Any, Any]] = {}  # id(obj) -> (obj, ObjectRef)
         self._put_by: dict[int, set[int]] = {}  # id(job) -> ids of its contexts
+        self._packing: dict[str, list[Call]] = {}  # pool key -> calls to send as one
+        self._settled: deque[Settled] = deque()  # a batch's results not handed out yet
 
     # ------------------------------------------------------------------ submit
     def _pool(self, spec: PoolSpec, call: Call) -> ActorPool:
@@ -116,6 +136,9 @@ class RayExecutor:
     def has_room(self, call: Call, in_flight_for_stage: int) -> bool:  # noqa: ARG002
         if call.pool is None:
             return True
+        packing = self._packing.get(call.pool.key)
+        if packing and len(packing) < packing[0].batch and call.split == packing[0].split:
+            return True
         return self._pool(call.pool, call).has_room()
 
     def put(self, obj: Any) -> Any:
@@ -128,6 +151,41 @@ class RayExecutor:
         return held[1]
 
     def submit(self, call: Call) -> None:
+        if call.pool is not None and call.batch > 1:
+            packing = self._packing.setdefault(call.pool.key, [])
+            if packing and (len(packing) >= packing[0].batch or call.split != packing[0].split):
+                self._send_packed(call.pool.key)
+                packing = self._packing.setdefault(call.pool.key, [])
+            packing.append(call)
+            if len(packing) >= call.batch:
+                self._send_packed(call.pool.key)
+            return
+        self._send(call)
+
+    def flush(self) -> None:
+        """Send the calls being packed (the loop's submit round is over)."""
+        for key in list(self._packing):
+            self._send_packed(key)
+
+    def _send_packed(self, key: str) -> None:
+        calls = self._packing.pop(key, [])
+        if not calls:
+            return
+        if len(calls) == 1:
+            self._send(calls[0])
+            return
+        arglist = [self._args(c) for c in calls]
+        ref, flight = self._pool(calls[0].pool, calls[0]).submit_many(calls, arglist)
+        self.flights[ref] = flight
+
+    def _args(self, call: Call) -> tuple[Any, Any]:
+        context = call.context
+        if isinstance(context, JobContext):
+            context = self.put(context)
+            self._put_by.setdefault(id(call.job), set()).add(id(call.context))
+        return (call.task, context)
+
+    def _send(self, call: Call) -> None:
         import ray
 
         context = call.context
@@ -149,7 +207,8 @@ class RayExecutor:
         self.flights[ref] = flight
 
     def in_flight(self) -> int:
-        return len(self.flights)
+        calls = sum(len(f.batch) if f.batch else 1 for f in self.flights.values())
+        return calls + sum(len(p) for p in self._packing.values()) + len(self._settled)
 
     def cancel_functions(self) -> None:
         import ray
@@ -163,6 +222,8 @@ class RayExecutor:
     def next(self, timeout: float) -> Settled | None:
         import ray
 
+        if self._settled:
+            return self._settled.popleft()
         if not self.flights:
             if timeout:
                 import time
@@ -180,11 +241,38 @@ class RayExecutor:
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as exc:
+            if flight.batch:
+                return self._batch_failed(ref, flight, pool, exc)
             return self._failed(ref, flight, pool, exc)
+        if flight.batch:
+            return self._unpack(ref, flight, pool, result)
         self.spared.discard(ref)  # it had finished before its actor died
         if pool is not None:
             pool.placement.record(flight.slot, result)
         return Settled(flight.call, result=result)
+
+    def _unpack(self, ref: Any, flight: Flight, pool: ActorPool | None, results: list) -> Settled:
+        """A batch came back: each call settles with its own result or error."""
+        self.spared.discard(ref)
+        for call, (ok, value) in zip(flight.batch, results, strict=True):
+            if ok:
+                if pool is not None:
+                    pool.placement.record(flight.slot, value)
+                self._settled.append(Settled(call, result=value))
+            else:
+                self._settled.append(Settled(call, error=value))
+        return self._settled.popleft()
+
+    def _batch_failed(
+        self, ref: Any, flight: Flight, pool: ActorPool | None, exc: Exception
+    ) -> Settled:
+        """The batch's actor died (or the batch call itself failed): which of its calls
+        did it is unknown, so every one is spared and retried on its own."""
+        self._failed(ref, flight, pool, exc)
+        for call in flight.batch:
+            call.batch = 1
+            self._settled.append(Settled(call, error=exc, spared=True))
+        return self._settled.popleft()
 
     def _failed(self, ref: Any, flight: Flight, pool: ActorPool | None, exc: Exception) -> Settled:
         import ray

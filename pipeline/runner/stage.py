@@ -35,9 +35,58 @@ class Hosted:
 
     def __init__(self, target: str, *args: Any, **kwargs: Any) -> None:
         self.obj = resolve(target)(*args, **kwargs)
+        self._contexts: dict[Any, Any] = {}  # a batch's job context refs, fetched once
+
+    def _resolved(self, args: tuple) -> tuple:
+        """Ray resolves only top-level ObjectRefs; a batch's context refs are nested."""
+        import ray
+
+        out = []
+        for a in args:
+            if isinstance(a, ray.ObjectRef):
+                if a not in self._contexts:
+                    if len(self._contexts) >= 8:
+                        self._contexts.pop(next(iter(self._contexts)))
+                    self._contexts[a] = ray.get(a)
+                a = self._contexts[a]
+            out.append(a)
+        return tuple(out)
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.obj, method)(*args)
+
+    def call_many(self, method: str, arglist: list[tuple], threads: int = 1) -> list[tuple]:
+        """Several calls of ``method`` in one actor call (small regions: the per-call
+        cost of Ray is then paid once); each comes back as (True, result) or (False,
+        its error), so one failure settles only its own call. ``threads`` > 1 runs them
+        on that many threads in order (the io halves of split calls: each reads its
+        halo, then waits for its compute half, which runs them in order)."""
+        fn = getattr(self.obj, method)
+        arglist = [self._resolved(args) for args in arglist]
+
+        def one(args: tuple) -> tuple:
+            try:
+                return (True, fn(*args))
+            except Exception as exc:  # noqa: BLE001 - settled as that call's error
+                return (False, _sendable(exc))
+
+        if threads > 1 and len(arglist) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(threads, len(arglist))) as pool:
+                return list(pool.map(one, arglist))
+        return [one(args) for args in arglist]
+
+
+def _sendable(exc: Exception) -> Exception:
+    """``exc``, or a plain RuntimeError with its text when it cannot be pickled back."""
+    import pickle
+
+    try:
+        pickle.dumps(exc)
+    except Exception:  # noqa: BLE001
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
 
 
 @dataclass(frozen=True)
@@ -84,6 +133,11 @@ class Call:
     pool: PoolSpec | None = None  # actor stages
     first: bool = False  # queue ahead of the stage's other calls
     attempt: int = 0
+    # Ray: at most this many consecutive calls of the same pool go as one actor call
+    # (``Hosted.call_many``), each still settled on its own. The graph sizes it so
+    # that every worker still gets work; a batch whose worker died is retried call by
+    # call (``batch`` is then 1).
+    batch: int = 1
 
     def __post_init__(self) -> None:
         takes = self.stage.takes

@@ -274,12 +274,20 @@ class JobStore:
         gone, their segment's encoded file holds them now."""
         from zarr.core.sync import sync
 
+        local = local_path(self.url) if is_local(self.url) else None
         for name in ("input", "output"):
             arr = self.array(name)
             unit = arr.metadata.chunk_grid.chunk_shape  # the shard, where sharded
             grid = [-(-n // c) for n, c in zip(arr.shape, unit, strict=True)]
             path = arr.store_path
             for f in range(start, stop):
+                # Locally a frame's shards are one folder ("c/<frame>/..."): removing it
+                # leaves no empty folders behind for later walks of the store.
+                folder = os.path.dirname(arr.metadata.encode_chunk_key((f, 0, 0, 0)))
+                folder = os.path.dirname(os.path.dirname(folder))
+                if local is not None and folder:
+                    shutil.rmtree(local / path.path / folder, ignore_errors=True)
+                    continue
                 for i in range(grid[1]):
                     for j in range(grid[2]):
                         for k in range(grid[3]):
