@@ -79,7 +79,9 @@ def test_stage_classes_declare_target_task_and_resources(monkeypatch):
     assert DecodeStage.of(cfg, sequence=True).target.startswith("pipeline.video.sequence_in:")
     encode = EncodeStage.of(cfg)
     assert (encode.takes, encode.max_in_flight) == (Segment, 3)  # 8 CPUs // 2 threads - 1
+    assert encode.after == ("decode", "upscale")  # of its segment
     assert AssembleStage.of(cfg).takes is Assemble
+    assert AssembleStage.of(cfg).after == ("encode",)
     assert WriteFramesStage.of(cfg).name == "encode"
     assert (INGEST.takes, PYRAMID.takes, WRITE_OME.takes) == (Band, Block, Block)
     for stage in (decode, encode, AssembleStage.of(cfg), INGEST, PYRAMID):

@@ -58,21 +58,21 @@ class ImageGraph(JobGraph):
         if not self.store.ingested_mask().all():
             chunk_rows = self.store.array("input").chunks[1]
             bands = plan_bands(self.plan.info, chunk_rows, int(cluster_cpus()) * 2)
-            deps.expect("ingested", len(bands))
+            deps.expect("ingest", len(bands))
             self.start_ingest(bands)
-        deps.expect("upscaled", len(self.todo))
+        deps.expect("upscale", len(self.todo))
         for level in self.levels:
-            deps.expect(("level", level), len(self.level_blocks(level)))
-        deps.expect("written", len(self.write_tasks()))
-        self.release(deps.after(self.start_regions, ["ingested"]))
-        self.release(deps.after(self.start_publish, ["upscaled"]))
+            deps.expect(("pyramid", level), len(self.level_blocks(level)))
+        deps.expect("write", len(self.write_tasks()))
+        self.release(deps.after(self.start_regions, ["ingest"]))
+        self.release(deps.after(self.start_publish, ["upscale"]))
         for level in self.levels:
-            after = "upscaled" if level == 1 else ("level", level - 1)
+            after = "upscale" if level == 1 else ("pyramid", level - 1)
             for task in self.level_blocks(level):
                 self.release(deps.after(self.call(PYRAMID, task), [after]))
-        last = ("level", self.levels[-1]) if self.levels else "upscaled"
+        last = ("pyramid", self.levels[-1]) if self.levels else "upscale"
         self.release(deps.after(self.start_write, [last]))
-        self.release(deps.after(self.rename, ["written"]))
+        self.release(deps.after(self.rename, ["write"]))
 
     # ------------------------------------------------------------------ steps
     def start_ingest(self, bands: list[tuple[int, int]]) -> None:
@@ -152,17 +152,17 @@ class ImageGraph(JobGraph):
 
     # ----------------------------------------------------------------- settle
     def region_settled(self, task: Any) -> None:
-        self.release(self.deps.done("upscaled"))
+        self.release(self.deps.done("upscale"))
 
     def settled_other(self, call: Call, result: Any) -> None:
         if self.step_meter is not None:
             self.step_meter.advance()
         if call.stage is INGEST:
-            self.release(self.deps.done("ingested"))
+            self.release(self.deps.done("ingest"))
         elif call.stage is PYRAMID:
-            self.release(self.deps.done(("level", call.task.level)))
+            self.release(self.deps.done(("pyramid", call.task.level)))
         else:
-            self.release(self.deps.done("written"))
+            self.release(self.deps.done("write"))
 
     def failure_other(self, call: Call, exc: BaseException) -> BaseException:
         if call.stage is INGEST and damaged(exc):

@@ -71,7 +71,7 @@ def region_failed(store_url: str, task: Any, attempts: int, exc: BaseException) 
 
 
 def sweep_partials(final: Path) -> None:
-    """Delete this output's temporaries left by killed runs (``publish.temp_name``: the
+    """Delete this output's temporaries left by killed runs (``store.outputs.temp_name``: the
     pid of a process that no longer exists); a live run's temporary is left alone."""
     import psutil
 

@@ -127,14 +127,15 @@ class VideoGraph(JobGraph):
         for i in range(len(segments)):
             if self.encoded[i]:
                 continue
-            deps.expect(("decoded", i), 0 if self.in_store[i] else 1)
-            deps.expect(("upscaled", i), regions_left[i])
-            deps.expect("encoded")
+            deps.expect(("decode", i), 0 if self.in_store[i] else 1)
+            deps.expect(("upscale", i), regions_left[i])
+            deps.expect(("encode", None))
         for i in range(len(segments)):
             if not self.encoded[i]:
                 encode = self.call(self.encode, self.segment_task(i))
-                self.release(deps.after(encode, [("decoded", i), ("upscaled", i)]))
-        self.release(deps.after(self.start_assemble, ["encoded"]))
+                self.release(deps.after(encode, [(name, i) for name in self.encode.after]))
+        keys = [(name, None) for name in self.assemble.after]  # every segment's
+        self.release(deps.after(self.start_assemble, keys))
         for i, (a, b) in enumerate(segments):
             if self.in_store[i]:
                 self.arrived(range(a, b))
@@ -179,7 +180,7 @@ class VideoGraph(JobGraph):
 
     # ----------------------------------------------------------------- settle
     def region_settled(self, task: Any) -> None:
-        self.release(self.deps.done(("upscaled", self.segment_of[task.frame])))
+        self.release(self.deps.done(("upscale", self.segment_of[task.frame])))
 
     def settled_other(self, call: Call, result: Any) -> None:
         if self.error is not None:
@@ -195,7 +196,7 @@ class VideoGraph(JobGraph):
         self.store.mark_ingested(seg.index)
         self.in_store[seg.index] = True
         self.arrived(range(seg.start, seg.end))
-        self.release(self.deps.done(("decoded", seg.index)))
+        self.release(self.deps.done(("decode", seg.index)))
 
     def encoded_segment(self, seg: Segment, result: Encoded) -> None:
         store, i = self.store, seg.index
@@ -213,7 +214,7 @@ class VideoGraph(JobGraph):
         self.recorder.frames_encoded(self.frames_encoded())
         self._segments_event()
         self._update_scratch()
-        self.release(self.deps.done("encoded"))
+        self.release(self.deps.done(("encode", None)))
 
     def assembled(self, result: Assembled) -> None:
         if self.encode_nodes:

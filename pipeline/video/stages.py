@@ -70,6 +70,7 @@ class EncodeStage(Stage):
     name: str = "encode"
     target: str = "pipeline.video.encode:encode_segment"
     takes: Any = Segment
+    after: tuple[str, ...] = ("decode", "upscale")  # of its segment
     priority: int = 0
     spread: bool = True
 
@@ -87,6 +88,7 @@ class AssembleStage(Stage):
     name: str = "assemble"
     target: str = "pipeline.video.assemble:assemble"
     takes: Any = Assemble
+    after: tuple[str, ...] = ("encode",)  # of every segment
     priority: int = 0
 
     @classmethod
@@ -102,6 +104,7 @@ class WriteFramesStage(Stage):
     name: str = "encode"
     target: str = "pipeline.video.sequence_out:write_frames"
     takes: Any = Segment
+    after: tuple[str, ...] = ("decode", "upscale")  # of its segment
     priority: int = 0
     spread: bool = True
 
@@ -119,6 +122,7 @@ class CheckFramesStage(Stage):
     name: str = "assemble"
     target: str = "pipeline.video.sequence_out:check_frames"
     takes: Any = Assemble
+    after: tuple[str, ...] = ("encode",)  # of every segment
     priority: int = 0
 
     @classmethod
