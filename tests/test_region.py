@@ -9,6 +9,7 @@ import torch
 
 from pipeline.pure.tiling import (
     accumulate,
+    halo_box,
     normalise,
     plan_grid,
     plan_regions,
@@ -17,7 +18,7 @@ from pipeline.pure.tiling import (
 )
 from pipeline.pure.value_range import from_unit, sample_range, to_unit
 from tests.helpers import bicubic_reference
-from workers.region import Samples, upscale_region
+from workers.region import RegionSpec, Samples, upscale_region
 from workers.upscaler import bicubic_upscale
 
 CPU = torch.device("cpu")
@@ -37,6 +38,7 @@ def _run(image, scale, tile, overlap, region_px, window="gaussian", oom_every=0,
     grid = plan_grid(h, w, tile, overlap)
     low, span, bounded = sample_range(image.dtype.name)
     samples = Samples(c, 0, colour, image.dtype.name, low, span, bounded)
+    spec = RegionSpec(grid, scale, samples, overlap, window)
     out = np.zeros((h * scale, w * scale, c), image.dtype)
     batch = [4]
     calls = [0]
@@ -49,24 +51,9 @@ def _run(image, scale, tile, overlap, region_px, window="gaussian", oom_every=0,
         return bicubic_upscale(images, scale, clamp=False)
 
     for region in plan_regions(0, h, w, region_px):
-        tiles = tiles_for_region(grid, region)
-        by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
-        by1 = max(y for y, _ in tiles) + grid.tile_h
-        bx1 = max(x for _, x in tiles) + grid.tile_w
+        by0, bx0, by1, bx1 = halo_box(grid, region)
         result = upscale_region(
-            image[by0:by1, bx0:bx1],
-            (by0, bx0),
-            grid,
-            region,
-            tiles,
-            scale,
-            samples,
-            window=lambda y, x: torch.from_numpy(
-                tile_window(grid, y, x, scale, overlap, window, 0)
-            ),
-            upscale=upscale,
-            tiles_per_call=lambda: batch[0],
-            device=CPU,
+            image[by0:by1, bx0:bx1], spec, region, upscale, tiles_per_call=lambda: batch[0]
         )
         assert result.out_hwc.dtype == image.dtype
         ys, xs = region.y0 * scale, region.x0 * scale
@@ -135,31 +122,32 @@ def test_gray_bands_run_one_by_one():
 
 
 @pytest.mark.unit
-def test_cached_window_sums_and_reused_buffers_give_the_same_blend():
-    """The worker sums a region's windows once (``region_weights``) and reuses its
-    accumulators: the blend is the one ``blend_region`` makes from scratch."""
-    from workers.region import blend_region, region_weights
+def test_cached_windows_and_reused_buffers_give_the_same_blend():
+    """The worker keeps a job's windows and their region sums (``Windows``) and reuses
+    its accumulators: the blend is the one ``blend_region`` makes from scratch, and the
+    sum of windows is the plain ``region_weights`` over the numpy windows."""
+    from workers.region import Windows, blend_region, region_weights
 
     image = _image(50, 70, 3, "uint8", seed=4)
     grid = plan_grid(50, 70, 24, 8)
-    samples = Samples(3, 0, True, "uint8", *sample_range("uint8"))
-    region = plan_regions(0, 50, 70, 32)[1]
-    tiles = tiles_for_region(grid, region)
-    by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
-    halo = image[by0 : max(y for y, _ in tiles) + 24, bx0 : max(x for _, x in tiles) + 24]
+    spec = RegionSpec(grid, 2, Samples(3, 0, True, "uint8", *sample_range("uint8")), 8)
+    regions = plan_regions(0, 50, 70, 32)
+    windows = Windows(spec)
 
-    def window(y, x):
-        return torch.from_numpy(tile_window(grid, y, x, 2, 8, "gaussian", 0))
+    def blend(region, **kw):
+        y0, x0, y1, x1 = halo_box(grid, region)
+        model = lambda im: bicubic_upscale(im, 2, clamp=False)  # noqa: E731
+        return blend_region(image[y0:y1, x0:x1], spec, region, model, tiles_per_call=4, **kw)
 
-    def blend(**kw):
-        return blend_region(
-            halo, (by0, bx0), grid, region, tiles, 2, samples, window,
-            lambda im: bicubic_upscale(im, 2, clamp=False), lambda: 4, CPU, **kw,
-        )  # fmt: skip
+    for region in [regions[1], regions[0], regions[1]]:  # a cached sum, replaced, redone
+        fresh = blend(region)
+        dirty = torch.full_like(fresh.acc, 7.0)  # a used buffer: zeroed before summing
+        reused = blend(region, acc=dirty, windows=windows)
+        assert reused.acc is dirty and torch.equal(reused.acc, fresh.acc)
+        assert torch.equal(reused.wsum, fresh.wsum)
 
-    fresh = blend()
-    wsum = region_weights(grid, region, tiles, 2, window, CPU)
-    dirty = torch.full_like(fresh.acc, 7.0)  # a used buffer: zeroed before summing
-    reused = blend(acc=dirty, wsum=wsum)
-    assert torch.equal(wsum, fresh.wsum)
-    assert reused.acc is dirty and torch.equal(reused.acc, fresh.acc)
+        def window(y, x):
+            return torch.from_numpy(tile_window(grid, y, x, 2, 8, "gaussian", 0))
+
+        plain = region_weights(region, tiles_for_region(grid, region), 2, window)
+        assert torch.equal(plain, fresh.wsum)

@@ -17,12 +17,18 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import degradation_mode, parse_degradation
-from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause
+from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause, reason
 from pipeline.events import JobEvents, Listener, StageMeter
 from pipeline.job.conditioning import Conditioning
 from pipeline.job.plan import Plan
 from pipeline.job.record import ModelBusy, Progress
-from pipeline.job.regions import REGION_SPLIT, region_pool, region_stages
+from pipeline.job.regions import (
+    ESTIMATE_METHOD,
+    REGION_SPLIT,
+    UPSCALE_METHOD,
+    region_pool,
+    region_stages,
+)
 from pipeline.pure.tiling import plan_regions
 from pipeline.results import Result
 from pipeline.runner.stage import Call
@@ -55,10 +61,10 @@ def resume_line(
 
 
 def region_failed(store_url: str, task: Any, attempts: int, exc: BaseException) -> JobFailed:
-    where = describe(task)
-    reason = cause(exc).removeprefix(f"{where} failed: ")
+    """The one place a region's or estimate's failure is located: the worker raises the
+    plain cause, named here from the call's address."""
     return JobFailed(
-        f"{where} failed {attempts} time(s): {reason}; the job store "
+        f"{describe(task)} failed {attempts} time(s): {reason(exc)}; the job store "
         f"{store_url} is kept, so a fixed rerun resumes"
     )
 
@@ -112,8 +118,13 @@ class JobGraph:
         self.expected = expected_regions or self.regions_total
         self.estimate_stage, self.upscale_stage = region_stages(plan.config.run.region_retries)
         self.pool = region_pool(plan.config, plan.model, self.expected)
+        self.degradation_mode = degradation_mode(plan.config.model, plan.is_video)
         self.job = JobRef(
-            plan.store_url, plan.config, plan.model.size_multiple, plan.model.context_px
+            plan.store_url,
+            plan.config,
+            plan.model.size_multiple,
+            plan.model.context_px,
+            signatures=self.degradation_mode == "shot",
         )
         self.error: BaseException | None = None
         self.summary: Summary | None = None
@@ -170,7 +181,7 @@ class JobGraph:
         self.cond: Conditioning | None = None
         self._cond_args = (self.frames, plan.model.needs_degradation, window, fixed)
         self._cond_kwargs = {
-            "mode": degradation_mode(cfg, plan.is_video),
+            "mode": self.degradation_mode,
             "max_shot": self.max_shot_frames(),
             "threshold": cfg.shot_threshold,
         }
@@ -282,7 +293,15 @@ class JobGraph:
             task = EstimateTask(tuple(missing[i : i + ESTIMATE_BATCH]))
             self.estimates_left += 1
             self.emit(
-                Call(self, self.estimate_stage, (task, self.job), task, pool=self.pool, first=True)
+                Call(
+                    self,
+                    self.estimate_stage,
+                    (task, self.job),
+                    task,
+                    method=ESTIMATE_METHOD,
+                    pool=self.pool,
+                    first=True,
+                )
             )
         self.waiting.update(frames)
         self.release()
@@ -298,6 +317,7 @@ class JobGraph:
                         self.upscale_stage,
                         (task, self.job),
                         task,
+                        method=UPSCALE_METHOD,
                         pool=self.pool,
                         split=REGION_SPLIT,
                     )
