@@ -159,3 +159,28 @@ def test_cached_windows_and_reused_buffers_give_the_same_blend():
 
         plain = region_weights(region, tiles_for_region(grid, region), 2, window)
         assert torch.equal(plain, fresh.wsum)
+
+
+@pytest.mark.unit
+def test_a_failure_is_located_once_by_the_driver(tmp_path):
+    """The worker raises the plain cause; the driver names the region (or the frames of
+    an estimate) from the call's address, once."""
+    from pipeline.config import JobConfig, ModelConfig
+    from pipeline.job.graph import region_failed
+    from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
+    from workers.region_worker import RegionWorker
+
+    worker = RegionWorker(ModelConfig(name="bicubic", scale=2, device="cpu"))
+    job = JobRef(str(tmp_path / "gone.zarr"), JobConfig(), 1, 0)
+    calls = [
+        (worker.upscale, RegionTask(0, 1, 1), "frame 0 region (row 1, col 1)"),
+        (worker.estimate, EstimateTask((3, 4)), "degradation estimate of frames 3..4"),
+    ]
+    for method, task, where in calls:
+        with pytest.raises(Exception) as raised:
+            method(task, job)
+        assert "frame" not in str(raised.value)
+        message = str(region_failed("s.zarr", task, 2, raised.value))
+        kind = type(raised.value).__name__
+        assert message.startswith(f"{where} failed 2 time(s): {kind}: {raised.value}; ")
+        assert message.count("frame") == 1
