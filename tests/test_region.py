@@ -40,13 +40,15 @@ def _image(h: int, w: int, c: int, dtype: str, seed: int = 0) -> np.ndarray:
     return rng.integers(info.min, int(info.max) + 1, (h, w, c)).astype(dtype)
 
 
-def _run(image, scale, tile, overlap, region_px, window="gaussian", oom_every=0, colour=True):
+def _run(
+    image, scale, tile, overlap, region_px, window="gaussian", oom_every=0, colour=True, context=0
+):
     """The whole frame through ``upscale_region``, region by region."""
     h, w, c = image.shape
     grid = plan_grid(h, w, tile, overlap)
     low, span, bounded = sample_range(image.dtype.name)
     samples = Samples(c, 0, colour, image.dtype.name, low, span, bounded)
-    spec = RegionSpec(grid, scale, samples, overlap, window)
+    spec = RegionSpec(grid, scale, samples, overlap, window, context)
     out = np.zeros((h * scale, w * scale, c), image.dtype)
     batch = [4]
     calls = [0]
@@ -102,11 +104,23 @@ def test_equals_the_numpy_blend_byte_for_byte(dtype):
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    "h,w,scale,tile,overlap,window", [(61, 97, 4, 24, 8, "gaussian"), (80, 50, 2, 32, 12, "cosine")]
+    "h,w,scale,tile,overlap,window",
+    [
+        (61, 97, 4, 24, 8, "gaussian"),
+        (80, 50, 2, 32, 12, "cosine"),
+        (30, 22, 2, 64, 16, "gaussian"),  # smaller than one tile
+        (150, 20, 2, 32, 12, "gaussian"),  # narrower than a tile on one axis only
+        (65, 129, 4, 32, 24, "cosine"),  # large overlap (stride 8)
+    ],
 )
 def test_seam_free_against_whole_image_bicubic(h, w, scale, tile, overlap, window):
+    """With bicubic's context (the pixels at a tile edge that differ from a whole-image
+    run, tapered off at inner tile edges) as the pipeline gives it."""
+    from pipeline.models import MODELS
+
     image = _image(h, w, 3, "uint8", seed=3)
-    got = _run(image, scale, tile, overlap, region_px=16, window=window).astype(np.int16)
+    context = MODELS["bicubic"].context_px
+    got = _run(image, scale, tile, overlap, 16, window, context=context).astype(np.int16)
     want = bicubic_reference(image, scale).astype(np.int16)
     assert np.abs(got - want).max() <= 1
 

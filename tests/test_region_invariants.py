@@ -104,11 +104,14 @@ def _nearest_np(image, scale):
 
 
 # (h, w, scale, tile, overlap, window, context_px, size_multiple): odd sizes, a frame
-# narrower than a tile on one axis, the model's context taper and reflect padding.
+# narrower than a tile on one axis, one smaller than a tile, a large overlap (stride 4),
+# the model's context taper and reflect padding.
 GEOMETRIES = [
     (37, 53, 2, 16, 6, "gaussian", 0, 1),
     (29, 11, 3, 12, 4, "cosine", 2, 8),
     (41, 45, 2, 20, 9, "gaussian", 3, 16),
+    (13, 9, 4, 16, 6, "gaussian", 2, 8),
+    (33, 27, 4, 16, 12, "cosine", 0, 1),
 ]
 
 
@@ -199,6 +202,7 @@ def test_constant_frame_stays_constant_and_no_data_stays_no_data(dtype, nodata, 
         image[hole, :3] = bad
     spec = _spec(image, scale, 12, 5, context=2, multiple=8, nodata=nodata, alpha=1)
     out = _upscale(image, spec, 10, smooth(scale))
+    assert out.tobytes() == _upscale(image, spec, 64, smooth(scale)).tobytes()  # partitions
     big = np.repeat(np.repeat(hole, scale, 0), scale, 1) if bad is not None else None
     rgb, alpha = out[..., :3].astype(np.float64), out[..., 3].astype(np.float64)
     keep = np.ones(rgb.shape[:2], bool) if big is None else ~big
