@@ -7,7 +7,7 @@ Each row runs in its own child process over the code of one commit:
 
 - the baseline commit (default: the last commit before issue 22), its worker's
   ``process`` (read, model, blend, convert and write in turn);
-- this tree's ``process`` (what the in-process runner calls);
+- this tree's ``upscale`` (what the in-process runner calls; ``process`` before);
 - this tree's Ray path: ``compute`` on one thread and ``io`` on two (the actor's default
   thread and its io thread group), two regions in flight, as the Ray executor sends them.
 
@@ -75,11 +75,13 @@ def child(code_root: str, mode: str, frames: int, codec: str | None) -> dict:
             inp[f] = np.roll(frame, 5 * f, axis=1)
         job = JobRef(url, cfg, 1, 0)
         worker = RegionWorker(cfg.model, threads=1)
-        worker.process(RegionTask(0, 0, 0), job)  # warm-up: windows, torch kernels
+        # The in-process call: ``upscale`` (``process`` in trees before it had its name).
+        upscale = getattr(worker, "upscale", None) or worker.process
+        upscale(RegionTask(0, 0, 0), job)  # warm-up: windows, torch kernels
         tasks = [RegionTask(f, 0, 0) for f in range(frames)]
         t0 = time.perf_counter()
         if mode == "process":
-            results = [worker.process(t, job) for t in tasks]
+            results = [upscale(t, job) for t in tasks]
         else:
             results = _pipelined(worker, tasks, job)
         wall = time.perf_counter() - t0

@@ -69,6 +69,27 @@ def cause(exc: BaseException) -> str:
     return last
 
 
+def reason(exc: BaseException) -> str:
+    """Why a worker's call failed, for a message that names the call's address: the
+    raised exception's type and ``cause`` ("ValueError: poison pixel in the input"), or
+    the one line of a dead worker. Workers raise their plain cause; the driver adds
+    where."""
+    import sys
+
+    text = cause(exc)
+    ray = sys.modules.get("ray")
+    if ray is not None and isinstance(exc, ray.exceptions.RayError):
+        if not isinstance(exc, ray.exceptions.RayTaskError):
+            return text  # the worker died: no exception of its own
+        inner = getattr(exc, "cause", None)
+        if inner is None:
+            return text  # not deserialised: Ray's text, whose last line names the type
+    else:
+        inner = exc
+    name = type(inner).__name__
+    return text if text.startswith(f"{name}:") else f"{name}: {text}"
+
+
 class DamagedInput(Exception):
     """An input's bytes failed to decode (a codec or TIFF structure error) in a worker.
     Only this is reported as a damaged file; any other failure is a bug of ours."""

@@ -9,6 +9,7 @@ import torch
 
 from pipeline.pure.tiling import (
     accumulate,
+    halo_box,
     normalise,
     plan_grid,
     plan_regions,
@@ -17,10 +18,18 @@ from pipeline.pure.tiling import (
 )
 from pipeline.pure.value_range import from_unit, sample_range, to_unit
 from tests.helpers import bicubic_reference
-from workers.region import Samples, upscale_region
+from workers.region import RegionSpec, Samples, upscale_region
 from workers.upscaler import bicubic_upscale
 
-CPU = torch.device("cpu")
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tensors this small run fastest on one thread (on a busy machine torch's extra
+    threads cost 30x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _image(h: int, w: int, c: int, dtype: str, seed: int = 0) -> np.ndarray:
@@ -31,12 +40,15 @@ def _image(h: int, w: int, c: int, dtype: str, seed: int = 0) -> np.ndarray:
     return rng.integers(info.min, int(info.max) + 1, (h, w, c)).astype(dtype)
 
 
-def _run(image, scale, tile, overlap, region_px, window="gaussian", oom_every=0, colour=True):
+def _run(
+    image, scale, tile, overlap, region_px, window="gaussian", oom_every=0, colour=True, context=0
+):
     """The whole frame through ``upscale_region``, region by region."""
     h, w, c = image.shape
     grid = plan_grid(h, w, tile, overlap)
     low, span, bounded = sample_range(image.dtype.name)
     samples = Samples(c, 0, colour, image.dtype.name, low, span, bounded)
+    spec = RegionSpec(grid, scale, samples, overlap, window, context)
     out = np.zeros((h * scale, w * scale, c), image.dtype)
     batch = [4]
     calls = [0]
@@ -49,24 +61,9 @@ def _run(image, scale, tile, overlap, region_px, window="gaussian", oom_every=0,
         return bicubic_upscale(images, scale, clamp=False)
 
     for region in plan_regions(0, h, w, region_px):
-        tiles = tiles_for_region(grid, region)
-        by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
-        by1 = max(y for y, _ in tiles) + grid.tile_h
-        bx1 = max(x for _, x in tiles) + grid.tile_w
+        by0, bx0, by1, bx1 = halo_box(grid, region)
         result = upscale_region(
-            image[by0:by1, bx0:bx1],
-            (by0, bx0),
-            grid,
-            region,
-            tiles,
-            scale,
-            samples,
-            window=lambda y, x: torch.from_numpy(
-                tile_window(grid, y, x, scale, overlap, window, 0)
-            ),
-            upscale=upscale,
-            tiles_per_call=lambda: batch[0],
-            device=CPU,
+            image[by0:by1, bx0:bx1], spec, region, upscale, tiles_per_call=lambda: batch[0]
         )
         assert result.out_hwc.dtype == image.dtype
         ys, xs = region.y0 * scale, region.x0 * scale
@@ -107,11 +104,23 @@ def test_equals_the_numpy_blend_byte_for_byte(dtype):
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    "h,w,scale,tile,overlap,window", [(61, 97, 4, 24, 8, "gaussian"), (80, 50, 2, 32, 12, "cosine")]
+    "h,w,scale,tile,overlap,window",
+    [
+        (61, 97, 4, 24, 8, "gaussian"),
+        (80, 50, 2, 32, 12, "cosine"),
+        (30, 22, 2, 64, 16, "gaussian"),  # smaller than one tile
+        (150, 20, 2, 32, 12, "gaussian"),  # narrower than a tile on one axis only
+        (65, 129, 4, 32, 24, "cosine"),  # large overlap (stride 8)
+    ],
 )
 def test_seam_free_against_whole_image_bicubic(h, w, scale, tile, overlap, window):
+    """With bicubic's context (the pixels at a tile edge that differ from a whole-image
+    run, tapered off at inner tile edges) as the pipeline gives it."""
+    from pipeline.models import MODELS
+
     image = _image(h, w, 3, "uint8", seed=3)
-    got = _run(image, scale, tile, overlap, region_px=16, window=window).astype(np.int16)
+    context = MODELS["bicubic"].context_px
+    got = _run(image, scale, tile, overlap, 16, window, context=context).astype(np.int16)
     want = bicubic_reference(image, scale).astype(np.int16)
     assert np.abs(got - want).max() <= 1
 
@@ -135,31 +144,57 @@ def test_gray_bands_run_one_by_one():
 
 
 @pytest.mark.unit
-def test_cached_window_sums_and_reused_buffers_give_the_same_blend():
-    """The worker sums a region's windows once (``region_weights``) and reuses its
-    accumulators: the blend is the one ``blend_region`` makes from scratch."""
-    from workers.region import blend_region, region_weights
+def test_cached_windows_and_reused_buffers_give_the_same_blend():
+    """The worker keeps a job's windows and their region sums (``Windows``) and reuses
+    its accumulators: the blend is the one ``blend_region`` makes from scratch, and the
+    sum of windows is the plain ``region_weights`` over the numpy windows."""
+    from workers.region import Windows, blend_region, region_weights
 
     image = _image(50, 70, 3, "uint8", seed=4)
     grid = plan_grid(50, 70, 24, 8)
-    samples = Samples(3, 0, True, "uint8", *sample_range("uint8"))
-    region = plan_regions(0, 50, 70, 32)[1]
-    tiles = tiles_for_region(grid, region)
-    by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
-    halo = image[by0 : max(y for y, _ in tiles) + 24, bx0 : max(x for _, x in tiles) + 24]
+    spec = RegionSpec(grid, 2, Samples(3, 0, True, "uint8", *sample_range("uint8")), 8)
+    regions = plan_regions(0, 50, 70, 32)
+    windows = Windows(spec)
 
-    def window(y, x):
-        return torch.from_numpy(tile_window(grid, y, x, 2, 8, "gaussian", 0))
+    def blend(region, **kw):
+        y0, x0, y1, x1 = halo_box(grid, region)
+        model = lambda im: bicubic_upscale(im, 2, clamp=False)  # noqa: E731
+        return blend_region(image[y0:y1, x0:x1], spec, region, model, tiles_per_call=4, **kw)
 
-    def blend(**kw):
-        return blend_region(
-            halo, (by0, bx0), grid, region, tiles, 2, samples, window,
-            lambda im: bicubic_upscale(im, 2, clamp=False), lambda: 4, CPU, **kw,
-        )  # fmt: skip
+    for region in [regions[1], regions[0], regions[1]]:  # a cached sum, replaced, redone
+        fresh = blend(region)
+        dirty = torch.full_like(fresh.acc, 7.0)  # a used buffer: zeroed before summing
+        reused = blend(region, acc=dirty, windows=windows)
+        assert reused.acc is dirty and torch.equal(reused.acc, fresh.acc)
+        assert torch.equal(reused.wsum, fresh.wsum)
 
-    fresh = blend()
-    wsum = region_weights(grid, region, tiles, 2, window, CPU)
-    dirty = torch.full_like(fresh.acc, 7.0)  # a used buffer: zeroed before summing
-    reused = blend(acc=dirty, wsum=wsum)
-    assert torch.equal(wsum, fresh.wsum)
-    assert reused.acc is dirty and torch.equal(reused.acc, fresh.acc)
+        def window(y, x):
+            return torch.from_numpy(tile_window(grid, y, x, 2, 8, "gaussian", 0))
+
+        plain = region_weights(region, tiles_for_region(grid, region), 2, window)
+        assert torch.equal(plain, fresh.wsum)
+
+
+@pytest.mark.unit
+def test_a_failure_is_located_once_by_the_driver(tmp_path):
+    """The worker raises the plain cause; the driver names the region (or the frames of
+    an estimate) from the call's address, once."""
+    from pipeline.config import JobConfig, ModelConfig
+    from pipeline.job.graph import region_failed
+    from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
+    from workers.region_worker import RegionWorker
+
+    worker = RegionWorker(ModelConfig(name="bicubic", scale=2, device="cpu"))
+    job = JobRef(str(tmp_path / "gone.zarr"), JobConfig(), 1, 0)
+    calls = [
+        (worker.upscale, RegionTask(0, 1, 1), "frame 0 region (row 1, col 1)"),
+        (worker.estimate, EstimateTask((3, 4)), "degradation estimate of frames 3..4"),
+    ]
+    for method, task, where in calls:
+        with pytest.raises(Exception) as raised:
+            method(task, job)
+        assert "frame" not in str(raised.value)
+        message = str(region_failed("s.zarr", task, 2, raised.value))
+        kind = type(raised.value).__name__
+        assert message.startswith(f"{where} failed 2 time(s): {kind}: {raised.value}; ")
+        assert message.count("frame") == 1

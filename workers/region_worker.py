@@ -1,19 +1,25 @@
-"""The region worker: a Ray actor that upscales one output region at a time.
+"""The region worker: a Ray actor that upscales one output region at a time, and
+estimates the degradation scores of frames.
 
-It loads its upscaler once. For each region it reads the LR region plus the halo that
-the global tiles touching it need, hands them to the pure region compute
-(``workers/region.py``: tiles in batches through the model, blended and converted on the
-model's device), and writes the region's output shard in one piece. It returns a small
-status dict; pixels never travel through Ray. Torch is imported in the actor, never on
-the driver.
+It is a shell around the pure region compute (``workers/region.py``: an LR halo, the
+global tile grid and an upscale callable in, the region's output samples out): it loads
+its upscaler once, reads the region's halo from the job store, gives the compute its
+model (with the frame's conditioning and the out-of-memory back-off), writes the
+region's output shard in one piece and returns a small status dict; pixels never travel
+through Ray. Torch is imported in the actor, never on the driver.
 
-Under Ray a region is two calls on the same actor, so the model is called back to back:
-``compute`` (the actor's default, sequential thread: the model and the blend) and ``io``
-(the ``io`` thread group: read the halo, then wait for ``compute`` and write the shard,
-and return the region's status). With two regions in flight on an actor, the next
-region's halo is read and the previous region's shard written while the model runs: at
-most one region each way. The in-process runner calls ``process``, which does the same
-three steps in turn. The results are the same byte for byte.
+Two entry points, one per stage: ``estimate(task, job)`` returns the frames' scores (and
+their shot signatures when ``job.signatures``) as :class:`Estimates`; ``upscale(task,
+job)`` does a region's three steps in turn (the in-process runner calls it). Under Ray an
+upscale is two calls on the same actor, so the model is called back to back: ``compute``
+(the actor's default, sequential thread: the model and the blend) and ``io`` (the ``io``
+thread group: read the halo, then wait for ``compute`` and write the shard, and return
+the region's status). With two regions in flight on an actor, the next region's halo is
+read and the previous region's shard written while the model runs: at most one region
+each way. The results are the same byte for byte.
+
+A failure raises its plain cause: the driver names the frame and region (or frames) from
+the call's address (``pipeline.job.graph.region_failed``).
 
 Out of GPU memory, the worker halves its batch (down to one tile) and redoes that batch;
 the smaller batch stays for the actor's life. The degradation estimate does the same
@@ -32,18 +38,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
 
-from pipeline.config import JobConfig, ModelConfig, degradation_mode, parse_value_range
-from pipeline.image.nodata import invalid_mask
+from pipeline.config import ModelConfig, parse_value_range
 from pipeline.pure.shots import frame_signature
-from pipeline.pure.tiling import Grid, Region, plan_grid, region_at, tile_window, tiles_for_region
+from pipeline.pure.tiling import Region, halo_box, plan_grid, region_at
 from pipeline.pure.value_range import sample_range, to_unit
 from pipeline.runner.placement import current_node
-from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
+from pipeline.runner.tasks import Estimates, EstimateTask, JobRef, RegionTask
 from pipeline.store.jobstore import JobStore
 
 log = logging.getLogger(__name__)
@@ -54,52 +58,48 @@ HALO_WAIT_S = 600.0
 
 
 class _JobView:
-    """One job's store arrays, tile grid and window cache, opened once per worker."""
+    """One job's store arrays and region spec, opened once per worker, with its blend
+    windows on the worker's device."""
 
-    def __init__(self, job: JobRef) -> None:
+    def __init__(self, job: JobRef, device: Any) -> None:
+        from workers.region import RegionSpec, Samples, Windows  # torch: in the worker
+
         self.job = job
-        self.config = job.config
         self.store = JobStore.open(job.store_url)
-        self.layout = self.store.layout
+        self.layout = lay = self.store.layout
         self.input = self.store.array("input")
         self.output = self.store.array("output")
-        self.grid: Grid = plan_grid(
-            self.layout.height,
-            self.layout.width,
-            job.config.tiling.tile_px,
-            job.config.tiling.overlap_px,
-        )
-        self.windows: dict[tuple, Any] = {}  # blend windows on the model's device
         self.degradation = None
         text = job.config.model.value_range
-        self.range = sample_range(self.layout.dtype, parse_value_range(text) if text else None)
-        from workers.region import Samples  # torch: imported where the worker runs
+        self.range = sample_range(lay.dtype, parse_value_range(text) if text else None)
+        tiling = job.config.tiling
+        self.spec = RegionSpec(
+            grid=plan_grid(lay.height, lay.width, tiling.tile_px, tiling.overlap_px),
+            scale=lay.scale,
+            samples=Samples(lay.channels, lay.alpha, lay.colour, lay.dtype, *self.range),
+            overlap_px=tiling.overlap_px,
+            window=tiling.window,
+            context_px=job.context_px,
+            size_multiple=job.size_multiple,
+            nodata=lay.nodata,
+        )
+        self.windows = Windows(self.spec, device)
 
+    def region(self, task: RegionTask) -> Region:
         lay = self.layout
-        self.samples = Samples(lay.channels, lay.alpha, lay.colour, lay.dtype, *self.range)
-        self._weights: dict[tuple, Any] = {}  # region rect -> its sum of windows
-
-    def region(self, task: RegionTask) -> tuple[Region, list[tuple[int, int]]]:
-        lay = self.layout
-        region = region_at(task.frame, task.row, task.col, lay.height, lay.width, lay.region_lr_px)
-        return region, tiles_for_region(self.grid, region)
+        return region_at(task.frame, task.row, task.col, lay.height, lay.width, lay.region_lr_px)
 
     def read_halo(self, task: RegionTask) -> _Halo:
-        """The LR pixels every tile touching the region needs, and their no-data mask."""
-        region, tiles = self.region(task)
-        g = self.grid
-        by0, bx0 = min(y for y, _ in tiles), min(x for _, x in tiles)
-        by1, bx1 = max(y for y, _ in tiles) + g.tile_h, max(x for _, x in tiles) + g.tile_w
-        halo = np.asarray(self.input[task.frame, by0:by1, bx0:bx1, :])
-        invalid = invalid_mask(halo, self.layout.nodata)  # pipeline/image/nodata.py
-        return _Halo(region, tiles, self.layout.scale, (by0, bx0), halo, invalid)
+        """The LR pixels every tile touching the region needs."""
+        region = self.region(task)
+        y0, x0, y1, x1 = halo_box(self.spec.grid, region)
+        return _Halo(region, np.asarray(self.input[task.frame, y0:y1, x0:x1, :]))
 
-    def write(self, task: RegionTask, out_hwc: np.ndarray) -> None:
+    def write(self, task: RegionTask, region: Region, out_hwc: np.ndarray) -> None:
         """The region's output shard, whole (after deleting whatever shard was there)."""
         from zarr.core.sync import sync
 
         s = self.layout.scale
-        region, _ = self.region(task)
         oy0, ox0 = region.y0 * s, region.x0 * s
         # The region owns the whole shard, but zarr merges a write into the shard it
         # finds: a shard left torn by an interrupted attempt (a store without atomic
@@ -109,39 +109,6 @@ class _JobView:
         sync(path.store.delete(f"{path.path}/{key}" if path.path else key))
         h, w = out_hwc.shape[:2]
         self.output[task.frame, oy0 : oy0 + h, ox0 : ox0 + w, :] = out_hwc
-
-    def weights(self, halo: _Halo, device) -> Any:
-        """The region's sum of tile windows on ``device``: the same for every frame, so
-        a video sums it once (the last region's is kept)."""
-        from workers.region import region_weights
-
-        r = halo.region
-        key = (r.y0, r.x0, r.y1, r.x1, str(device))
-        if key not in self._weights:
-            self._weights.clear()  # one kept: a video's frames share it, an image's
-            # regions mostly differ (then it costs what summing inline cost)
-            window = partial(self.window, device=device)
-            self._weights[key] = region_weights(
-                self.grid, r, halo.tiles, self.layout.scale, window, device
-            )
-        return self._weights[key]
-
-    def window(self, y: int, x: int, device) -> Any:
-        """The blend window of the tile at LR (y, x), on ``device``."""
-        import torch
-
-        g = self.grid
-        # Only whether the tile touches each image edge matters, so cache on that.
-        key = (
-            (y > 0) + 2 * (y + g.tile_h < g.height),
-            (x > 0) + 2 * (x + g.tile_w < g.width),
-            str(device),
-        )
-        if key not in self.windows:
-            t = self.config.tiling
-            w = tile_window(g, y, x, self.layout.scale, t.overlap_px, t.window, self.job.context_px)
-            self.windows[key] = torch.from_numpy(w).to(device)
-        return self.windows[key]
 
 
 class _Buffers:
@@ -171,11 +138,7 @@ class _Buffers:
 @dataclass
 class _Halo:
     region: Region
-    tiles: list[tuple[int, int]]
-    scale: int
-    origin: tuple[int, int]  # (y, x) of the halo's top-left corner, LR pixels
-    pixels_hwc: np.ndarray
-    invalid_hwc: np.ndarray | None
+    pixels_hwc: np.ndarray  # the LR box ``halo_box(grid, region)``
 
 
 @dataclass
@@ -193,8 +156,8 @@ class _Slot:
 class RegionWorker:
     """Wrap with ``ray.remote(...)`` on the driver; usable directly in tests and debugging.
 
-    The model is loaded once, in the constructor; ``process`` serves any job whose
-    model config is the one the worker was built with (a batch shares its workers).
+    The model is loaded once, in the constructor; the worker serves any job whose model
+    config is the one it was built with (a batch shares its workers).
     """
 
     MAX_OPEN_JOBS = 4
@@ -226,7 +189,6 @@ class RegionWorker:
         # halved like ``batch_size`` when the GPU runs out.
         self.estimate_batch: int | None = None
         self._jobs: dict[str, _JobView] = {}
-        self._view: _JobView | None = None  # the model thread's current job
         self._lock = threading.Lock()  # the io threads open jobs and meet compute too
         self._slots: dict[tuple, _Slot] = {}
         self._buffers = _Buffers()
@@ -239,130 +201,31 @@ class RegionWorker:
             if view is None or view.job != job:
                 if len(self._jobs) >= self.MAX_OPEN_JOBS:
                     self._jobs.pop(next(iter(self._jobs)))
-                view = self._jobs[job.store_url] = _JobView(job)
+                view = self._jobs[job.store_url] = _JobView(job, self.device)
             return view
 
-    # The model thread's current job, for the methods below (set by ``process``).
-    @property
-    def store(self) -> JobStore:
-        return self._view.store
-
-    @property
-    def layout(self):
-        return self._view.layout
-
-    @property
-    def input(self):
-        return self._view.input
-
-    @property
-    def grid(self) -> Grid:
-        return self._view.grid
-
-    @property
-    def config(self) -> JobConfig:
-        return self._view.config
-
-    # ------------------------------------------------------------------ calls
-    def process(self, task: RegionTask | EstimateTask, job: JobRef) -> Any:
-        """Upscale one region of ``job`` and write its shard (returns counts and
-        timings), or estimate degradation scores (returns them: 2 floats a frame)."""
-        try:
-            self._view = view = self._open(job)
-            if isinstance(task, EstimateTask):
-                scores = self.estimate(task.frames)
-                if degradation_mode(job.config.model, self.layout.frames > 1) != "shot":
-                    return scores
-                return {"scores": scores, "signatures": self.signatures(task.frames)}
-            started, t0 = time.time(), time.perf_counter()
-            halo = view.read_halo(task)
-            blend = self._blend(view, task, halo)
-            view.write(task, self._finish(view, halo, blend))
-            return self._status(task, halo, blend.model_s, started, t0)
-        except Exception as exc:
-            raise _failed(task, exc) from exc
-
-    def compute(self, task: RegionTask, job: JobRef) -> None:
-        """Ray, default thread: the model and the blend of a region whose ``io`` call
-        reads the halo, then normalises the blend and writes the shard."""
-        slot = self._slot(job, task)
-        try:
-            self._view = view = self._open(job)
-            if not slot.read.wait(HALO_WAIT_S):
-                raise TimeoutError(f"the halo was not read within {HALO_WAIT_S:.0f} s")
-            if slot.error is None:
-                assert slot.halo is not None
-                slot.blend = self._blend(view, task, slot.halo)
-        except BaseException as exc:
-            slot.error = slot.error or exc
-            raise _failed(task, exc) from exc
-        finally:
-            slot.computed.set()
-
-    def io(self, task: RegionTask, job: JobRef) -> dict[str, Any]:
-        """Ray, ``io`` threads: read the region's halo, wait for ``compute``, finish the
-        blend and write the shard; returns the region's status (what ``process``
-        returns)."""
-        slot = self._slot(job, task)
-        t0 = time.perf_counter()
-        try:
-            try:
-                view = self._open(job)
-                slot.halo = view.read_halo(task)
-            except BaseException as exc:
-                slot.error = exc
-                raise
-            finally:
-                slot.read.set()
-            slot.computed.wait()
-            if slot.error is not None:
-                raise slot.error
-            assert slot.blend is not None and slot.halo is not None
-            view.write(task, self._finish(view, slot.halo, slot.blend))
-            return self._status(task, slot.halo, slot.blend.model_s, slot.started, t0)
-        except Exception as exc:
-            raise _failed(task, exc) from exc
-        finally:
-            with self._lock:
-                self._slots.pop((job.store_url, task), None)
-
-    def _slot(self, job: JobRef, task: RegionTask) -> _Slot:
-        with self._lock:
-            return self._slots.setdefault((job.store_url, task), _Slot())
-
-    def _status(
-        self, task: RegionTask, halo: _Halo, model_s: float, started: float, t0: float
-    ) -> dict[str, Any]:
-        r, s = halo.region, halo.scale
-        return {
-            "frame": task.frame,
-            "row": task.row,
-            "col": task.col,
-            "tiles": len(halo.tiles),
-            "batch_size": self.batch_size,
-            "out_px": (r.y1 - r.y0) * (r.x1 - r.x0) * s * s,
-            "model_s": model_s,
-            "total_s": time.perf_counter() - t0,
-            "started": started,  # wall clock, for the driver's "model busy" per worker
-            "ended": time.time(),
-            "node": self.node,
-            "worker": self.worker,
-        }
-
     # ------------------------------------------------------------- estimate
-    def estimate(self, frames: tuple[int, ...]) -> np.ndarray:
+    def estimate(self, task: EstimateTask, job: JobRef) -> Estimates:
+        """The degradation scores of ``task.frames`` (and their shot signatures when the
+        driver asked for them: ``job.signatures``)."""
+        view = self._open(job)
+        scores = self._scores(view, task.frames)
+        signatures = self._signatures(view, task.frames) if job.signatures else None
+        return Estimates(scores, signatures)
+
+    def _scores(self, view: _JobView, frames: tuple[int, ...]) -> np.ndarray:
         """Mean degradation scores over a fixed set of LR crops of each frame: (n, 2)."""
         import torch
 
         from workers.s3diff.degradation import plan_degradation_crops
 
-        lay = self.layout
-        low, span, _ = self._view.range
+        lay = view.layout
+        low, span, _ = view.range
         corners = plan_degradation_crops(lay.height, lay.width)
         ch, cw = min(128, lay.height), min(128, lay.width)
         out = np.zeros((len(frames), 2), np.float32)
         for i, f in enumerate(frames):
-            crops = np.stack([self.input[f, y : y + ch, x : x + cw, :] for y, x in corners])
+            crops = np.stack([view.input[f, y : y + ch, x : x + cw, :] for y, x in corners])
             crops_t = torch.from_numpy(to_unit(crops, low, span)).clamp_(0.0, 1.0)
             crops_t = crops_t.permute(0, 3, 1, 2)
             # Colour images as RGB; otherwise the first band, as gray.
@@ -370,11 +233,12 @@ class RegionWorker:
             out[i] = self._estimate_frame(crops_t.contiguous(), f)
         return out
 
-    def signatures(self, frames: tuple[int, ...]) -> np.ndarray:
+    @staticmethod
+    def _signatures(view: _JobView, frames: tuple[int, ...]) -> np.ndarray:
         """(n, K) shot signatures of these LR frames (pipeline/pure/shots.py)."""
-        low, span, _ = self._view.range
+        low, span, _ = view.range
         return np.stack(
-            [frame_signature(to_unit(np.asarray(self.input[f]), low, span), 1.0) for f in frames]
+            [frame_signature(to_unit(np.asarray(view.input[f]), low, span), 1.0) for f in frames]
         )
 
     def _estimate_frame(self, crops_nchw, frame: int) -> np.ndarray:
@@ -412,11 +276,86 @@ class RegionWorker:
         )
         return None
 
-    def _conditioning(self, frame: int):
+    # -------------------------------------------------------------- upscale
+    def upscale(self, task: RegionTask, job: JobRef) -> dict[str, Any]:
+        """Upscale one region of ``job`` and write its shard; returns counts and timings.
+        The in-process runner's call: halo read, model and blend, shard write in turn."""
+        started, t0 = time.time(), time.perf_counter()
+        view = self._open(job)
+        halo = view.read_halo(task)
+        blend = self._blend(view, task, halo)
+        view.write(task, halo.region, self._finish(view, halo, blend))
+        return self._status(task, blend, view.spec.scale, started, t0)
+
+    def compute(self, task: RegionTask, job: JobRef) -> None:
+        """Ray, default thread: the model and the blend of a region whose ``io`` call
+        reads the halo, then normalises the blend and writes the shard."""
+        slot = self._slot(job, task)
+        try:
+            view = self._open(job)
+            if not slot.read.wait(HALO_WAIT_S):
+                raise TimeoutError(f"the halo was not read within {HALO_WAIT_S:.0f} s")
+            if slot.error is None:
+                assert slot.halo is not None
+                slot.blend = self._blend(view, task, slot.halo)
+        except BaseException as exc:
+            slot.error = slot.error or exc
+            raise
+        finally:
+            slot.computed.set()
+
+    def io(self, task: RegionTask, job: JobRef) -> dict[str, Any]:
+        """Ray, ``io`` threads: read the region's halo, wait for ``compute``, finish the
+        blend and write the shard; returns the region's status (what ``upscale``
+        returns)."""
+        slot = self._slot(job, task)
+        t0 = time.perf_counter()
+        try:
+            try:
+                view = self._open(job)
+                slot.halo = view.read_halo(task)
+            except BaseException as exc:
+                slot.error = exc
+                raise
+            finally:
+                slot.read.set()
+            slot.computed.wait()
+            if slot.error is not None:
+                raise slot.error
+            assert slot.blend is not None and slot.halo is not None
+            view.write(task, slot.halo.region, self._finish(view, slot.halo, slot.blend))
+            return self._status(task, slot.blend, view.spec.scale, slot.started, t0)
+        finally:
+            with self._lock:
+                self._slots.pop((job.store_url, task), None)
+
+    def _slot(self, job: JobRef, task: RegionTask) -> _Slot:
+        with self._lock:
+            return self._slots.setdefault((job.store_url, task), _Slot())
+
+    def _status(
+        self, task: RegionTask, blend, scale: int, started: float, t0: float
+    ) -> dict[str, Any]:
+        r, s = blend.region, scale
+        return {
+            "frame": task.frame,
+            "row": task.row,
+            "col": task.col,
+            "tiles": blend.tiles,
+            "batch_size": self.batch_size,
+            "out_px": (r.y1 - r.y0) * (r.x1 - r.x0) * s * s,
+            "model_s": blend.model_s,
+            "total_s": time.perf_counter() - t0,
+            "started": started,  # wall clock, for the driver's "model busy" per worker
+            "ended": time.time(),
+            "node": self.node,
+            "worker": self.worker,
+        }
+
+    def _conditioning(self, view: _JobView, frame: int):
         """The frame's scores from the store (written by the driver), or None."""
         import torch
 
-        view = self._view
         if "degradation" not in view.store.group:
             return None
         if view.degradation is None:
@@ -432,26 +371,19 @@ class RegionWorker:
         (workers/region.py)."""
         from workers.region import blend_region
 
-        lay = view.layout
-        conditioning = self._conditioning(task.frame)
-        r, s = halo.region, lay.scale
-        shape = (lay.channels, (r.y1 - r.y0) * s, (r.x1 - r.x0) * s)
+        conditioning = self._conditioning(view, task.frame)
+        r, s = halo.region, view.spec.scale
+        shape = (view.spec.samples.channels, (r.y1 - r.y0) * s, (r.x1 - r.x0) * s)
+        tile_hw = (view.spec.grid.tile_h, view.spec.grid.tile_w)
         return blend_region(
             halo.pixels_hwc,
-            halo.origin,
-            view.grid,
+            view.spec,
             r,
-            halo.tiles,
-            s,
-            view.samples,
-            window=lambda y, x: view.window(y, x, self.device),
-            upscale=lambda images: self._run_model(images, conditioning, task),
+            lambda images: self._run_model(images, conditioning, task, tile_hw),
             tiles_per_call=lambda: self.batch_size,
             device=self.device,
-            size_multiple=view.job.size_multiple,
-            invalid_hwc=halo.invalid_hwc,
+            windows=view.windows,
             acc=self._buffers.take(shape, self.device),
-            wsum=view.weights(halo, self.device),
         )
 
     def _finish(self, view: _JobView, halo: _Halo, blend) -> np.ndarray:
@@ -460,19 +392,11 @@ class RegionWorker:
         from workers.region import finish_region
 
         try:
-            return finish_region(
-                blend,
-                view.samples,
-                halo.region,
-                view.layout.scale,
-                halo.pixels_hwc,
-                halo.origin,
-                halo.invalid_hwc,
-            )
+            return finish_region(blend, halo.pixels_hwc, view.spec)
         finally:
             self._buffers.give(blend.acc)
 
-    def _run_model(self, images_nchw, conditioning, task: RegionTask):
+    def _run_model(self, images_nchw, conditioning, task: RegionTask, tile_hw: tuple[int, int]):
         """The model's output for these images, at most ``batch_size`` per call (a tile
         of many bands is many images), or None after running out of memory."""
         import torch
@@ -480,14 +404,14 @@ class RegionWorker:
         outs = []
         for i in range(0, len(images_nchw), self.batch_size):
             out = self._upscale_or_shrink(
-                images_nchw[i : i + self.batch_size].contiguous(), conditioning, task
+                images_nchw[i : i + self.batch_size].contiguous(), conditioning, task, tile_hw
             )
             if out is None:
                 return None
             outs.append(out)
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
-    def _upscale_or_shrink(self, tiles_nchw, conditioning, task: RegionTask):
+    def _upscale_or_shrink(self, tiles_nchw, conditioning, task: RegionTask, tile_hw):
         """The model's output for these tiles, or None after an out-of-memory error
         (the batch size is halved; the caller retries the same tiles)."""
         out, message = call_or_oom(lambda: self.upscaler.upscale(tiles_nchw, conditioning))
@@ -495,7 +419,7 @@ class RegionWorker:
             return out
         if self.batch_size == 1:
             raise OutOfMemory(
-                f"out of memory with a single {self.grid.tile_h}x{self.grid.tile_w} px tile "
+                f"out of memory with a single {tile_hw[0]}x{tile_hw[1]} px tile "
                 f"({message}); free GPU memory, or lower --tile and rerun with --restart "
                 "(the tile grid is global, so it cannot shrink for one region)"
             )
@@ -539,15 +463,3 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
-
-
-def _failed(task: RegionTask | EstimateTask, exc: BaseException) -> RuntimeError:
-    """The error a failed call raises: where (the frame and region, or the frames of an
-    estimate), then what. The driver shows it as it is."""
-    if isinstance(exc, _RegionFailed):
-        return exc
-    return _RegionFailed(f"{describe(task)} failed: {type(exc).__name__}: {exc}")
-
-
-class _RegionFailed(RuntimeError):
-    """A call's failure, already located (never wrapped twice)."""

@@ -19,11 +19,11 @@ use) and the shot arrays.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 
 from pipeline.pure.shots import ShotTracker
+from pipeline.runner.tasks import Estimates
 from pipeline.store.jobstore import JobStore
 
 
@@ -75,15 +75,18 @@ class Conditioning:
             return []
         return [f for f in frames if not np.isfinite(self.raw[f]).all()]
 
-    def record(self, frames: Iterable[int], result: Any) -> None:
-        """An estimate call's result: (n, 2) scores, or {"scores", "signatures"}."""
+    def record(self, frames: Iterable[int], result: Estimates) -> None:
+        """An estimate call's result: its frames' scores, and their signatures in shot
+        mode (the workers return them when ``JobRef.signatures``, set from ``mode``)."""
         frames = list(frames)
-        scores = result["scores"] if isinstance(result, dict) else result
+        scores = result.scores
         self.raw[frames] = scores
         for f, s in zip(frames, scores, strict=True):
             self.raw_arr[f] = s
-        if self.shots and isinstance(result, dict) and result.get("signatures") is not None:
-            sigs = np.asarray(result["signatures"], np.float32)
+        if self.shots:
+            if result.signatures is None:
+                raise RuntimeError("shot-mode estimates came back without signatures")
+            sigs = np.asarray(result.signatures, np.float32)
             self.sig[frames] = sigs
             self.known[frames] = True
             lo, hi = min(frames), max(frames) + 1

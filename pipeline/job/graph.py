@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import degradation_mode, parse_degradation
-from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause
+from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause, reason
 from pipeline.events import JobEvents, Listener, StageMeter
 from pipeline.job.conditioning import Conditioning
 from pipeline.job.plan import Plan
 from pipeline.job.record import ModelBusy, Progress
 from pipeline.job.regions import (
+    ESTIMATE_METHOD,
     REGION_SPLIT,
+    UPSCALE_METHOD,
     calls_batch,
     region_pool,
     region_stages,
@@ -62,10 +64,10 @@ def resume_line(
 
 
 def region_failed(store_url: str, task: Any, attempts: int, exc: BaseException) -> JobFailed:
-    where = describe(task)
-    reason = cause(exc).removeprefix(f"{where} failed: ")
+    """The one place a region's or estimate's failure is located: the worker raises the
+    plain cause, named here from the call's address."""
     return JobFailed(
-        f"{where} failed {attempts} time(s): {reason}; the job store "
+        f"{describe(task)} failed {attempts} time(s): {reason(exc)}; the job store "
         f"{store_url} is kept, so a fixed rerun resumes"
     )
 
@@ -125,8 +127,13 @@ class JobGraph:
         self.expected = expected_regions or self.regions_total
         self.estimate_stage, self.upscale_stage = region_stages(plan.config.run.region_retries)
         self.pool = region_pool(plan.config, plan.model, self.expected)
+        self.degradation_mode = degradation_mode(plan.config.model, plan.is_video)
         self.job = JobRef(
-            plan.store_url, plan.config, plan.model.size_multiple, plan.model.context_px
+            plan.store_url,
+            plan.config,
+            plan.model.size_multiple,
+            plan.model.context_px,
+            signatures=self.degradation_mode == "shot",
         )
         self.staged = temp_name(plan.output_path)  # the output until it is complete
         self.region_batch = regions_per_call(lay.height, lay.width, lay.region_lr_px)
@@ -201,7 +208,7 @@ class JobGraph:
                 plan.model.needs_degradation,
                 cfg.degradation_window if plan.is_video else 0,
                 fixed,
-                mode=degradation_mode(cfg, plan.is_video),
+                mode=self.degradation_mode,
                 max_shot=self.max_shot_frames(),
                 threshold=cfg.shot_threshold,
             )
@@ -326,7 +333,14 @@ class JobGraph:
             task = EstimateTask(tuple(missing[i : i + ESTIMATE_BATCH]))
             self.estimates_left += 1
             self.emit(
-                self.call(self.estimate_stage, task, context=self.job, pool=self.pool, first=True)
+                self.call(
+                    self.estimate_stage,
+                    task,
+                    context=self.job,
+                    method=ESTIMATE_METHOD,
+                    pool=self.pool,
+                    first=True,
+                )
             )
         self.waiting.update(frames)
         self.release_frames()
@@ -347,6 +361,7 @@ class JobGraph:
                     task,
                     context=self.job,
                     pool=self.pool,
+                    method=UPSCALE_METHOD,
                     split=REGION_SPLIT,
                     batch=batch,
                 )

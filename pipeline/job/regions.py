@@ -2,8 +2,10 @@
 
 Function stages name a "module:function" run as a task; actor stages name a class that
 loads what it needs once, in its constructor (``setup``), and then serves calls on
-addresses (``process(task, job)`` for region workers). Names are resolved only where
-the stage runs, so nothing here imports worker code.
+addresses: the region workers' ``estimate(task, job)`` and ``upscale(task, job)``, one
+method per stage (``ESTIMATE_METHOD``, ``UPSCALE_METHOD``; under Ray an upscale is
+``REGION_SPLIT``). Names are resolved only where the stage runs, so nothing here
+imports worker code.
 
     estimate degradation scores of frames                  (region workers)
     upscale  one output region: its tiles, blended         (region workers, GPUs)
@@ -27,6 +29,7 @@ WEIGHTS_CHECK = "workers.s3diff.preflight:weights_problems"
 # Under Ray an upscale call is two methods of its region worker: the model and blend on
 # the actor's sequential thread, the halo read and shard write on its io threads.
 REGION_SPLIT = ("compute", "io")
+ESTIMATE_METHOD, UPSCALE_METHOD = "estimate", "upscale"  # the in-process runner's calls
 
 
 def region_stages(run_retries: int) -> tuple[Stage, Stage]:

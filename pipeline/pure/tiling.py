@@ -120,6 +120,15 @@ def tiles_for_region(grid: Grid, region: Region) -> list[tuple[int, int]]:
     return [(grid.ys[i], grid.xs[j]) for i in iy for j in ix]
 
 
+def halo_box(grid: Grid, region: Region) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1): the LR box holding every pixel of every tile that touches the
+    region (``tiles_for_region``), what a worker reads to compute the region."""
+    tiles = tiles_for_region(grid, region)
+    y0, x0 = min(y for y, _ in tiles), min(x for _, x in tiles)
+    y1, x1 = max(y for y, _ in tiles) + grid.tile_h, max(x for _, x in tiles) + grid.tile_w
+    return y0, x0, y1, x1
+
+
 def window_1d(
     n_out: int,
     scale: int,

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from pipeline.errors import cause
+from pipeline.errors import reason
 from pipeline.runner import stopping
 from pipeline.runner.stage import Call, Settled
 
@@ -242,7 +242,7 @@ class Loop:
                 error.__cause__ = s.error
             self._fail(graph, error)
             return
-        log.warning("retrying %s: %s", _name(call), cause(s.error))
+        log.warning("retrying %s: %s", _name(call), reason(s.error))
         call.attempt += 1
         self._enqueue(call)
 

@@ -11,8 +11,12 @@ workers are shared by every job of a batch that uses the same model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.config import JobConfig
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class JobContext:
@@ -32,19 +36,32 @@ class RegionTask:
 
 @dataclass(frozen=True)
 class EstimateTask:
-    """Estimate the degradation scores of these frames (returns (n, 2) float32)."""
+    """Estimate the degradation scores of these frames (returns :class:`Estimates`)."""
 
     frames: tuple[int, ...]
 
 
 @dataclass(frozen=True)
+class Estimates:
+    """What an estimate call returns: its frames' degradation ``scores`` (n, 2) float32,
+    and their shot ``signatures`` (n, K) float32 when the job asked for them
+    (``JobRef.signatures``), else None."""
+
+    scores: np.ndarray
+    signatures: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class JobRef(JobContext):
-    """A job as its region workers see it: its store and tiling."""
+    """A job as its region workers see it: its store and tiling, and whether its
+    estimates return shot signatures too (the driver decided the job's degradation mode
+    is ``shot``: ``pipeline.config.degradation_mode``, called on the driver only)."""
 
     store_url: str
     config: JobConfig
     size_multiple: int
     context_px: int
+    signatures: bool = False
 
 
 def describe(task: RegionTask | EstimateTask) -> str:
