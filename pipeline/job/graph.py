@@ -148,6 +148,7 @@ class JobGraph:
         self.recorder: Progress | None = None
         self.flags: DoneFlags | None = None
         self.frames_resumed = 0
+        self.unreported = 0  # regions settled, their flags not written yet
         self.todo: list[RegionTask] = []
         self.by_frame: dict[int, list[RegionTask]] = {}
         self.regions_left = 0
@@ -230,11 +231,22 @@ class JobGraph:
         return set()
 
     def ready(self) -> list[Call]:
+        self.report_regions()
         self.advance()
-        if self.flags is not None:
-            self.flags.maybe_flush()
         out, self._out = self._out, []
         return out
+
+    def report_regions(self) -> None:
+        """Write the flags of the regions settled since the last step (one store write),
+        then show them as done: the bar and the progress record never count a region
+        whose flag a killed driver would lose."""
+        if self.flags is None or not self.unreported:
+            return
+        self.flags.flush()
+        count, self.unreported = self.unreported, 0
+        if self.upscale_meter is not None:
+            self.upscale_meter.advance(count)
+        self.recorder.regions_done(count)
 
     def advance(self) -> None:
         """Move the job on from what has settled: queue new calls (``emit``)."""
@@ -274,7 +286,9 @@ class JobGraph:
         plan, store = self.plan, self.store
         if store is None or self.recorder is None:
             return
-        if self.flags is not None and not self.store_removed:
+        if error is None:
+            self.report_regions()
+        elif self.flags is not None and not self.store_removed:
             self.flags.flush()
         drop = False
         if error is None:
@@ -376,14 +390,15 @@ class JobGraph:
             if self.store_removed or self.flags is None or self.recorder is None:
                 return
             self.flags.add(task.frame, task.row, task.col)
-            if self.error is not None:
+            if self.error is not None:  # the job has ended: keep the flag for a resume
+                self.flags.flush()
                 return
             self.busy.record(result)
             self.recorder.model_busy(self.busy.fraction())
             self.regions_left -= 1
-            if self.upscale_meter is not None:
-                self.upscale_meter.advance()
-            self.recorder.regions_done()
+            self.unreported += 1
+            if not self.regions_left:
+                self.report_regions()  # the stage's bar is full before the next starts
             self.region_settled(task)
         elif call.stage is self.estimate_stage:
             if self.error is not None:

@@ -25,7 +25,7 @@ from pipeline.errors import UserError
 from pipeline.store.urls import forwarded_env
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # pipeline/runner/cluster.py
 # Set by Ray's job supervisor for a submitted job's entrypoint: its runtime env, which
 # already ships the working directory.
 IN_RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"

@@ -81,7 +81,7 @@ def start_reaper() -> subprocess.Popen:
         stderr=subprocess.DEVNULL,
         start_new_session=True,
         close_fds=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],  # the project root (pipeline/runner/..)
     )
 
 

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -475,17 +474,13 @@ def remove_store(url: str) -> None:
 
 
 class DoneFlags:
-    """The driver's region flags, written in batches (at most every ``FLUSH_S``, and
-    when the job ends): one store write per flush instead of one per region. A driver
-    killed in between loses the flags of at most that long; those regions run again on
-    resume, whose results are the same."""
-
-    FLUSH_S = 0.5
+    """The driver's region flags, written in batches: the regions settled in one step of
+    the loop (a worker call's batch, or what several workers returned at once) in one
+    store write, before they are shown as done."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self.pending: list[tuple[int, int, int]] = []
-        self._t = time.monotonic()
 
     def add(self, frame: int, row: int, col: int) -> None:
         self.pending.append((frame, row, col))
@@ -494,12 +489,7 @@ class DoneFlags:
         """Frames [start, stop) were freed (their flags cleared): drop theirs."""
         self.pending = [p for p in self.pending if not start <= p[0] < stop]
 
-    def maybe_flush(self) -> None:
-        if self.pending and time.monotonic() - self._t >= self.FLUSH_S:
-            self.flush()
-
     def flush(self) -> None:
         if self.pending:
             self.store.mark_done_many(self.pending)
             self.pending = []
-        self._t = time.monotonic()
