@@ -256,8 +256,7 @@ def run_batch(
     thread may cancel (the running items stop as after SIGTERM)."""
     import numpy as np
 
-    from pipeline.job.launch import checks_here, listener_for
-    from pipeline.runner.cluster import ray_runtime
+    from pipeline.job.launch import listener_for, workers_up
 
     listener, bars = listener_for(progress, ("batch",))
     with closing(bars) if bars is not None else nullcontext():
@@ -272,13 +271,13 @@ def run_batch(
         if any(p.config.run.runner == "local" for p in plans.values()):
             raise UserError("batch runs on Ray; run.runner=local is for single jobs")
         total = sum(p.layout.frames * int(np.prod(p.layout.regions)) for p in plans.values())
-        here = checks_here(cfg)
-        if here:  # the workers' machine is this one: refuse before a local Ray starts
-            _check_weights(plans, reports)
-        stopping.check(cancel)
-        with ray_runtime(cfg.run.address):
-            if not here:
-                _check_weights(plans, reports, cancel)
+
+        def refuse(refusals: dict[int, str]) -> None:
+            """Fail the items whose model's weights are not usable."""
+            for i, error in refusals.items():
+                reports[i].status, reports[i].error = "failed", error
+
+        with workers_up(plans, cfg, refuse, cancel):
             runnable = [i for i in plans if reports[i].status == "pending"]
             meter = JobEvents(listener, "").stage("batch", total, "region")
 
@@ -291,23 +290,6 @@ def run_batch(
             _run_items(runnable, plans, reports, report, *run)
         report.save()
         return reports
-
-
-def _check_weights(plans: dict[int, Any], reports: list[ItemReport], cancel: Any = None) -> None:
-    """Fail the items whose model's weights are not usable (checked once per model)."""
-    from pipeline.job.launch import check_weights
-
-    checked: dict[str, str | None] = {}
-    for i, plan in plans.items():
-        key = repr(plan.config.model)
-        if key not in checked:
-            try:
-                check_weights(plan, cancel)
-                checked[key] = None
-            except UserError as exc:
-                checked[key] = str(exc)
-        if checked[key]:
-            reports[i].status, reports[i].error = "failed", checked[key]
 
 
 def _run_items(

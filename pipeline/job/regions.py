@@ -14,6 +14,7 @@ The image path's stages are in ``pipeline.image.stages``, the video path's in
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from pipeline.config import JobConfig
@@ -22,8 +23,8 @@ from pipeline.runner.cluster import cluster_cpus, cluster_gpus
 from pipeline.runner.placement import region_actor_options
 from pipeline.runner.stage import PoolSpec, Stage
 
-REGION_WORKER = "workers.region_worker:RegionWorker"
-WEIGHTS_CHECK = "workers.s3diff.preflight:weights_problems"
+# The region workers' stage: upscale (estimate is the same actors' other method).
+REGION_WORKER = Stage("upscale", "workers.region_worker:RegionWorker", actor=True, priority=3)
 # Under Ray an upscale call is two methods of its region worker: the model and blend on
 # the actor's sequential thread, the halo read and shard write on its io threads.
 REGION_SPLIT = ("compute", "io")
@@ -32,10 +33,8 @@ REGION_SPLIT = ("compute", "io")
 def region_stages(run_retries: int) -> tuple[Stage, Stage]:
     """(estimate, upscale): both on the region workers; estimates go first, since each
     unblocks whole frames."""
-    return (
-        Stage("estimate", REGION_WORKER, actor=True, retries=run_retries, priority=2),
-        Stage("upscale", REGION_WORKER, actor=True, retries=run_retries, priority=3),
-    )
+    upscale = replace(REGION_WORKER, retries=run_retries)
+    return replace(upscale, name="estimate", priority=2), upscale
 
 
 def workers_use_gpu(cfg: JobConfig) -> bool:
@@ -49,7 +48,7 @@ def region_pool(cfg: JobConfig, model: ModelSpec, expected_regions: int) -> Pool
     key = repr((model.factory, cfg.model, run))
     if run.runner == "local":
         kwargs: dict[str, Any] = {"factory": model.factory, "threads": int(cluster_cpus())}
-        return PoolSpec("upscale|" + key, REGION_WORKER, (cfg.model,), kwargs)
+        return PoolSpec("upscale|" + key, REGION_WORKER.target, (cfg.model,), kwargs)
     use_gpu = workers_use_gpu(cfg)
     if run.actors:
         count = run.actors
@@ -70,7 +69,7 @@ def region_pool(cfg: JobConfig, model: ModelSpec, expected_regions: int) -> Pool
     where = "GPU" if use_gpu else "CPU"
     return PoolSpec(
         "upscale|" + key,
-        REGION_WORKER,
+        REGION_WORKER.target,
         (cfg.model,),
         {"factory": model.factory},
         count=count,
