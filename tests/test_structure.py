@@ -117,7 +117,6 @@ def test_the_checker_sees_a_cycle_and_a_boundary_crossing(tmp_path, monkeypatch)
         test_the_driver_imports_no_worker_code()
 
 
-
 def test_the_checker_sees_a_cycle_through_a_package_init(tmp_path, monkeypatch):
     """A package __init__ that imports its submodule, which imports the package (the
     shape ``pipeline.qc`` had), is a cycle: package __init__s are not exempt."""
