@@ -320,7 +320,7 @@ def _run_items(
             r.segments_run, r.segments_total = summary.segments_run, summary.segments_total
             r.scratch_peak_bytes = summary.scratch_peak_bytes
             r.model_busy = summary.model_busy
-            r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
+            r.mp_per_s = summary.mp_per_s
         elif isinstance(exc, Cancelled):
             r.status, r.error = "cancelled", str(exc)
         elif isinstance(exc, Interrupted):
@@ -355,19 +355,18 @@ def _run_items(
         graphs.append(g)
     order = {k: n for n, k in enumerate(dict.fromkeys(g.pool.key for g in graphs))}
     graphs.sort(key=lambda g: order[g.pool.key])
-    executor = make_executor(cfg)
     current: list[str] = []
+    with closing(make_executor(cfg)) as executor:
 
-    def may_start(graph: Any, running: list[Any]) -> bool:
-        if current and graph.pool.key == current[0]:
+        def may_start(graph: Any, running: list[Any]) -> bool:
+            if current and graph.pool.key == current[0]:
+                return True
+            if running:
+                return False
+            current[:] = [graph.pool.key]
+            executor.close_pools(keep=graph.pool.key)
             return True
-        if running:
-            return False
-        current[:] = [graph.pool.key]
-        executor.close_pools(keep=graph.pool.key)
-        return True
 
-    try:
         run_graphs(
             graphs,
             cfg,
@@ -376,5 +375,3 @@ def _run_items(
             may_start=may_start,
             cancel=cancel,
         )
-    finally:
-        executor.close()

@@ -76,15 +76,10 @@ def run_graphs(
     may_start: Callable[[Any, list[Any]], bool] | None = None,
     cancel: stopping.CancelToken | None = None,
 ) -> None:
-    """Run job graphs on one loop (Ray, when used, is up)."""
-    own = executor is None
-    executor = make_executor(cfg) if own else executor
-    try:
-        loop = Loop(executor, cfg.run.term_grace_s, cancel)
-        loop.run(graphs, active=active, may_start=may_start)
-    finally:
-        if own:
-            executor.close()
+    """Run job graphs on one loop (Ray, when used, is up), on ``executor`` or on one
+    made for the call and closed after it."""
+    with closing(make_executor(cfg)) if executor is None else nullcontext(executor) as ex:
+        Loop(ex, cfg.run.term_grace_s, cancel).run(graphs, active=active, may_start=may_start)
 
 
 def run_job(
