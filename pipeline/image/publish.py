@@ -48,16 +48,6 @@ from pipeline.store.urls import ObjectPath, is_remote, zarr_kwargs
 
 log = logging.getLogger(__name__)
 
-FORMATS = {
-    ".zarr": "zarr",
-    ".ome.zarr": "zarr",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    ".png": "png",
-    ".jpg": "jpeg",
-    ".jpeg": "jpeg",
-}
-
 
 def check_output(
     path: Path,

@@ -32,15 +32,11 @@ from typing import Any
 from pipeline.config import load_config
 from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause
 from pipeline.events import ItemFinished, JobEvents, Listener
+from pipeline.formats import BATCH_INPUTS
 from pipeline.results import ItemResult, exit_code, format_table
 from pipeline.runner import stopping
 
 log = logging.getLogger(__name__)
-
-INPUT_SUFFIXES = {
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".zarr",
-    ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm",
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,7 @@ def _remote_inputs(source: str) -> list[Any]:
     else:
         found = [f for f in fs.ls(path, detail=False) if f.rstrip("/") != path.rstrip("/")]
     paths = [ObjectPath(fs.unstrip_protocol(f)) for f in found]
-    return sorted((p for p in paths if p.suffix.lower() in INPUT_SUFFIXES), key=str)
+    return sorted((p for p in paths if p.suffix.lower() in BATCH_INPUTS), key=str)
 
 
 def _from_pattern(source: str, output_pattern: str | None) -> list[BatchItem]:
@@ -126,7 +122,7 @@ def _from_pattern(source: str, output_pattern: str | None) -> list[BatchItem]:
     if is_remote(source):
         paths = _remote_inputs(source)
     elif Path(source).is_dir() and not source.endswith(".zarr"):
-        paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
+        paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in BATCH_INPUTS)
     else:
         paths = sorted(Path(p) for p in glob.glob(source))
     if not paths:
