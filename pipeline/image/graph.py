@@ -14,18 +14,12 @@ from typing import Any
 from pipeline.errors import damaged
 from pipeline.image.ingest import plan_bands
 from pipeline.image.probe import ImageInfo
-from pipeline.image.publish import (
-    blocks,
-    create_ome_zarr,
-    pyramid_shapes,
-    replace_output,
-    temp_name,
-)
+from pipeline.image.publish import blocks, create_ome_zarr, pyramid_shapes
 from pipeline.image.stages import INGEST, PYRAMID, WRITE_OME, WRITE_SMALL, WRITE_TIFF
 from pipeline.job.graph import JobGraph
 from pipeline.runner.cluster import cluster_cpus
 from pipeline.runner.stage import Call
-from pipeline.store.outputs import discard
+from pipeline.store.outputs import discard_temp, replace_output, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -162,4 +156,4 @@ class ImageGraph(JobGraph):
 
     def cleanup(self, error: BaseException | None) -> None:
         if error is not None and hasattr(self, "tmp"):
-            discard(self.tmp)
+            discard_temp(self.tmp, self.plan.output_path)

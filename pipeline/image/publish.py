@@ -4,17 +4,15 @@ Formats by extension: ``.zarr`` (OME-Zarr 0.5 with a multiscale pyramid), ``.tif
 ``.tiff`` (tiled BigTIFF with a pyramid in SubIFDs, GeoTIFF tags carried over and
 rescaled), ``.png`` / ``.jpg`` (only when the image fits ``output.max_in_memory_mb``).
 The pyramid is built level by level in Ray tasks that each own whole chunks. Output is
-written under a temporary name and renamed only when complete. For an object-store
-output the temporary is a sibling object (or prefix, for OME-Zarr) that ``replace_output``
-copies into place, root ``zarr.json`` last; single-file writers write a local file on
-their node and upload it (``files.local_target``).
+written under the temporary name ``pipeline.store.outputs`` gives it and put in place
+only when complete (the single-file writers write a local file on their node and
+upload it: ``outputs.local_target``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +41,8 @@ from pipeline.image.scaled_meta import (
 )
 from pipeline.image.tiles import encoded_tiles
 from pipeline.store.jobstore import JobStore
-from pipeline.store.outputs import local_target, replace
-from pipeline.store.urls import ObjectPath, is_remote, zarr_kwargs
+from pipeline.store.outputs import local_target
+from pipeline.store.urls import ObjectPath, zarr_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -158,25 +156,6 @@ def blocks(height: int, width: int, block: int) -> list[tuple[int, int, int, int
 
 
 # ------------------------------------------------------------------------- writers
-def temp_name(final: Path | ObjectPath) -> Path | ObjectPath:
-    """A hidden sibling that keeps the extension (libraries pick formats from it)."""
-    return final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
-
-
-def replace_output(tmp: Path | ObjectPath, final: Path | ObjectPath) -> None:
-    """Atomically move a finished output into place (directories via a side rename; on an
-    object store by a copy that makes the final object appear whole)."""
-    if is_remote(str(final)):
-        replace(str(tmp), str(final))
-    elif tmp.is_dir() and final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, final)
-
-
 def ome_multiscales(
     name: str, shapes: list[tuple[int, int]], channels: int, meta: ImageMeta | None = None
 ) -> dict[str, Any]:

@@ -9,9 +9,7 @@ shard returned.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,8 +26,7 @@ from pipeline.results import Result
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
 from pipeline.store.jobstore import JobStore, open_for_job, remove_store
-from pipeline.store.outputs import discard
-from pipeline.store.urls import as_path, list_prefix
+from pipeline.store.outputs import sweep_partials
 
 log = logging.getLogger(__name__)
 ESTIMATE_BATCH = 32  # frames per estimate call
@@ -61,23 +58,6 @@ def region_failed(store_url: str, task: Any, attempts: int, exc: BaseException) 
         f"{where} failed {attempts} time(s): {reason}; the job store "
         f"{store_url} is kept, so a fixed rerun resumes"
     )
-
-
-def sweep_partials(final: Path) -> None:
-    """Delete this output's temporaries left by killed runs (``publish.temp_name``: the
-    pid of a process that no longer exists); a live run's temporary is left alone."""
-    import psutil
-
-    head = f".{final.stem}.partial-"
-    for name in list_prefix(str(final.parent / head)):
-        path = as_path(name)
-        if not path.name.endswith(final.suffix):
-            continue
-        pid = path.name[len(head) : len(path.name) - len(final.suffix)]
-        if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
-            continue
-        log.info("removing %s, left by an interrupted run", path)
-        discard(path)
 
 
 class JobGraph:

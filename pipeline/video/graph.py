@@ -18,10 +18,9 @@ import time
 from typing import Any
 
 from pipeline.errors import unexpected
-from pipeline.image.publish import replace_output, temp_name
 from pipeline.job.graph import JobGraph
 from pipeline.runner.stage import Call
-from pipeline.store.outputs import discard
+from pipeline.store.outputs import discard_temp, replace_output, temp_name
 from pipeline.video.container import container_format
 from pipeline.video.stages import assemble_stage, decode_stage, encode_stage, encoder_plan
 
@@ -259,4 +258,4 @@ class VideoGraph(JobGraph):
 
     def cleanup(self, error: BaseException | None) -> None:
         if error is not None and hasattr(self, "tmp"):
-            discard(self.tmp)
+            discard_temp(self.tmp, self.plan.output_path)
