@@ -1,7 +1,9 @@
 """Run jobs: plan, check, then their graphs on the runner's loop.
 
-``run_job`` is the single-job entry point; ``pipeline.job.batch`` runs many jobs through
-``run_graphs`` on one loop and one executor, so their region workers are shared. The
+``run_job`` is the single-job entry point; ``pipeline.job.batch`` runs many jobs with the
+same pieces: ``listener_for`` (events, or the CLI's bars), ``workers_up`` (the weights
+checked where the workers run, then Ray), ``graph_for`` and ``run_graphs``, on one loop
+and one executor, so their region workers are shared. The
 executor is Ray's (tasks and actor pools) or, with ``run.runner=local``, this process.
 Running the same job again resumes it: only regions without a ``done`` flag (and
 segments not yet ingested) run.
