@@ -131,10 +131,25 @@ def test_the_checker_sees_a_cycle_through_a_package_init(tmp_path, monkeypatch):
         test_there_are_no_import_cycles()
 
 
+def _base_name(node: ast.expr) -> str:
+    return node.id if isinstance(node, ast.Name) else getattr(node, "attr", "")
+
+
 def _declared_names(tree: ast.AST) -> set[int]:
-    """ids of the string constants that are a declaration's target or factory."""
+    """ids of the string constants that are a declaration's target or factory: an
+    argument of ``Stage(...)``/``PoolSpec(...)``/``ModelSpec(...)``, or the ``target``
+    default of a ``Stage`` subclass (``class DecodeStage(Stage): target: str = ...``)."""
     ok: set[int] = set()
     for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+            _base_name(b).endswith(("Stage", "PoolSpec")) for b in node.bases
+        ):
+            for item in node.body:
+                names = [item.target] if isinstance(item, ast.AnnAssign) else []
+                names += item.targets if isinstance(item, ast.Assign) else []
+                value = getattr(item, "value", None)
+                if any(getattr(n, "id", "") == "target" for n in names):
+                    ok.add(id(value))
         if not isinstance(node, ast.Call):
             continue
         func = node.func
@@ -193,15 +208,20 @@ def test_the_checker_sees_a_worker_named_outside_a_stage(tmp_path, monkeypatch):
         'A = Stage("a", "workers.foo:bar")\n'
         'B = PoolSpec("k", target="workers.foo:Pool")\n'
         'C = ModelSpec(name="m", factory="workers.foo:Model")\n'
+        "class D(Stage):\n"
+        '    target: str = "workers.foo:Actor"\n'
     )
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     test_the_driver_names_worker_code_only_as_stage_targets()
     test_package_inits_hold_only_docstrings()
     (pkg / "bad.py").write_text(
         'import importlib\nX = "workers.foo:bar"\nimportlib.import_module(X.split(":")[0])\n'
+        'class E:\n    target = "workers.foo:Other"\n'
     )
-    with pytest.raises(AssertionError, match="workers.foo:bar"):
+    with pytest.raises(AssertionError, match="workers.foo:bar") as found:
         test_the_driver_names_worker_code_only_as_stage_targets()
+    assert "workers.foo:Other" in str(found.value)  # not a stage: no declaration
+    assert "workers.foo:Actor" not in str(found.value)
     sub = pkg / "sub"
     sub.mkdir()
     (sub / "__init__.py").write_text('"""A package."""\nfrom pipeline.sub import a\n')
