@@ -229,7 +229,8 @@ def test_bad_urls_exit_2_with_one_line(s3, tmp_path, capsys, args, text):
 
 
 def test_lease_refuses_a_second_driver_and_takes_over_a_stale_one(s3, monkeypatch):
-    from pipeline.store.jobstore import JobStore, Layout, lock
+    from pipeline.store import lock
+    from pipeline.store.jobstore import JobStore, Layout
 
     url = f"s3://{BUCKET}/lease/job.zarr"
     layout = Layout(1, 32, 32, 3, "uint8", 2, 64, 64)
