@@ -15,7 +15,6 @@ Heavy modules (the planner, the runner, Ray) are imported inside the functions, 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
@@ -34,9 +33,6 @@ if TYPE_CHECKING:
     from pipeline.job.batch import BatchItem
 
 log = logging.getLogger(__name__)
-
-# (model.weights) -> where S3Diff's weights are, or None; a path lookup, no torch.
-FIND_WEIGHTS = "workers.s3diff.locations:find_weights"
 
 PathLike = str | os.PathLike
 Config = str | os.PathLike | Mapping[str, Mapping[str, Any]] | None
@@ -338,8 +334,9 @@ def weights_location(cfg: Any) -> str | None:
 
 
 def _find_weights(explicit: str | None) -> str | None:
-    module_name, function = FIND_WEIGHTS.split(":")
-    return getattr(importlib.import_module(module_name), function)(explicit)
+    from pipeline.job.weights import find_weights  # a path lookup, no torch
+
+    return find_weights(explicit)
 
 
 def _before_ray(cfg: Any) -> None:

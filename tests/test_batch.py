@@ -325,3 +325,30 @@ def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
     assert run <= total - seen
     for i in range(4):
         assert tifffile.imread(tmp_path / "up" / f"img{i}_x2.tif").shape == (384, 384, 3)
+
+
+@pytest.mark.model  # the weights check imports torch
+def test_weights_are_refused_before_the_workers_start(tmp_path):
+    """``workers_up``, which single jobs and batches share: with the workers on this
+    machine every plan's refusal is heard at once, before the runtime block runs; plans
+    of one model config get the same line, a model that needs no weights none."""
+    from pipeline.config import load_config
+    from pipeline.job.launch import workers_up
+    from pipeline.job.plan import plan_job
+
+    Image.fromarray(synth_image(16, 16)).save(tmp_path / "in.png")
+    (tmp_path / "w").mkdir()  # an empty weights directory
+    s3diff = load_config(None, {}, ["model.name=s3diff", f"model.weights={tmp_path / 'w'}"])
+    bicubic = load_config(None, {}, ["model.name=bicubic"])
+    plans = {
+        n: plan_job(str(tmp_path / "in.png"), str(tmp_path / f"o{n}.tif"), cfg, False)
+        for n, cfg in enumerate((s3diff, bicubic, s3diff))
+    }
+    local = load_config(None, {}, ["run.runner=local"])
+    heard: list[dict[int, str]] = []
+    with workers_up(plans, local, heard.append):
+        inside = list(heard)
+    assert inside == heard and len(heard) == 1  # before the block ran, once
+    assert sorted(heard[0]) == [0, 2] and heard[0][0] == heard[0][2]
+    assert heard[0][0].startswith("S3Diff weights are not usable: ")
+    assert "run_pipeline.py weights check" in heard[0][0]

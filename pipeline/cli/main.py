@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -25,8 +24,6 @@ from pipeline.cli.bars import BarLogHandler, BarRenderer
 from pipeline.cli.quiet import set_quiet
 from pipeline.errors import Error, UserError, plain
 from pipeline.runner.stopping import install_sigterm_handler
-
-WEIGHTS_COMMAND = "workers.s3diff.command"  # main(argv) -> exit code
 
 
 def _setup_logging(debug: bool, quiet: bool) -> None:
@@ -59,9 +56,11 @@ def _sample(argv: Sequence[str]) -> int:
 
 
 def _weights(argv: Sequence[str]) -> int:
-    """The ``weights`` subcommand lives with the S3Diff worker code, named by its path so
-    that the driver imports no worker code."""
-    return importlib.import_module(WEIGHTS_COMMAND).main(list(argv))
+    """The ``weights`` subcommand lives with the S3Diff worker code, run as a stage
+    (``pipeline.job.weights``) so that the driver imports no worker code."""
+    from pipeline.job.weights import weights_command
+
+    return weights_command(argv)
 
 
 @contextlib.contextmanager

@@ -4,10 +4,9 @@ Formats by extension: ``.zarr`` (OME-Zarr 0.5 with a multiscale pyramid), ``.tif
 ``.tiff`` (tiled BigTIFF with a pyramid in SubIFDs, GeoTIFF tags carried over and
 rescaled), ``.png`` / ``.jpg`` (only when the image fits ``output.max_in_memory_mb``).
 The pyramid is built level by level in Ray tasks that each own whole chunks. Output is
-written under a temporary name and renamed only when complete. For an object-store
-output the temporary is a sibling object (or prefix, for OME-Zarr) that ``replace_output``
-copies into place, root ``zarr.json`` last; single-file writers write a local file on
-their node and upload it (``files.local_target``).
+written under the temporary name ``pipeline.store.outputs`` gives it and put in place
+only when complete (the single-file writers write a local file on their node and
+upload it: ``outputs.local_target``).
 """
 
 from __future__ import annotations
@@ -47,16 +46,6 @@ from pipeline.store.outputs import local_target
 from pipeline.store.urls import ObjectPath, zarr_kwargs
 
 log = logging.getLogger(__name__)
-
-FORMATS = {
-    ".zarr": "zarr",
-    ".ome.zarr": "zarr",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    ".png": "png",
-    ".jpg": "jpeg",
-    ".jpeg": "jpeg",
-}
 
 
 def check_output(

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.formats import image_format
 
 
 def sample_image(width: int, height: int) -> np.ndarray:
@@ -34,11 +35,11 @@ def write_sample(path: str | Path, width: int = 640, height: int = 480) -> None:
         raise UserError(f"sample size {width}x{height} must be positive and at most 400 MP")
     p.parent.mkdir(parents=True, exist_ok=True)
     image = sample_image(width, height)
-    if p.suffix.lower() in (".tif", ".tiff"):
+    if image_format(p) == "tiff":
         import tifffile
 
         tifffile.imwrite(p, image, tile=(256, 256), bigtiff=True, photometric="rgb")
-    elif p.suffix.lower() == ".png":
+    elif image_format(p) == "png":
         from PIL import Image
 
         Image.fromarray(image).save(p)

@@ -1,1 +1,2 @@
-"""What every job shares: plan, launch, batch, the region stages and the base graph."""
+"""What every job shares: plan, launch, batch, the region and weights stages, the base
+graph."""

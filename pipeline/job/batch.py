@@ -32,15 +32,11 @@ from typing import Any
 from pipeline.config import load_config
 from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause
 from pipeline.events import ItemFinished, JobEvents, Listener
+from pipeline.formats import BATCH_INPUTS
 from pipeline.results import ItemResult, exit_code, format_table
 from pipeline.runner import stopping
 
 log = logging.getLogger(__name__)
-
-INPUT_SUFFIXES = {
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".zarr",
-    ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".webm",
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -117,7 +113,7 @@ def _remote_inputs(source: str) -> list[Any]:
     else:
         found = [f for f in fs.ls(path, detail=False) if f.rstrip("/") != path.rstrip("/")]
     paths = [ObjectPath(fs.unstrip_protocol(f)) for f in found]
-    return sorted((p for p in paths if p.suffix.lower() in INPUT_SUFFIXES), key=str)
+    return sorted((p for p in paths if p.suffix.lower() in BATCH_INPUTS), key=str)
 
 
 def _from_pattern(source: str, output_pattern: str | None) -> list[BatchItem]:
@@ -126,7 +122,7 @@ def _from_pattern(source: str, output_pattern: str | None) -> list[BatchItem]:
     if is_remote(source):
         paths = _remote_inputs(source)
     elif Path(source).is_dir() and not source.endswith(".zarr"):
-        paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
+        paths = sorted(p for p in Path(source).iterdir() if p.suffix.lower() in BATCH_INPUTS)
     else:
         paths = sorted(Path(p) for p in glob.glob(source))
     if not paths:
@@ -256,8 +252,7 @@ def run_batch(
     thread may cancel (the running items stop as after SIGTERM)."""
     import numpy as np
 
-    from pipeline.job.launch import checks_here, listener_for
-    from pipeline.runner.cluster import ray_runtime
+    from pipeline.job.launch import listener_for, workers_up
 
     listener, bars = listener_for(progress, ("batch",))
     with closing(bars) if bars is not None else nullcontext():
@@ -272,13 +267,13 @@ def run_batch(
         if any(p.config.run.runner == "local" for p in plans.values()):
             raise UserError("batch runs on Ray; run.runner=local is for single jobs")
         total = sum(p.layout.frames * int(np.prod(p.layout.regions)) for p in plans.values())
-        here = checks_here(cfg)
-        if here:  # the workers' machine is this one: refuse before a local Ray starts
-            _check_weights(plans, reports)
-        stopping.check(cancel)
-        with ray_runtime(cfg.run.address):
-            if not here:
-                _check_weights(plans, reports, cancel)
+
+        def refuse(refusals: dict[int, str]) -> None:
+            """Fail the items whose model's weights are not usable."""
+            for i, error in refusals.items():
+                reports[i].status, reports[i].error = "failed", error
+
+        with workers_up(plans, cfg, refuse, cancel):
             runnable = [i for i in plans if reports[i].status == "pending"]
             meter = JobEvents(listener, "").stage("batch", total, "region")
 
@@ -291,23 +286,6 @@ def run_batch(
             _run_items(runnable, plans, reports, report, *run)
         report.save()
         return reports
-
-
-def _check_weights(plans: dict[int, Any], reports: list[ItemReport], cancel: Any = None) -> None:
-    """Fail the items whose model's weights are not usable (checked once per model)."""
-    from pipeline.job.launch import check_weights
-
-    checked: dict[str, str | None] = {}
-    for i, plan in plans.items():
-        key = repr(plan.config.model)
-        if key not in checked:
-            try:
-                check_weights(plan, cancel)
-                checked[key] = None
-            except UserError as exc:
-                checked[key] = str(exc)
-        if checked[key]:
-            reports[i].status, reports[i].error = "failed", checked[key]
 
 
 def _run_items(
@@ -338,7 +316,7 @@ def _run_items(
             r.segments_run, r.segments_total = summary.segments_run, summary.segments_total
             r.scratch_peak_bytes = summary.scratch_peak_bytes
             r.model_busy = summary.model_busy
-            r.mp_per_s = summary.out_megapixels / max(summary.seconds, 1e-9)
+            r.mp_per_s = summary.mp_per_s
         elif isinstance(exc, Cancelled):
             r.status, r.error = "cancelled", str(exc)
         elif isinstance(exc, Interrupted):
@@ -373,19 +351,18 @@ def _run_items(
         graphs.append(g)
     order = {k: n for n, k in enumerate(dict.fromkeys(g.pool.key for g in graphs))}
     graphs.sort(key=lambda g: order[g.pool.key])
-    executor = make_executor(cfg)
     current: list[str] = []
+    with closing(make_executor(cfg)) as executor:
 
-    def may_start(graph: Any, running: list[Any]) -> bool:
-        if current and graph.pool.key == current[0]:
+        def may_start(graph: Any, running: list[Any]) -> bool:
+            if current and graph.pool.key == current[0]:
+                return True
+            if running:
+                return False
+            current[:] = [graph.pool.key]
+            executor.close_pools(keep=graph.pool.key)
             return True
-        if running:
-            return False
-        current[:] = [graph.pool.key]
-        executor.close_pools(keep=graph.pool.key)
-        return True
 
-    try:
         run_graphs(
             graphs,
             cfg,
@@ -394,5 +371,3 @@ def _run_items(
             may_start=may_start,
             cancel=cancel,
         )
-    finally:
-        executor.close()

@@ -9,9 +9,7 @@ shard returned.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,8 +35,7 @@ from pipeline.runner.deps import Dependencies
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
 from pipeline.store.jobstore import DoneFlags, JobStore, open_for_job, remove_store
-from pipeline.store.outputs import discard, temp_name
-from pipeline.store.urls import as_path, list_prefix
+from pipeline.store.outputs import discard_temp, sweep_partials, temp_name
 
 log = logging.getLogger(__name__)
 ESTIMATE_BATCH = 32  # frames per estimate call
@@ -70,23 +67,6 @@ def region_failed(store_url: str, task: Any, attempts: int, exc: BaseException) 
         f"{describe(task)} failed {attempts} time(s): {reason(exc)}; the job store "
         f"{store_url} is kept, so a fixed rerun resumes"
     )
-
-
-def sweep_partials(final: Path) -> None:
-    """Delete this output's temporaries left by killed runs (``store.outputs.temp_name``: the
-    pid of a process that no longer exists); a live run's temporary is left alone."""
-    import psutil
-
-    head = f".{final.stem}.partial-"
-    for name in list_prefix(str(final.parent / head)):
-        path = as_path(name)
-        if not path.name.endswith(final.suffix):
-            continue
-        pid = path.name[len(head) : len(path.name) - len(final.suffix)]
-        if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
-            continue
-        log.info("removing %s, left by an interrupted run", path)
-        discard(path)
 
 
 class JobGraph:
@@ -304,7 +284,7 @@ class JobGraph:
             # Nothing worth resuming from a damaged input: leave no store behind.
             drop = isinstance(error, UnreadableInput) and not store.done_mask().any()
         if error is not None:
-            discard(self.staged)
+            discard_temp(self.staged, plan.output_path)
         store.unlock()
         if not plan.config.store.keep and (error is None or drop):
             remove_store(plan.store_url)

@@ -1,7 +1,9 @@
 """Run jobs: plan, check, then their graphs on the runner's loop.
 
-``run_job`` is the single-job entry point; ``pipeline.job.batch`` runs many jobs through
-``run_graphs`` on one loop and one executor, so their region workers are shared. The
+``run_job`` is the single-job entry point; ``pipeline.job.batch`` runs many jobs with the
+same pieces: ``listener_for`` (events, or the CLI's bars), ``workers_up`` (the weights
+checked where the workers run, then Ray), ``graph_for`` and ``run_graphs``, on one loop
+and one executor, so their region workers are shared. The
 executor is Ray's (tasks and actor pools) or, with ``run.runner=local``, this process.
 Running the same job again resumes it: only regions without a ``done`` flag (and
 segments not yet ingested) run.
@@ -11,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from contextlib import closing, nullcontext
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing, contextmanager, nullcontext
+from typing import Any, TypeVar
 
 from pipeline.config import JobConfig
 from pipeline.errors import UserError
@@ -21,16 +23,16 @@ from pipeline.events import Listener
 from pipeline.image.graph import ImageGraph
 from pipeline.job.graph import JobGraph, Summary, UnreadableInput
 from pipeline.job.plan import Plan, plan_job
-from pipeline.job.regions import WEIGHTS_CHECK
+from pipeline.job.weights import weights_refusals, workers_here
 from pipeline.results import Result
 from pipeline.runner import stopping
-from pipeline.runner.cluster import join_address, ray_runtime
+from pipeline.runner.cluster import ray_runtime
 from pipeline.runner.loop import Loop
-from pipeline.runner.stage import call_by_name
 from pipeline.video.graph import VideoGraph
 from pipeline.video.sequence_graph import SequenceGraph
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 
 __all__ = ["Result", "Summary", "UnreadableInput", "plan_job", "run_job", "run_graphs"]
 
@@ -76,15 +78,10 @@ def run_graphs(
     may_start: Callable[[Any, list[Any]], bool] | None = None,
     cancel: stopping.CancelToken | None = None,
 ) -> None:
-    """Run job graphs on one loop (Ray, when used, is up)."""
-    own = executor is None
-    executor = make_executor(cfg) if own else executor
-    try:
-        loop = Loop(executor, cfg.run.term_grace_s, cancel)
-        loop.run(graphs, active=active, may_start=may_start)
-    finally:
-        if own:
-            executor.close()
+    """Run job graphs on one loop (Ray, when used, is up), on ``executor`` or on one
+    made for the call and closed after it."""
+    with closing(make_executor(cfg)) if executor is None else nullcontext(executor) as ex:
+        Loop(ex, cfg.run.term_grace_s, cancel).run(graphs, active=active, may_start=may_start)
 
 
 def run_job(
@@ -132,14 +129,12 @@ def _run(
 ) -> Result:
     plan = plan_job(input_path, output_path, cfg, overwrite)
     log_probe(plan)
-    local = plan.config.run.runner == "local"
-    here = checks_here(plan.config)
-    if here:  # the workers' machine is this one: refuse before a local Ray starts
-        check_weights(plan)
-    stopping.check(cancel)
-    with nullcontext() if local else ray_runtime(plan.config.run.address):
-        if not here:
-            check_weights(plan, cancel)
+
+    def refuse(refusals: dict[int, str]) -> None:
+        if refusals:
+            raise UserError(refusals[0])
+
+    with workers_up({0: plan}, plan.config, refuse, cancel):
         graph = graph_for(plan, restart=restart, events=events, t0=t0)
         run_graphs([graph], plan.config, cancel=cancel)
     if graph.error is not None:
@@ -149,35 +144,23 @@ def _run(
     return graph.summary
 
 
-def checks_here(cfg: JobConfig) -> bool:
-    """Whether the workers run on this machine (``run.runner=local`` or a private local
-    Ray), so that checks of their files can run in this process before Ray starts."""
-    return cfg.run.runner == "local" or join_address(cfg.run.address) is None
-
-
-def weights_problems(plan: Plan, cancel: stopping.CancelToken | None = None) -> list[str]:
-    """The weights check, run where the workers run (they need the weights there): in
-    this process for a local run (it imports torch here), else as a task on the
-    cluster, which must be up."""
-    weights = plan.config.model.weights
-    if checks_here(plan.config):
-        return call_by_name(WEIGHTS_CHECK, weights)
-    import ray
-
-    from pipeline.runner.ray_executor import wait_all
-
-    task = ray.remote(num_cpus=1, max_retries=2)(call_by_name)
-    return wait_all([task.remote(WEIGHTS_CHECK, weights)], cancel)[0]
-
-
-def check_weights(plan: Plan, cancel: stopping.CancelToken | None = None) -> None:
-    if not plan.model.needs_weights:
-        return
-    problems = weights_problems(plan, cancel)
-    if problems:
-        more = (
-            f" (and {len(problems) - 1} more: run_pipeline.py weights check)"
-            if len(problems) > 1
-            else ""
-        )
-        raise UserError(f"S3Diff weights are not usable: {problems[0]}{more}")
+@contextmanager
+def workers_up(
+    plans: Mapping[K, Plan],
+    cfg: JobConfig,
+    on_refusals: Callable[[dict[K, str]], None],
+    cancel: stopping.CancelToken | None = None,
+) -> Iterator[None]:
+    """Ray up for the run (none with ``run.runner=local``), once the plans' weights are
+    checked where the workers run: before Ray starts when that is this machine, so a
+    refusal costs no Ray start, else on the cluster once it is up. ``on_refusals`` hears
+    the one-line refusal of each plan whose weights are not usable (a single job raises
+    it, a batch fails those items)."""
+    here = workers_here(cfg)
+    if here:
+        on_refusals(weights_refusals(plans))
+    stopping.check(cancel)
+    with nullcontext() if cfg.run.runner == "local" else ray_runtime(cfg.run.address):
+        if not here:
+            on_refusals(weights_refusals(plans, cancel))
+        yield

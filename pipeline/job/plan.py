@@ -14,9 +14,16 @@ from typing import Any
 
 from pipeline.config import JobConfig, frame_codec, resolve_model_defaults
 from pipeline.errors import UserError
+from pipeline.formats import (
+    IMAGE_OUTPUT_HINT,
+    IMAGE_OUTPUTS,
+    SEQUENCE_OUTPUT_HINT,
+    VIDEO_CONTAINERS,
+    VIDEO_OUTPUT_HINT,
+)
 from pipeline.image.nodata import GDAL_NODATA, parse_nodata
 from pipeline.image.probe import IMAGE_KINDS, ImageInfo, identity, probe, sniff
-from pipeline.image.publish import FORMATS, check_output
+from pipeline.image.publish import check_output
 from pipeline.image.scaled_meta import geo_epsg, geo_keys_complete
 from pipeline.models import ModelSpec, get_spec
 from pipeline.pure.tiling import shard_geometry
@@ -24,7 +31,6 @@ from pipeline.pure.value_range import has_natural_range
 from pipeline.store.jobstore import JobStore, Layout, default_store_url
 from pipeline.store.urls import ObjectPath, as_path, check_output_location
 from pipeline.video.container import (
-    CONTAINERS,
     check_dispositions,
     choose_pix_fmt,
     container_format,
@@ -85,13 +91,14 @@ def _output_kind(out: Path | ObjectPath) -> str:
     if is_sequence_output(str(out)):
         return "sequence"
     suffix = out.suffix.lower()
-    if suffix in CONTAINERS:
+    if suffix in VIDEO_CONTAINERS:
         return "video"
-    if suffix in FORMATS:
-        return FORMATS[suffix]
+    if suffix in IMAGE_OUTPUTS:
+        return IMAGE_OUTPUTS[suffix]
     raise UserError(
         f"cannot tell the output format from {out.name!r}; use an image extension "
-        f"({', '.join(sorted(FORMATS))}) or a video one ({', '.join(sorted(CONTAINERS))})"
+        f"({', '.join(sorted(IMAGE_OUTPUTS))}) or a video one "
+        f"({', '.join(sorted(VIDEO_CONTAINERS))})"
     )
 
 
@@ -207,7 +214,7 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
     sequence: SequenceTarget | None = None
     if is_image:
         if fmt in ("video", "sequence"):
-            raise UserError(f"{src} is an image; give an image output (.zarr .tif .png .jpg)")
+            raise UserError(f"{src} is an image; give an image output ({IMAGE_OUTPUT_HINT})")
         info: ImageInfo | VideoInfo = probe(src, cfg.output.max_input_decode_mb)
         check_pixel_semantics(info, cfg, model)
         check_output(
@@ -233,8 +240,8 @@ def plan_job(input_path: str, output_path: str, cfg: JobConfig, overwrite: bool)
             info = plan_deinterlace(probe_video(src, v.frames, v.start_s, v.end_s), v.deinterlace)
         if fmt not in ("video", "sequence"):
             raise UserError(
-                f"{src} is a video; give a video output (.mp4 .mkv .mov) or a frame "
-                "sequence (out/frame.%06d.exr .dpx .tif .png)"
+                f"{src} is a video; give a video output ({VIDEO_OUTPUT_HINT}) or a frame "
+                f"sequence ({SEQUENCE_OUTPUT_HINT})"
             )
         if fmt == "sequence":
             url = default_store_url(str(src), str(out), cfg.store.work_dir)

@@ -16,6 +16,7 @@ The image path's stages are in ``pipeline.image.stages``, the video path's in
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import JobConfig
@@ -23,22 +24,44 @@ from pipeline.models import ModelSpec
 from pipeline.runner.cluster import cluster_cpus, cluster_gpus
 from pipeline.runner.placement import region_actor_options
 from pipeline.runner.stage import PoolSpec, Stage
+from pipeline.runner.tasks import EstimateTask, RegionTask
 
-REGION_WORKER = "workers.region_worker:RegionWorker"
-WEIGHTS_CHECK = "workers.s3diff.preflight:weights_problems"
+
+@dataclass(frozen=True)
+class EstimateStage(Stage):
+    """Degradation scores of frames: the region workers' ``estimate``. Estimates go
+    before regions, since each unblocks whole frames."""
+
+    name: str = "estimate"
+    target: str = "workers.region_worker:RegionWorker"
+    actor: bool = True
+    takes: Any = EstimateTask
+    priority: int = 2
+
+
+@dataclass(frozen=True)
+class UpscaleStage(Stage):
+    """One output region, its tiles blended: the region workers' ``upscale`` (under Ray
+    ``REGION_SPLIT``); after its frame's conditioning is final."""
+
+    name: str = "upscale"
+    target: str = "workers.region_worker:RegionWorker"
+    actor: bool = True
+    takes: Any = RegionTask
+    priority: int = 3
+    after: tuple[str, ...] = ("estimate",)  # of its frame (``pipeline.job.conditioning``)
+
+
+REGION_WORKER = UpscaleStage()  # the pool's actor class
 # Under Ray an upscale call is two methods of its region worker: the model and blend on
 # the actor's sequential thread, the halo read and shard write on its io threads.
 REGION_SPLIT = ("compute", "io")
 ESTIMATE_METHOD, UPSCALE_METHOD = "estimate", "upscale"  # the in-process runner's calls
 
 
-def region_stages(run_retries: int) -> tuple[Stage, Stage]:
-    """(estimate, upscale): both on the region workers; estimates go first, since each
-    unblocks whole frames."""
-    return (
-        Stage("estimate", REGION_WORKER, actor=True, retries=run_retries, priority=2),
-        Stage("upscale", REGION_WORKER, actor=True, retries=run_retries, priority=3),
-    )
+def region_stages(run_retries: int) -> tuple[EstimateStage, UpscaleStage]:
+    """(estimate, upscale): both on the region workers, ``run_retries`` attempts more."""
+    return EstimateStage(retries=run_retries), UpscaleStage(retries=run_retries)
 
 
 REGION_BATCH_LR_PX = 256 * 256  # the LR pixels of the regions one worker call may carry
@@ -70,7 +93,7 @@ def region_pool(cfg: JobConfig, model: ModelSpec, expected_regions: int) -> Pool
     key = repr((model.factory, cfg.model, run))
     if run.runner == "local":
         kwargs: dict[str, Any] = {"factory": model.factory, "threads": int(cluster_cpus())}
-        return PoolSpec("upscale|" + key, REGION_WORKER, (cfg.model,), kwargs)
+        return PoolSpec("upscale|" + key, REGION_WORKER.target, (cfg.model,), kwargs)
     use_gpu = workers_use_gpu(cfg)
     if run.actors:
         count = run.actors
@@ -91,7 +114,7 @@ def region_pool(cfg: JobConfig, model: ModelSpec, expected_regions: int) -> Pool
     where = "GPU" if use_gpu else "CPU"
     return PoolSpec(
         "upscale|" + key,
-        REGION_WORKER,
+        REGION_WORKER.target,
         (cfg.model,),
         {"factory": model.factory},
         count=count,

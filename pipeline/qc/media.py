@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.formats import IMAGE_FILES, image_format
 from pipeline.qc.metrics import to_float
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff"}
 
 
 def is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
+    return path.suffix.lower() in IMAGE_FILES
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:
@@ -41,7 +40,7 @@ def read_image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if image_format(path) == "tiff":
             import tifffile
 
             return _rgb(np.asarray(tifffile.imread(path)))

@@ -30,6 +30,12 @@ def call_by_name(target: str, *args: Any) -> Any:
     return resolve(target)(*args)
 
 
+def run_here(stage: Stage, *args: Any) -> Any:
+    """Runs a function stage in this process (its module is imported here, now): for the
+    few calls the driver makes itself, such as the weights lookup of the CLI."""
+    return call_by_name(stage.target, *args)
+
+
 class Hosted:
     """An actor built from a class path inside the worker process."""
 

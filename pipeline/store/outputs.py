@@ -1,14 +1,22 @@
-"""Publishing files: an output appears under its name only when it is complete.
+"""Publishing outputs: an output appears under its name only when it is complete.
 
-Local outputs are written under a temporary name and renamed; on an object store a
-single file is uploaded (multipart when large, so the object appears whole) and a
-directory tree (an OME-Zarr) is copied with its root ``zarr.json`` last. Writers that
-need a local file (TIFF, PNG, the video muxer) write to ``staging_path`` and
-``finish_staged`` uploads it.
+One scheme per kind of output, chosen here (``temp_name``) for every writer:
+
+- a local output (file or OME-Zarr folder) is written under a hidden sibling name,
+  ``.NAME.partial-PID.EXT``, and renamed into place (``replace_output``);
+- an OME-Zarr tree on an object store is written under the same sibling prefix and
+  copied into place with its root ``zarr.json`` last;
+- a single file on an object store (TIFF, PNG, JPEG, a video) is written by its writer
+  to a temporary file on the writer's node (``local_target``) and uploaded to its final
+  URL when the writer succeeds; the upload (multipart when large) makes the object
+  appear whole, so no second temporary is needed.
+
+Temporaries of killed runs are swept by the next run (``sweep_partials``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -17,15 +25,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.formats import image_format
 from pipeline.store.urls import (
     PART_BYTES,
     ObjectPath,
     access,
+    as_path,
     filesystem,
     is_remote,
+    list_prefix,
     local_path,
     scheme,
 )
+
+log = logging.getLogger(__name__)
 
 
 def publish_file(local: str | os.PathLike, url: str, part_bytes: int = PART_BYTES) -> None:
@@ -130,14 +143,23 @@ def local_target(target: str) -> Iterator[str]:
         finish_staged(staged, target, ok)
 
 
+# -------------------------------------------------------------- the output's name
 def temp_name(final: Path | ObjectPath) -> Path | ObjectPath:
-    """A hidden sibling that keeps the extension (libraries pick formats from it)."""
+    """Where the writers write ``final`` until it is complete: a hidden sibling that
+    keeps the extension (libraries pick formats from it), or, for a single file on an
+    object store, ``final`` itself (its writer stages it on its node and uploads it
+    whole: ``local_target``)."""
+    if is_remote(str(final)) and image_format(final.name) != "zarr":
+        return final
     return final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
 
 
 def replace_output(tmp: Path | ObjectPath, final: Path | ObjectPath) -> None:
-    """Atomically move a finished output into place (directories via a side rename; on an
-    object store by a copy that makes the final object appear whole)."""
+    """Move a finished output from ``temp_name`` into place: locally by a rename
+    (a folder via a side rename), an object-store tree by a copy with its root last;
+    an uploaded file is in place already."""
+    if str(tmp) == str(final):
+        return
     if is_remote(str(final)):
         replace(str(tmp), str(final))
     elif tmp.is_dir() and final.exists():
@@ -147,3 +169,27 @@ def replace_output(tmp: Path | ObjectPath, final: Path | ObjectPath) -> None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
     else:
         os.replace(tmp, final)
+
+
+def discard_temp(tmp: Path | ObjectPath, final: Path | ObjectPath) -> None:
+    """Drop a failed job's ``temp_name`` (never ``final``: an uploaded file's temporary
+    is on its writer's node and already gone)."""
+    if str(tmp) != str(final):
+        discard(tmp)
+
+
+def sweep_partials(final: Path | ObjectPath) -> None:
+    """Delete this output's temporaries left by killed runs (``temp_name``: the pid of a
+    process that no longer exists); a live run's temporary is left alone."""
+    import psutil
+
+    head = f".{final.stem}.partial-"
+    for name in list_prefix(str(final.parent / head)):
+        path = as_path(name)
+        if not path.name.endswith(final.suffix):
+            continue
+        pid = path.name[len(head) : len(path.name) - len(final.suffix)]
+        if not pid.isdigit() or int(pid) == os.getpid() or psutil.pid_exists(int(pid)):
+            continue
+        log.info("removing %s, left by an interrupted run", path)
+        discard(path)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.formats import CONTAINER_SUFFIX, VIDEO_CONTAINERS
 from pipeline.store.urls import av_input
 from pipeline.video.probe import VideoInfo
 from pipeline.video.streams import declared_rate, frame_durations, kept_disposition
@@ -24,11 +25,10 @@ from pipeline.video.timecode import is_timecode_track
 
 log = logging.getLogger(__name__)
 
-CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mkv": "matroska", ".mov": "mov"}
-
 
 def container_format(path: str | Path) -> str:
-    return CONTAINERS[Path(path).suffix.lower()]
+    """The FFmpeg muxer of a video output path (``pipeline.formats``)."""
+    return VIDEO_CONTAINERS[Path(path).suffix.lower()]
 
 
 def _depth_and_chroma(pix_fmt: str) -> tuple[int, str]:
@@ -157,7 +157,7 @@ def _other_containers(stream: Any, fmt: str) -> str:
     """Which other output containers would take ``stream``, as advice."""
     can = [
         ext
-        for ext, other in ((".mkv", "matroska"), (".mp4", "mp4"), (".mov", "mov"))
+        for other, ext in CONTAINER_SUFFIX.items()
         if other != fmt
         and stream.type in ("audio", "subtitle", "data")
         and _muxer_takes(stream, other)
@@ -205,8 +205,8 @@ def check_dispositions(
             continue
         value = int(src["disposition"])
         can = [
-            ext
-            for ext, other in ((".mkv", "matroska"), (".mp4", "mp4"))
+            CONTAINER_SUFFIX[other]
+            for other in ("matroska", "mp4")
             if other != fmt and not kept_disposition(value, src["type"], other)[1]
         ]
         hint = f"use {' or '.join(can)}, or " if can else ""

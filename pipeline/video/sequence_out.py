@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.formats import SEQUENCE_CODECS
 from pipeline.video.frameheaders import timecode_add, with_timecode
 from pipeline.video.probe import VideoInfo
 from pipeline.video.sequence_in import SequenceInfo, is_pattern
 from pipeline.video.tasks import Assemble, Assembled, Encoded, Segment, VideoJob
 
 log = logging.getLogger(__name__)
-
-CODECS = {".dpx": "dpx", ".exr": "exr", ".tif": "tiff", ".tiff": "tiff", ".png": "png"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,7 @@ class SequenceTarget:
 
 def is_sequence_output(path: str) -> bool:
     p = Path(path)
-    return is_pattern(p.name) and p.suffix.lower() in CODECS and "://" not in path
+    return is_pattern(p.name) and p.suffix.lower() in SEQUENCE_CODECS and "://" not in path
 
 
 def _pix_fmt(codec: str, bits: int, floating: bool, src: str) -> tuple[str, bool]:
@@ -119,7 +118,7 @@ def plan_sequence_output(
 ) -> SequenceTarget:
     """Decide the output files and their format; refuse what cannot be kept."""
     check_other_streams(info, drop_unsupported)
-    codec = CODECS[Path(out).suffix.lower()]
+    codec = SEQUENCE_CODECS[Path(out).suffix.lower()]
     floating = isinstance(info, SequenceInfo) and bool(info.float_bits)
     pix_fmt, half = _pix_fmt(codec, info.bit_depth, floating, info.path)
     if isinstance(info, SequenceInfo) and start_number is None:

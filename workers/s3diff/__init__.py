@@ -6,7 +6,7 @@ Its weights: where they live (``locations.py``), reading them without running pi
 code (``loading.py``), the checkpoints' layout and checks (``checkpoint.py``), the cached
 prompt embeddings (``prompts.py``) and the whole-directory check (``check.py``). The
 driver reaches the ``weights`` subcommand (``command.py``) and the pre-run check
-(``preflight.py``) by dotted path only.
+(``preflight.py``) only as stages (``pipeline/job/weights.py``).
 
 Importing this package is cheap; torch, diffusers and peft load with the submodules.
 """

@@ -1,8 +1,9 @@
 """``run_pipeline.py weights check|convert|download [DIR]``: the weights subcommand.
 
-The driver's CLI (``pipeline/cli/main.py``) hands the subcommand's arguments to :func:`main`
-by dotted path, without importing worker code itself. A UserError (e.g. no weights
-directory) propagates to the CLI, which prints it as one line and exits 2.
+The driver's CLI (``pipeline/cli/main.py``) hands the subcommand's arguments to
+:func:`main` through a stage (``pipeline/job/weights.py``), without importing worker
+code itself. A UserError (e.g. no weights directory) propagates to the CLI, which prints
+it as one line and exits 2.
 """
 
 from __future__ import annotations

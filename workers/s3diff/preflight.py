@@ -1,8 +1,8 @@
 """The weights check the driver runs where the workers run, before any work.
 
-The driver (``pipeline/job/launch.py``) names :func:`weights_problems` by its dotted path and
-runs it as a task, so the driver never imports worker code and the check sees the
-worker machines' files and ``$S3DIFF_WEIGHTS``.
+The driver declares :func:`weights_problems` as a stage (``pipeline/job/weights.py``)
+and runs it where the workers run, so the driver never imports worker code and the
+check sees the worker machines' files and ``$S3DIFF_WEIGHTS``.
 """
 
 from __future__ import annotations
