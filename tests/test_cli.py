@@ -90,7 +90,9 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
     assert_one_line_error(
         main_cli(png, "-o", png, "--overwrite"), 2, "the output path is the input path"
     )
-    assert_one_line_error(main_cli(png, "-o", tmp_path / "missing" / "o.tif"), 2, "output directory")
+    assert_one_line_error(
+        main_cli(png, "-o", tmp_path / "missing" / "o.tif"), 2, "output directory"
+    )
     assert_one_line_error(
         main_cli(png, "-o", tmp_path / "o.tif", "--set", "tiling.bogus=1"),
         2,
@@ -102,7 +104,9 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
         "must be smaller than --tile",
     )
     assert_one_line_error(
-        main_cli(png, "-o", tmp_path / "o.tif", "--config", tmp_path / "x.yaml"), 2, "does not exist"
+        main_cli(png, "-o", tmp_path / "o.tif", "--config", tmp_path / "x.yaml"),
+        2,
+        "does not exist",
     )
     bomb = tmp_path / "bomb.png"  # header claims 100000x100000; no pixel data
     header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
