@@ -35,6 +35,7 @@ from tests.helpers import (
     assert_one_line_error,
     bicubic_reference,
     launch_cli,
+    main_cli,
     make_config,
     run_cli,
     synth_image,
@@ -201,10 +202,22 @@ def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_lo
     assert not Path(url).exists()
 
 
+def _segment_files(store_url: str) -> dict[str, tuple[str, int]]:
+    import hashlib
+
+    folder = Path(store_url) / "segments"
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.glob("*.seg"))
+    }
+
+
 @pytest.mark.integration
 def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
     """SIGKILL while segments decode, then while the encoder is mid-stream; the rerun's
-    decoded frames equal a clean run's exactly. The codec is FFV1: libx264's bitstream
+    decoded frames equal a clean run's exactly, and it redoes only the segments not yet
+    encoded (the encoded ones' files are never rewritten); ``status`` counts them in
+    between. The codec is FFV1: libx264's bitstream
     is not reproducible even between two clean runs on a loaded machine (measured, see
     docs/RELIABILITY.md), so only a deterministic encoder can show exact resume; the
     stored frames it encodes are compared bit for bit whatever the codec."""
@@ -220,12 +233,13 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
         video__segment_frames=12,
         video__codec="ffv1",
         video__keep_frames=True,  # the clean run's frames, to compare flagged regions with
+        run__runner="local",  # the runners agree: tests/test_video.py
     )
     run_job(str(src), str(clean), cfg, progress=False)
     clean_url = default_store_url(str(src), str(clean), None)
     clean_stored = JobStore.open(clean_url, mode="r").array("output")[...]
     out = tmp_path / "out.mkv"
-    args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8"]
+    args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8", "--keep-store"]
     args += ["--set", "video.segment_frames=12", "--codec", "ffv1"]
     url = default_store_url(str(src), str(out), None)
 
@@ -236,17 +250,31 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
     assert not JobStore.open(url, mode="r").ingested_mask().all()
 
     def encoding(line: str) -> bool:
-        m = re.search(r"encoded (\d+)/(\d+)", line)
-        # In the first half, so that plenty of work is left when the kill lands.
-        return bool(m) and 0 < int(m.group(1)) <= int(m.group(2)) // 2
+        m = re.search(r"encoded (\d+)/(\d+) segments", line)
+        # In the first half, so that plenty of work is left when the kill lands, and
+        # after two segments, so that some are left alone by the rerun.
+        return bool(m) and 2 <= int(m.group(1)) <= int(m.group(2)) // 2
 
     kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), encoding)
     no_finished_looking_output(out)
     assert 0 < check_flags(url, clean_stored)[0]
+    store = JobStore.open(url, mode="r")
+    flagged = {f"{i:06d}.seg" for i in np.flatnonzero(store.encoded_mask())}
+    done_before = len(flagged)
+    before = _segment_files(url)
+    assert 2 <= done_before < 8 and len(before) >= done_before
+    status = main_cli("status", out)
+    assert status.returncode == 0, status.stderr
+    assert f"segments encoded: {done_before}/8" in status.stdout, status.stdout
+    assert "scratch in use:" in status.stdout
 
-    final = run_cli(*local)
+    final = main_cli(*local)  # killed on Ray, resumed in-process
     assert final.returncode == 0, final.stderr
     assert "resumed from the store" in final.stdout
+    assert f"{8 - done_before}/8 segments encoded" in final.stdout, final.stdout
+    after = _segment_files(url)
+    for name in flagged:  # finished before the kill: never rewritten
+        assert after[name] == before[name], name
     got, want = decode_frames(out), decode_frames(clean)
     assert len(got) == len(want) == 96
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
