@@ -157,12 +157,18 @@ def _frames_bytes(store_dir: Path) -> int:
     return total
 
 
+# Segments of 12 frames, a decode window of 48 (4 segments), a video 16 windows long and
+# one a quarter of that: the proportions of the earlier 48-frame segments and 192-frame
+# window at 3000 and 750 frames, in a quarter of the run time.
+SEGMENT, WINDOW, LONG = 12, 48, 768
+
+
 def _peak_scratch(tmp_path: Path, frames: int) -> tuple[int, int]:
     """(peak frame bytes sampled during the run, the store's fixed overhead)."""
     src = make_clip(
         tmp_path / f"c{frames}.mkv",
         frames=frames,
-        gop=48,
+        gop=SEGMENT,
         width=16,
         height=16,
         audio=False,
@@ -176,7 +182,7 @@ def _peak_scratch(tmp_path: Path, frames: int) -> tuple[int, int]:
         while not stop.is_set():
             if store_dir.exists():
                 peak[0] = max(peak[0], _frames_bytes(store_dir))
-            time.sleep(0.25)
+            time.sleep(0.05)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -184,33 +190,33 @@ def _peak_scratch(tmp_path: Path, frames: int) -> tuple[int, int]:
         keep=True,
         run__runner="local",
         video__codec="ffv1",
-        video__segment_frames=48,
-        video__max_frames_in_store=192,
+        video__segment_frames=SEGMENT,
+        video__max_frames_in_store=WINDOW,
     )
     try:
         summary = run_job(str(src), str(out), job, progress=False)
     finally:
         stop.set()
         thread.join()
-    assert summary.frames == frames and summary.segments_total == -(-frames // 48)
+    assert summary.frames == frames and summary.segments_total == -(-frames // SEGMENT)
     return peak[0], _frames_bytes(store_dir)
 
 
 @pytest.mark.timeout(900)
 def test_scratch_does_not_grow_with_the_video(tmp_path):
-    """3000 frames and 750 frames: the frames held in the store peak at about the same
-    size, within the window (192 decoded frames ahead of the oldest not encoded, plus the
+    """768 frames and 192 frames: the frames held in the store peak at about the same
+    size, within the window (48 decoded frames ahead of the oldest not encoded, plus the
     segment being decoded), far below the whole video's frames."""
     # The two runs at once, in two processes (each samples its own store).
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=ctx) as pool:
-        runs = pool.map(_peak_scratch, [tmp_path, tmp_path], [3000, 750])
+        runs = pool.map(_peak_scratch, [tmp_path, tmp_path], [LONG, LONG // 4])
         (long_peak, long_rest), (short_peak, _) = list(runs)
     per_frame = 16 * 16 * 3 + 32 * 32 * 3  # input + output, uncompressed
-    window = (192 + 48) * per_frame
+    window = (WINDOW + SEGMENT) * per_frame
     assert long_peak - long_rest <= 2 * window, (long_peak, long_rest, window)
     assert long_peak <= 1.3 * short_peak, (long_peak, short_peak)
-    assert long_peak < 0.2 * 3000 * per_frame
+    assert long_peak < 0.2 * LONG * per_frame
 
 
 # ------------------------------------------------------------- resume by segments
