@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.errors import UserError
 from pipeline.job.launch import run_job
 from pipeline.store.jobstore import JobStore, default_store_url
-from tests.helpers import make_config, run_cli, synth_image
+from tests.helpers import main_cli, make_config, run_cli, synth_image
 
 pytestmark = pytest.mark.integration
 WEIGHTS = Path(__file__).parent / "data" / "golden" / "weights"
@@ -91,7 +91,7 @@ def test_s3diff_video_through_the_cli(tmp_path):
 
     src = make_clip(tmp_path / "clip.mp4", width=48, height=32, frames=6, gop=3)
     out = tmp_path / "x4.mp4"
-    run = run_cli(
+    run = run_cli(  # a subprocess on its own Ray: two actors beat the in-process runner
         src,
         "-o",
         out,
@@ -116,18 +116,18 @@ def test_s3diff_video_through_the_cli(tmp_path):
 
 
 def test_weights_subcommand(tmp_path):
-    ok = run_cli("weights", "check", WEIGHTS)
+    ok = main_cli("weights", "check", WEIGHTS)
     assert ok.returncode == 0 and "usable" in ok.stdout, ok.stderr
     import shutil
 
     copy = tmp_path / "w"
     shutil.copytree(WEIGHTS, copy)
-    converted = run_cli("weights", "convert", copy)
+    converted = main_cli("weights", "convert", copy)
     assert converted.returncode == 0, converted.stderr
     assert (copy / "s3diff.safetensors").is_file() and (copy / "de_net.safetensors").is_file()
     (copy / "s3diff.pkl").unlink()
     (copy / "de_net.pth").unlink()
-    assert run_cli("weights", "check", copy).returncode == 0  # the safetensors copies suffice
+    assert main_cli("weights", "check", copy).returncode == 0  # the safetensors copies suffice
     (copy / "s3diff.safetensors").unlink()
-    bad = run_cli("weights", "check", copy)
+    bad = main_cli("weights", "check", copy)
     assert bad.returncode == 2 and "s3diff" in bad.stdout and "zhangap/S3Diff" in bad.stdout
