@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.errors import UserError
 from pipeline.job.launch import run_job
 from pipeline.store.jobstore import JobStore, default_store_url
-from tests.helpers import main_cli, make_config, run_cli, synth_image
+from tests.helpers import main_cli, make_config, synth_image
 
 pytestmark = pytest.mark.integration
 WEIGHTS = Path(__file__).parent / "data" / "golden" / "weights"
@@ -86,12 +86,14 @@ def test_missing_weights_fail_before_any_work(tmp_path):
     assert not (tmp_path / "o.png.job.zarr").exists()
 
 
-def test_s3diff_video_through_the_cli(tmp_path):
+def test_s3diff_video_through_the_cli(tmp_path, ray_local):
     from tests.video_fixtures import make_clip, probe_summary
 
     src = make_clip(tmp_path / "clip.mp4", width=48, height=32, frames=6, gop=3)
     out = tmp_path / "x4.mp4"
-    run = run_cli(  # a subprocess on its own Ray: two actors beat the in-process runner
+    # The CLI's main in this process, on the session's Ray (two actors beat the
+    # in-process runner here).
+    run = main_cli(
         src,
         "-o",
         out,
