@@ -37,7 +37,6 @@ from tests.helpers import (
     launch_cli,
     main_cli,
     make_config,
-    run_cli,
     synth_image,
 )
 
@@ -111,11 +110,12 @@ def poisoned_image(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_small(tmp_path_factory, ray_local) -> np.ndarray:
+def clean_small(tmp_path_factory) -> np.ndarray:
     """The poisoned test image upscaled by plain bicubic: what every fault run must give."""
     d = tmp_path_factory.mktemp("clean_small")
     src = poisoned_image(d / "in.tif")
-    run_job(str(src), str(d / "clean.tif"), make_config(actors=2, **SMALL), progress=False)
+    cfg = make_config(run__runner="local", **SMALL)  # the runners agree: tests/test_video.py
+    run_job(str(src), str(d / "clean.tif"), cfg, progress=False)
     return tifffile.imread(d / "clean.tif")
 
 
@@ -138,14 +138,15 @@ def faulty_cfg(ctl: Path, **extra):
 
 # ------------------------------------------------------------------- crashes and resume
 @pytest.mark.integration
-def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_local):
+def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path):
     """SIGKILL during ingest, then upscaling, then publishing; the fourth run finishes
     with pixels identical to a clean run. After each kill: no finished-looking output,
     only complete regions flagged; local Ray listened on loopback only, no dashboard UI."""
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, synth_image(1024, 1024, seed=4), photometric="rgb", tile=(128, 128))
     geometry = {"scale": 2, "tile": 64, "overlap": 8, "region_out_px": 256, "chunk_out_px": 128}
-    run_job(str(src), str(tmp_path / "clean.tif"), make_config(**geometry), progress=False)
+    clean_cfg = make_config(run__runner="local", **geometry)
+    run_job(str(src), str(tmp_path / "clean.tif"), clean_cfg, progress=False)
     clean = tifffile.imread(tmp_path / "clean.tif")[None]
     out = tmp_path / "out.tif"
     args = [src, "-o", out, "--scale", "2", "--tile", "64", "--overlap", "8"]
@@ -194,7 +195,7 @@ def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_lo
     assert list(tmp_path.glob(".out.partial-*.tif"))  # an unfinished, hidden temporary
     assert check_flags(url, clean) == (total, total)
 
-    final = run_cli(*local)
+    final = main_cli(*local)
     assert final.returncode == 0, final.stderr
     assert f"0/{total} regions run, {total} resumed" in final.stdout
     np.testing.assert_array_equal(tifffile.imread(out), clean[0])
@@ -213,7 +214,7 @@ def _segment_files(store_url: str) -> dict[str, tuple[str, int]]:
 
 
 @pytest.mark.integration
-def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
+def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path):
     """SIGKILL while segments decode, then while the encoder is mid-stream; the rerun's
     decoded frames equal a clean run's exactly, and it redoes only the segments not yet
     encoded (the encoded ones' files are never rewritten); ``status`` counts them in
@@ -283,7 +284,7 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
 
 
 @pytest.mark.integration
-def test_killed_cli_resumes_tiny_s3diff(tmp_path, ray_local):
+def test_killed_cli_resumes_tiny_s3diff(tmp_path):
     """The tiny S3Diff (degradation estimate, then regions): SIGKILL after the first
     regions are flagged; the rerun gives the clean run's pixels."""
     src = tmp_path / "in.tif"
@@ -305,18 +306,18 @@ def test_killed_cli_resumes_tiny_s3diff(tmp_path, ray_local):
     url = default_store_url(str(src), str(out), None)
     done, total = check_flags(url, clean)
     assert 0 < done < total == 4
-    final = run_cli(*args)
+    final = main_cli(*args)
     assert final.returncode == 0, final.stderr
     np.testing.assert_array_equal(tifffile.imread(out), clean[0])
 
 
 @pytest.mark.integration
-def test_half_written_shard_without_flag_is_redone(tmp_path, ray_local, clean_small):
+def test_half_written_shard_without_flag_is_redone(tmp_path, clean_small):
     """A region whose shard was cut short (a store without atomic writes, a full disk)
     has no flag, so the rerun writes it again, whole; flagged regions are not redone."""
     src = poisoned_image(tmp_path / "in.tif")
     out = tmp_path / "out.tif"
-    cfg = make_config(actors=2, keep=True, **SMALL)
+    cfg = make_config(run__runner="local", keep=True, **SMALL)  # the store, not Ray
     run_job(str(src), str(out), cfg, progress=False)
     out.unlink()
     url = default_store_url(str(src), str(out), None)
@@ -572,9 +573,11 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.integration
-def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path):
+def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path, ray_local):
     """Each bad input against an existing output with --overwrite: non-zero exit, one
-    line naming the problem, no traceback, every file as it was, no store left."""
+    line naming the problem, no traceback, every file as it was, no store left. The CLI's
+    ``main`` in this process (the damaged video on the session's Ray, where its decode
+    fails in a task); the subprocess and its traceback-free line: tests/test_cli.py."""
     from tests.test_s3diff_weights import _Payload, edit_checkpoint, make_weights_dir
 
     bad = tmp_path / "bad"
@@ -602,7 +605,7 @@ def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path):
     out.mkdir()
     (out / "existing.tif").write_bytes(b"precious tif")
     (out / "existing.mp4").write_bytes(b"precious mp4")
-    local = ["--set", "run.runner=local"]  # same checks, no Ray start: faster
+    local = ["--set", "run.runner=local"]  # same checks, without Ray
     s3diff = ["--model", "s3diff", "--scale", "4", *local]
     cases = [
         (bad / "truncated.tif", "existing.tif", local, "could not be decoded: corrupted strip"),
@@ -626,7 +629,7 @@ def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path):
     ]
     before_bad, before_out = _snapshot(bad), _snapshot(out)
     for src, target, extra, text in cases:
-        result = run_cli(src, "-o", out / target, "--overwrite", *extra)
+        result = main_cli(src, "-o", out / target, "--overwrite", *extra)
         assert_one_line_error(result, 2, text)
         assert _snapshot(bad) == before_bad, src
         assert _snapshot(out) == before_out, src  # no store, no temporary, output intact
@@ -643,7 +646,7 @@ def test_foreign_directory_at_the_store_path_is_left_alone(tmp_path):
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
     for extra in ([], ["--restart"]):
-        result = run_cli(src, "-o", tmp_path / "o.tif", "--set", "run.runner=local", *extra)
+        result = main_cli(src, "-o", tmp_path / "o.tif", "--set", "run.runner=local", *extra)
         assert_one_line_error(result, 2, "exists and is not a job store; it is left alone")
     assert (theirs / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "o.tif.job.zarr"]
@@ -658,7 +661,7 @@ def test_unwritable_output_directory_is_refused(tmp_path):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        assert_one_line_error(run_cli(src, "-o", locked / "o.tif"), 2, "is not writable")
+        assert_one_line_error(main_cli(src, "-o", locked / "o.tif"), 2, "is not writable")
     finally:
         locked.chmod(0o755)
 
