@@ -25,7 +25,7 @@ from pipeline.cli.status import status_command
 from pipeline.errors import JobFailed, UserError
 from pipeline.job.launch import run_job
 from tests import faulty_model as fm
-from tests.helpers import make_config, run_cli, synth_image
+from tests.helpers import main_cli, make_config, run_cli, synth_image
 from tests.test_video import assert_video_preserved
 from tests.video_fixtures import make_clip
 
@@ -265,7 +265,7 @@ def test_large_upload_is_multipart_and_whole(s3, tmp_path):
     assert s3.info(f"{BUCKET}/big/big.bin")["ETag"].strip('"').endswith("-3")  # 3 parts
 
 
-def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, tmp_path):
+def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, tmp_path, ray_local):
     """``batch 's3://.../*.tif' --output-pattern 's3://.../{stem}_x2.tif'``: inputs listed
     from the bucket, outputs uploaded, and a rerun skips the finished items (exit 0)."""
     sources = {}
@@ -300,6 +300,8 @@ def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, t
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "got.tif"), want)
     assert keys(s3, "batch/out") == [f"{BUCKET}/batch/out/scan{i}_x2.tif" for i in range(2)]
 
-    again = run_cli(*args)
+    # The rerun through the CLI's main in this process, on the session's Ray (the first
+    # run's private Ray gave its workers the S3 settings; the rerun only skips).
+    again = main_cli(*args)
     assert again.returncode == 0, again.stderr
     assert [i["status"] for i in json.loads(report.read_text())["items"]] == ["skipped"] * 2
