@@ -142,14 +142,6 @@ def test_default_model_is_s3diff_when_its_weights_are_found(tmp_path, monkeypatc
     assert chosen.returncode == 0 and "model: " not in chosen.stderr, chosen.stderr
 
 
-@pytest.mark.unit
-def test_presets_load():
-    from pipeline.config import load_config
-
-    for preset in sorted((ROOT / "configs").glob("*.yaml")):
-        load_config(preset)
-
-
 @pytest.mark.integration  # a fresh interpreter: this one has torch imported already
 def test_driver_package_does_not_import_torch():
     modules = sorted(
