@@ -217,14 +217,15 @@ def _sigterm_at(proc: subprocess.Popen, bar: str, count: int) -> tuple[int, str]
 def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path):
     """SIGTERM mid-upscale: exit 75 with one line, no output or temporary left, every
     flagged region complete; ``status`` says terminated; the rerun finishes the job
-    and gives exactly the output of an uninterrupted run."""
+    and gives exactly the output of an uninterrupted run. On the in-process runner: the
+    SIGTERM of a run on Ray (calls in flight on actors) is the batch test below."""
     from pipeline.cli.status import store_status
 
     src = _png(tmp_path / "in.png", 320, 400, seed=3)
     out = tmp_path / "out.tif"
     args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8", "--batch-size", "1"]
     args += ["--set", "store.region_out_px=64", "--set", "store.chunk_out_px=64"]
-    args += ["--set", "run.term_grace_s=30"]
+    args += ["--set", "run.term_grace_s=30", *LOCAL_RUNNER]
     proc = launch_cli(*args)
     done, rest = _sigterm_at(proc, "upscale", 20)
     assert proc.wait(timeout=120) == 75, rest
@@ -261,7 +262,7 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path):
         cut = np.s_[row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64]
         assert np.array_equal(partial[cut], expected[cut])
 
-    resumed = main_cli(*args, "--quiet", *LOCAL_RUNNER)  # stopped on Ray, resumed in-process
+    resumed = main_cli(*args, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert f"{int(flags.sum())} resumed from the store" in resumed.stdout
     assert np.array_equal(tifffile.imread(out), expected)
