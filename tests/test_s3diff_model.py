@@ -193,10 +193,10 @@ def test_compile_mode_pads_the_last_batch_and_drops_the_padding(upscaler, tiles)
     """With compile on, a partial last batch is padded (no recompilation for a new
     shape) and the padding never reaches the output. Not traced here: the trace itself
     (dynamo, minutes-long for the UNet on 2 CPU cores) is the gpu-tier test below."""
-    from workers.s3diff.upscaler import S3DiffUpscaler
+    import copy
 
-    compiled = S3DiffUpscaler(_config(batch_size=2))
-    compiled.config = dataclasses.replace(compiled.config, compile=True)
+    compiled = copy.copy(upscaler)  # the same model, not loaded again; nothing compiled
+    compiled.config = dataclasses.replace(upscaler.config, batch_size=2, compile=True)
     _check_full_batches(upscaler, tiles, *_upscale_counting_vae_batches(compiled, tiles))
 
 
