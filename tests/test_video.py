@@ -125,8 +125,12 @@ def test_range_keeps_matching_audio_span(tmp_path):
 def test_local_and_ray_runners_agree(tmp_path, ray_local):
     """Same pipeline under both runners: identical upscaled frames in the store (the
     encoder's own threading may reorder its rate control, so the files are compared
-    decoded, within codec noise)."""
-    src = make_clip(tmp_path / "c.mkv", frames=12)
+    decoded, within codec noise). The clip is the tagged one: its stream tags,
+    dispositions, chapters and container tags survive the run on Ray too."""
+    from tests.test_video_metadata import ffmpeg_errors, ffmpeg_stream_lines, read_meta
+    from tests.video_fixtures import make_tagged_clip
+
+    src = make_tagged_clip(tmp_path / "c.mkv")  # 12 frames, audio, subtitles
     stored = []
     for runner in ("ray", "local"):
         out = tmp_path / f"{runner}.mkv"
@@ -140,6 +144,15 @@ def test_local_and_ray_runners_agree(tmp_path, ray_local):
     ):
         # libx264 is not bit-reproducible run to run (docs/RELIABILITY.md): codec noise.
         assert np.abs(x.astype(int) - y.astype(int)).mean() < 3.0
+    # Tags on Ray (formerly test_video_metadata.py::test_tags_survive_on_ray).
+    on_ray = tmp_path / "ray.mkv"
+    assert read_meta(on_ray) == read_meta(src)
+    assert ffmpeg_stream_lines(on_ray) == [
+        "Video (fra) (default)",
+        "Audio (jpn) (default) (comment)",
+        "Subtitle (eng) (forced) (hearing impaired)",
+    ]
+    assert ffmpeg_errors(on_ray) == ""
 
 
 def test_streams_the_container_cannot_hold(tmp_path):

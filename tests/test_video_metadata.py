@@ -267,17 +267,8 @@ def test_cover_art_and_attachments_survive_or_are_refused(tmp_path, src_ext, out
     assert ffmpeg_errors(out) == ""
 
 
-def test_tags_survive_on_ray(tmp_path, ray_local):
-    src = make_tagged_clip(tmp_path / "src.mkv")
-    out = tmp_path / "out.mkv"
-    run_job(str(src), str(out), video_cfg(run__runner="ray"), progress=False)
-    assert read_meta(out) == read_meta(src)
-    assert ffmpeg_stream_lines(out) == [
-        "Video (fra) (default)",
-        "Audio (jpn) (default) (comment)",
-        "Subtitle (eng) (forced) (hearing impaired)",
-    ]
-    assert ffmpeg_errors(out) == ""
+# Tags on Ray: tests/test_video.py::test_local_and_ray_runners_agree runs the tagged clip
+# on Ray and checks them there.
 
 
 def test_range_shifts_and_clips_chapters(tmp_path):
