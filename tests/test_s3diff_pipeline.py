@@ -35,12 +35,14 @@ def upscaler():
     return S3DiffUpscaler(cfg.model)
 
 
-def test_small_image_is_exactly_the_whole_image_result(tmp_path, ray_local, upscaler):
+def test_small_image_is_exactly_the_whole_image_result(tmp_path, upscaler):
+    """In-process: the subject is the single-tile geometry (S3Diff on Ray: below)."""
     image = synth_image(40, 52, seed=1)
     src = tmp_path / "small.png"
     Image.fromarray(image).save(src)
     out = tmp_path / "out.png"
-    run_job(str(src), str(out), s3diff_cfg(tile=128, overlap=32, keep=True), progress=False)
+    cfg = s3diff_cfg(tile=128, overlap=32, keep=True, run__runner="local")
+    run_job(str(src), str(out), cfg, progress=False)
     got = np.asarray(Image.open(out))
     lr = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
     scores = upscaler.estimate_degradation(lr)  # one crop: the whole (small) image
