@@ -396,12 +396,10 @@ def test_worker_crashing_on_poison_is_blamed_alone_then_fixed_rerun_resumes(
 
 @pytest.mark.integration
 def test_raising_model_stops_cli_with_exit_3_naming_region(
-    tmp_path, ray_local, clean_small, faulty, capsys
+    tmp_path, ray_local, clean_small, faulty
 ):
     """A model that raises on poison input: retried ``run.region_retries`` times, then
     the CLI exits 3 with one line naming the frame and region; the fixed rerun resumes."""
-    from pipeline.cli.main import main
-
     control, log = faulty
     ctl = control(poison="raise")
     src, out = poisoned_image(tmp_path / "in.tif"), tmp_path / "out.tif"
@@ -409,8 +407,9 @@ def test_raising_model_stops_cli_with_exit_3_naming_region(
     argv += ["--overlap", "8", "--actors", "2", "--set", "model.name=faulty"]
     argv += ["--set", f"model.weights={ctl}", "--set", "store.region_out_px=128"]
     argv += ["--set", "run.region_retries=1"]
-    assert main(argv) == 3
-    err = capsys.readouterr().err
+    failed = main_cli(*argv)  # main in this process (its --quiet undone after)
+    assert failed.returncode == 3
+    err = failed.stderr
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines[-1].startswith(
         f"error: {POISON_REGION} failed 2 time(s): ValueError: poison pixel in the input"
@@ -418,8 +417,9 @@ def test_raising_model_stops_cli_with_exit_3_naming_region(
     assert "Traceback" not in err
     assert len([c for c in fm.read_log(log) if c[3] == "raise"]) == 2  # bounded: 1 + 1 retry
     control()  # the fix
-    assert main(argv) == 0
-    assert "resumed from the store" in capsys.readouterr().out
+    fixed = main_cli(*argv)
+    assert fixed.returncode == 0
+    assert "resumed from the store" in fixed.stdout
     np.testing.assert_array_equal(tifffile.imread(out), clean_small)
 
 
