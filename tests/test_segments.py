@@ -20,7 +20,7 @@ import pytest
 from pipeline.job.launch import run_job
 from pipeline.store.jobstore import JobStore, default_store_url
 from pipeline.video.assemble import plan_dts, reorder_delay
-from tests.helpers import LOCAL_RUNNER, launch_cli, make_config, run_cli
+from tests.helpers import LOCAL_RUNNER, launch_cli, main_cli, make_config
 from tests.test_reliability import kill_when, no_finished_looking_output
 from tests.video_fixtures import decode_frames, make_clip, probe_summary, video_stream
 
@@ -231,7 +231,7 @@ def test_kill_at_assembly_redoes_no_segment(tmp_path):
     args += ["--set", "video.segment_frames=8", *LOCAL_RUNNER]
     kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), lambda ln: "assemble:" in ln)
     no_finished_looking_output(out)
-    final = run_cli(*args)
+    final = main_cli(*args)  # the rerun in this process
     assert final.returncode == 0, final.stderr
     assert "0/3 segments encoded" in final.stdout, final.stdout
     assert len(decode_frames(out)) == 24
