@@ -3,8 +3,14 @@ reference, configs."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import os
+import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -66,6 +72,49 @@ def launch_cli(
     return subprocess.Popen(
         cli_argv(*args), stdout=stdout, stderr=stderr, text=True, cwd=cwd, env=env
     )
+
+
+def main_cli(*args: object) -> subprocess.CompletedProcess[str]:
+    """Run the CLI's ``main(argv)`` in this process, as ``run_cli`` runs it in a
+    subprocess: the exit code, and stdout and stderr as text (the CLI's own log handler
+    writes its messages to that stderr, as in a fresh process). For the checks whose
+    subject is what the CLI decides and prints (plan-time refusals, reports, the
+    in-process runner): a subprocess costs an interpreter start and, with Ray, a private
+    Ray. The process-wide state ``main`` sets (logging, ``--quiet``'s warning filters and
+    environment, the SIGTERM/SIGINT handlers) is put back afterwards. An exception that
+    escapes ``main`` (where a subprocess would print a traceback) fails the test."""
+    from pipeline.cli.main import main
+    from pipeline.cli.quiet import LIBRARY_LOGGERS, QUIET_ENV
+    from pipeline.runner import stopping
+
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved_root = root.handlers[:], root.level
+    names = ("ray", "filelock", "urllib3", *LIBRARY_LOGGERS)
+    saved_levels = {name: logging.getLogger(name).level for name in names}
+    saved_env = os.environ.get(QUIET_ENV)
+    saved_signals = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    installed = len(stopping._installed)
+    root.handlers = []  # so that the CLI's logging.basicConfig installs its handler
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+            with contextlib.redirect_stderr(err):
+                code = main(argv)
+    finally:
+        root.handlers[:] = saved_root[0]
+        root.setLevel(saved_root[1])
+        for name, level in saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        logging.captureWarnings(False)
+        if saved_env is None:
+            os.environ.pop(QUIET_ENV, None)
+        else:
+            os.environ[QUIET_ENV] = saved_env
+        signal.signal(signal.SIGTERM, saved_signals[0])
+        signal.signal(signal.SIGINT, saved_signals[1])
+        del stopping._installed[installed:]
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:

@@ -25,7 +25,7 @@ from pipeline.errors import UserError
 from pipeline.job.batch import BatchItem, exit_code, format_table, read_manifest, run_batch
 from pipeline.job.launch import run_job
 from tests import faulty_model as fm
-from tests.helpers import LOCAL_RUNNER, launch_cli, make_config, run_cli, synth_image
+from tests.helpers import LOCAL_RUNNER, launch_cli, main_cli, make_config, synth_image
 
 SMALL = {"scale": 2, "tile": 32, "overlap": 8, "region_out_px": 128, "chunk_out_px": 64}
 SMALL_SET = (
@@ -152,7 +152,7 @@ def test_batch_shares_workers_isolates_failures_and_resumes(tmp_path, ray_local,
     for i, item in enumerate(items[:3]):
         extra = {"window": "cosine"} if i == 1 else {}
         alone = tmp_path / f"alone{i}.tif"
-        cfg = make_config(actors=2, **(SMALL | extra))
+        cfg = make_config(run__runner="local", **(SMALL | extra))  # the runners agree
         run_job(item.input, str(alone), cfg, progress=False)
         assert np.array_equal(tifffile.imread(item.output), tifffile.imread(alone))
 
@@ -163,14 +163,15 @@ def test_batch_shares_workers_isolates_failures_and_resumes(tmp_path, ray_local,
     assert [r.status for r in again] == ["skipped"] * 3 + ["failed", "failed", "done"]
     assert again[5].regions_run == 1 and again[5].regions_total == 4
     clean = tmp_path / "clean.tif"
-    run_job(str(poisoned), str(clean), make_config(actors=2, **SMALL), progress=False)
+    run_job(str(poisoned), str(clean), make_config(run__runner="local", **SMALL), progress=False)
     assert np.array_equal(tifffile.imread(items[5].output), tifffile.imread(clean))
 
 
 @pytest.mark.integration
-def test_batch_cli_directory_exit_codes_and_status(tmp_path):
+def test_batch_cli_directory_exit_codes_and_status(tmp_path, ray_local):
     """The CLI over a directory: exit 0, a table and a report; a rerun skips everything;
-    ``status`` reads the report."""
+    ``status`` reads the report. The CLI's ``main`` in this process, on the session's
+    Ray: the subject is what the CLI does with a batch, not the Ray it starts."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(2):
@@ -179,17 +180,17 @@ def test_batch_cli_directory_exit_codes_and_status(tmp_path):
     report = tmp_path / "r.json"
     args = ["batch", src, "--output-pattern", str(tmp_path / "up" / "{stem}_x2.png")]
     args += ["--scale", "2", "--report", report, "--quiet"]
-    first = run_cli(*args)
+    first = main_cli(*args)
     assert first.returncode == 0, first.stderr
     assert "2 done" in first.stdout and "Traceback" not in first.stderr
     for i in range(2):
         assert Image.open(tmp_path / "up" / f"img{i}_x2.png").size == (160, 128)
-    again = run_cli(*args)
+    again = main_cli(*args)
     assert again.returncode == 0 and "2 skipped" in again.stdout
-    shown = run_cli("status", report)
+    shown = main_cli("status", report)
     assert shown.returncode == 0 and "2 skipped" in shown.stdout
 
-    bad = run_cli("batch", tmp_path / "nothing.yaml", "--quiet")
+    bad = main_cli("batch", tmp_path / "nothing.yaml", "--quiet")
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
     assert "Traceback" not in bad.stderr
 
@@ -213,17 +214,18 @@ def _sigterm_at(proc: subprocess.Popen, bar: str, count: int) -> tuple[int, str]
 
 
 @pytest.mark.integration
-def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
+def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path):
     """SIGTERM mid-upscale: exit 75 with one line, no output or temporary left, every
     flagged region complete; ``status`` says terminated; the rerun finishes the job
-    and gives exactly the output of an uninterrupted run."""
+    and gives exactly the output of an uninterrupted run. On the in-process runner: the
+    SIGTERM of a run on Ray (calls in flight on actors) is the batch test below."""
     from pipeline.cli.status import store_status
 
     src = _png(tmp_path / "in.png", 320, 400, seed=3)
     out = tmp_path / "out.tif"
     args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8", "--batch-size", "1"]
     args += ["--set", "store.region_out_px=64", "--set", "store.chunk_out_px=64"]
-    args += ["--set", "run.term_grace_s=30"]
+    args += ["--set", "run.term_grace_s=30", *LOCAL_RUNNER]
     proc = launch_cli(*args)
     done, rest = _sigterm_at(proc, "upscale", 20)
     assert proc.wait(timeout=120) == 75, rest
@@ -237,11 +239,19 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
     status = store_status(str(store))
     assert status["state"] == "terminated"
     assert done <= status["regions_done"] < status["regions_total"]
-    shown = run_cli("status", out)
+    shown = main_cli("status", out)
     assert shown.returncode == 0 and "terminated" in shown.stdout
 
     clean = tmp_path / "clean.tif"
-    cfg = make_config(scale=2, tile=32, overlap=8, region_out_px=64, chunk_out_px=64, batch_size=1)
+    cfg = make_config(
+        scale=2,
+        tile=32,
+        overlap=8,
+        region_out_px=64,
+        chunk_out_px=64,
+        batch_size=1,
+        run__runner="local",  # the runners agree: tests/test_video.py
+    )
     run_job(str(src), str(clean), cfg, progress=False)
     from pipeline.store.jobstore import JobStore
 
@@ -252,14 +262,14 @@ def test_sigterm_stops_cleanly_and_the_rerun_resumes(tmp_path, ray_local):
         cut = np.s_[row * 64 : (row + 1) * 64, col * 64 : (col + 1) * 64]
         assert np.array_equal(partial[cut], expected[cut])
 
-    resumed = run_cli(*args, "--quiet", *LOCAL_RUNNER)  # stopped on Ray, resumed in-process
+    resumed = main_cli(*args, "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     assert f"{int(flags.sum())} resumed from the store" in resumed.stdout
     assert np.array_equal(tifffile.imread(out), expected)
 
 
 @pytest.mark.integration
-def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
+def test_status_of_a_dead_driver_and_of_nothing(tmp_path):
     """A record saying "running" from a process that no longer exists reads as
     interrupted; unknown targets are one-line errors."""
     from pipeline.cli.status import format_store_status, store_status
@@ -267,7 +277,8 @@ def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
 
     src = _png(tmp_path / "in.png", 64, 64, seed=1)
     out = tmp_path / "out.tif"
-    run_job(str(src), str(out), make_config(actors=1, keep=True, **SMALL), progress=False)
+    cfg = make_config(run__runner="local", keep=True, **SMALL)
+    run_job(str(src), str(out), cfg, progress=False)
     store = tmp_path / "out.tif.job.zarr"
     record = json.loads((store / PROGRESS_KEY).read_text())
     assert record["status"] == "done" and record["regions_done"] == record["regions_total"]
@@ -279,16 +290,16 @@ def test_status_of_a_dead_driver_and_of_nothing(tmp_path, ray_local):
     assert status["state"] == "interrupted"
     assert "run the same command again to resume" in format_store_status(status)
 
-    missing = run_cli("status", tmp_path / "nope.tif")
+    missing = main_cli("status", tmp_path / "nope.tif")
     assert missing.returncode == 2 and missing.stderr.startswith("error: ")
-    finished = run_cli("status", src)  # exists, no store beside it
+    finished = main_cli("status", src)  # exists, no store beside it
     # A finished job is not an error: its store was removed after success.
     assert finished.returncode == 0, finished.stderr
     assert "is complete (no job store beside it" in finished.stdout
 
 
 @pytest.mark.integration
-def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
+def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path, ray_local):
     """SIGTERM while the first items upscale: exit 75, the running items are
     ``terminated`` with resumable stores, the items never started stay ``pending``, no
     output is half-written; the same command then finishes the batch (exit 0)."""
@@ -316,7 +327,7 @@ def test_sigterm_stops_a_batch_and_the_rerun_completes_it(tmp_path):
     assert left == ["img0_x2.tif.job.zarr", "img1_x2.tif.job.zarr"]
     assert [Path(i["store"]).name for i in items[:2]] == left
 
-    again = run_cli(*[str(a) for a in args], "--quiet")
+    again = main_cli(*args, "--quiet")  # the rerun in this process, on the session's Ray
     assert again.returncode == 0, again.stderr
     final = json.loads(report.read_text())["items"]
     assert [i["status"] for i in final] == ["done"] * 4

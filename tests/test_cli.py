@@ -1,4 +1,6 @@
-"""The command line as a user runs it: real subprocess, real local Ray started by the CLI."""
+"""The command line as a user runs it: a real subprocess with the local Ray the CLI starts
+for the end-to-end run, a kill and the no-traceback check; the CLI's ``main(argv)`` in this
+process (``main_cli``) for what the CLI decides and prints before or without Ray."""
 
 import os
 import struct
@@ -11,7 +13,14 @@ import pytest
 import tifffile
 from PIL import Image
 
-from tests.helpers import ROOT, assert_one_line_error, launch_cli, run_cli
+from tests.helpers import (
+    LOCAL_RUNNER,
+    ROOT,
+    assert_one_line_error,
+    launch_cli,
+    main_cli,
+    run_cli,
+)
 
 
 def fresh_env(tmp_path, **extra):
@@ -21,10 +30,19 @@ def fresh_env(tmp_path, **extra):
     return env
 
 
+def use_fresh_env(monkeypatch, tmp_path, **extra) -> None:
+    """``fresh_env`` for this process (the CLI's ``main`` run in-process)."""
+    for key in [k for k in os.environ if k.startswith(("HF_", "S3DIFF_"))]:
+        monkeypatch.delenv(key)
+    extra = {"HF_HOME": str(tmp_path / "hf"), "XDG_CACHE_HOME": str(tmp_path / "cache"), **extra}
+    for key, value in extra.items():
+        monkeypatch.setenv(key, value)
+
+
 @pytest.mark.integration
 def test_sample_then_upscale_end_to_end(tmp_path):
     sample = tmp_path / "sample.png"
-    made = run_cli("sample", sample, "--size", "300x200")
+    made = main_cli("sample", sample, "--size", "300x200")
     assert made.returncode == 0, made.stderr
     out = tmp_path / "out.tif"
     run = run_cli(
@@ -60,29 +78,35 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
     empty.write_bytes(b"")
     text_mp4 = tmp_path / "movie.mp4"
     text_mp4.write_text("hello")
+    # The one subprocess: a refusal as a user meets it, one line, no traceback. The
+    # others are the same code path, run in this process.
     assert_one_line_error(
         run_cli(tmp_path / "nope.png", "-o", tmp_path / "o.tif"), 2, "does not exist"
     )
-    assert_one_line_error(run_cli(png, "-o", existing), 2, "already exists; pass --overwrite")
+    assert_one_line_error(main_cli(png, "-o", existing), 2, "already exists; pass --overwrite")
     assert existing.read_bytes() == b"precious"
-    assert_one_line_error(run_cli(empty, "-o", tmp_path / "o.tif"), 2, "is empty (0 bytes)")
-    assert_one_line_error(run_cli(text_mp4, "-o", tmp_path / "o.tif"), 2, "not a supported input")
+    assert_one_line_error(main_cli(empty, "-o", tmp_path / "o.tif"), 2, "is empty (0 bytes)")
+    assert_one_line_error(main_cli(text_mp4, "-o", tmp_path / "o.tif"), 2, "not a supported input")
     assert_one_line_error(
-        run_cli(png, "-o", png, "--overwrite"), 2, "the output path is the input path"
+        main_cli(png, "-o", png, "--overwrite"), 2, "the output path is the input path"
     )
-    assert_one_line_error(run_cli(png, "-o", tmp_path / "missing" / "o.tif"), 2, "output directory")
     assert_one_line_error(
-        run_cli(png, "-o", tmp_path / "o.tif", "--set", "tiling.bogus=1"),
+        main_cli(png, "-o", tmp_path / "missing" / "o.tif"), 2, "output directory"
+    )
+    assert_one_line_error(
+        main_cli(png, "-o", tmp_path / "o.tif", "--set", "tiling.bogus=1"),
         2,
         "unknown config key tiling.bogus",
     )
     assert_one_line_error(
-        run_cli(png, "-o", tmp_path / "o.tif", "--tile", "64", "--overlap", "64"),
+        main_cli(png, "-o", tmp_path / "o.tif", "--tile", "64", "--overlap", "64"),
         2,
         "must be smaller than --tile",
     )
     assert_one_line_error(
-        run_cli(png, "-o", tmp_path / "o.tif", "--config", tmp_path / "x.yaml"), 2, "does not exist"
+        main_cli(png, "-o", tmp_path / "o.tif", "--config", tmp_path / "x.yaml"),
+        2,
+        "does not exist",
     )
     bomb = tmp_path / "bomb.png"  # header claims 100000x100000; no pixel data
     header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
@@ -93,7 +117,7 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
         + header
         + struct.pack(">I", zlib.crc32(b"IHDR" + header))
     )
-    assert_one_line_error(run_cli(bomb, "-o", tmp_path / "o.tif"), 2, "over the 2048 MiB limit")
+    assert_one_line_error(main_cli(bomb, "-o", tmp_path / "o.tif"), 2, "over the 2048 MiB limit")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "bomb.png",
         "empty.png",
@@ -106,25 +130,16 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(tmp_path):
 
 
 @pytest.mark.integration
-def test_default_model_is_s3diff_when_its_weights_are_found(tmp_path):
+def test_default_model_is_s3diff_when_its_weights_are_found(tmp_path, monkeypatch):
     png = tmp_path / "in.png"
     Image.fromarray(np.full((16, 16, 3), 120, np.uint8)).save(png)
     weights = ROOT / "tests" / "data" / "golden" / "weights"
-    env = fresh_env(tmp_path, S3DIFF_WEIGHTS=str(weights))
-    local = ("--set", "run.runner=local")
-    run = run_cli(png, "-o", tmp_path / "o.png", *local, env=env)
+    use_fresh_env(monkeypatch, tmp_path, S3DIFF_WEIGHTS=str(weights))
+    run = main_cli(png, "-o", tmp_path / "o.png", *LOCAL_RUNNER)
     assert run.returncode == 0, run.stderr
     assert f"model: s3diff (weights: {weights};" in run.stderr
-    chosen = run_cli(png, "-o", tmp_path / "b.png", "--model", "bicubic", *local, env=env)
+    chosen = main_cli(png, "-o", tmp_path / "b.png", "--model", "bicubic", *LOCAL_RUNNER)
     assert chosen.returncode == 0 and "model: " not in chosen.stderr, chosen.stderr
-
-
-@pytest.mark.unit
-def test_presets_load():
-    from pipeline.config import load_config
-
-    for preset in sorted((ROOT / "configs").glob("*.yaml")):
-        load_config(preset)
 
 
 @pytest.mark.integration  # a fresh interpreter: this one has torch imported already
@@ -191,7 +206,7 @@ def test_video_through_the_cli(tmp_path):
 
     src = make_clip(tmp_path / "clip.mp4", frames=12)
     out = tmp_path / "clip_x2.mkv"
-    run = run_cli(
+    run = main_cli(  # the CLI's video options; video on Ray: tests/test_video.py
         src,
         "-o",
         out,
@@ -207,12 +222,13 @@ def test_video_through_the_cli(tmp_path):
         "20",
         "--preset",
         "fast",
+        *LOCAL_RUNNER,
     )
     assert run.returncode == 0, run.stderr
     assert "12 frames" in run.stdout
     video = [s for s in probe_summary(out)["streams"] if s["type"] == "video"][0]
     assert (video["packets"], video["width"], video["codec"]) == (12, 192, "hevc")
-    bad = run_cli(src, "-o", tmp_path / "x.mp4", "--frames", "9:3")
+    bad = main_cli(src, "-o", tmp_path / "x.mp4", "--frames", "9:3")
     assert_one_line_error(bad, 2, "the selected range holds no frames")
-    image_out = run_cli(src, "-o", tmp_path / "x.png")
+    image_out = main_cli(src, "-o", tmp_path / "x.png")
     assert_one_line_error(image_out, 2, "is a video; give a video output")

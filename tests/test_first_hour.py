@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.cli.arguments import build_parser, program_name
 from pipeline.cli.bars import BarLogHandler, LineWriter, open_bar
 from pipeline.job.graph import resume_line
-from tests.helpers import LOCAL_RUNNER, launch_cli, run_cli, synth_image
+from tests.helpers import LOCAL_RUNNER, launch_cli, main_cli, synth_image
 
 BAR = re.compile(r"upscale:.*\|\s*(\d+)/(\d+) ")  # as tests/test_reliability.py reads it
 
@@ -103,24 +103,25 @@ def test_usage_names_the_program_as_invoked(monkeypatch):
 
 # ------------------------------------------------------------------ CLI runs
 @pytest.mark.integration
-def test_batch_pattern_creates_output_folders_and_status_of_a_finished_output(tmp_path):
+def test_batch_pattern_creates_output_folders_and_status_of_a_finished_output(tmp_path, ray_local):
+    """The CLI's ``main`` in this process (the batch on the session's Ray)."""
     src = tmp_path / "in"
     src.mkdir()
     _png(src / "a.png", 48, 64)
     out = tmp_path / "out" / "sub"
     pattern = str(out / "{stem}_x2.png")
-    run = run_cli(
+    run = main_cli(
         "batch", src, "--output-pattern", pattern, "--scale", "2",
         "--report", tmp_path / "r.json",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert (out / "a_x2.png").is_file()
-    status = run_cli("status", out / "a_x2.png")
+    status = main_cli("status", out / "a_x2.png")
     assert status.returncode == 0, status.stderr
     assert "is complete (no job store beside it" in status.stdout
     assert "error" not in status.stderr
     # A single run still refuses a folder that does not exist, and says what to do.
-    single = run_cli(src / "a.png", "-o", tmp_path / "nope" / "a.png", "--scale", "2")
+    single = main_cli(src / "a.png", "-o", tmp_path / "nope" / "a.png", "--scale", "2")
     assert single.returncode == 2 and "create it first" in single.stderr
 
 
@@ -157,9 +158,9 @@ def test_ctrl_c_twice_exits_130_and_the_rerun_resumes(tmp_path):
     assert status["state"] == "interrupted" and not status.get("error")
     assert status["regions_done"] >= sent
 
-    again = run_cli(*args, *LOCAL_RUNNER)  # interrupted on Ray, resumed in-process
+    again = main_cli(*args, *LOCAL_RUNNER)  # interrupted on Ray, resumed in-process
     assert again.returncode == 0, again.stderr
     m = re.search(r"resume: (\d+) of (\d+) regions done\n", again.stderr)
     assert m and int(m.group(1)) >= sent, again.stderr
-    assert "\r" not in again.stderr  # a pipe gets plain lines
+    assert "\r" not in again.stderr  # a pipe (here a StringIO) gets plain lines
     assert "publish:" in again.stderr and out.is_file()

@@ -37,15 +37,22 @@ def test_region_partition_invariance(tmp_path: Path, tif_input: Path, ray_local)
         np.testing.assert_array_equal(outputs[0], other)
 
 
-def test_resume_completes_only_missing_regions(tmp_path: Path, tif_input: Path, ray_local):
-    cfg = make_config(scale=2, tile=64, overlap=16, region_out_px=128, chunk_out_px=64, keep=True)
-    clean = tmp_path / "clean.tif"
-    run_job(str(tif_input), str(clean), cfg, progress=False)
-    expected = tifffile.imread(clean)
-
+def test_resume_completes_only_missing_regions(tmp_path: Path, tif_input: Path):
+    """In-process: the subject is the store's flags (resume on Ray after a real kill:
+    tests/test_reliability.py)."""
+    cfg = make_config(
+        scale=2,
+        tile=64,
+        overlap=16,
+        region_out_px=128,
+        chunk_out_px=64,
+        keep=True,
+        run__runner="local",
+    )
     out = tmp_path / "resumed.tif"
     first = run_job(str(tif_input), str(out), cfg, progress=False)
     assert first.regions_run == first.regions_total == 20
+    expected = tifffile.imread(out)  # the clean run's output
     # Simulate a crash after some regions: drop the output and three done flags, and
     # scribble over those regions. Also scribble over one region that stays done: a
     # resume that redid finished work would overwrite it.

@@ -9,6 +9,7 @@ the others run the same stages in-process (``run.runner=local``) to stay fast.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from pipeline.cli.status import status_command
 from pipeline.errors import JobFailed, UserError
 from pipeline.job.launch import run_job
 from tests import faulty_model as fm
-from tests.helpers import make_config, run_cli, synth_image
+from tests.helpers import main_cli, make_config, run_cli, synth_image
 from tests.test_video import assert_video_preserved
 from tests.video_fixtures import make_clip
 
@@ -92,9 +93,15 @@ def reference(tmp_path: Path, src: Path) -> np.ndarray:
     return tifffile.imread(out)
 
 
-def test_image_from_s3_to_s3_with_store_on_s3_matches_local_run(s3, tmp_path):
+def test_image_from_s3_to_s3_with_store_on_s3_matches_local_run(s3, tmp_path, caplog):
+    """The CLI on the private Ray it starts, with --quiet. The input carries an unparsable
+    GDAL_NODATA tag, which tifffile warns about wherever the file is read (the driver and
+    the ingest workers): --quiet silences library warnings in the workers too (formerly
+    its own CLI run, test_output_metadata.py::test_quiet_silences_library_warnings_in_workers)."""
     src = tmp_path / "in.tif"
-    tifffile.imwrite(src, synth_image(150, 200), photometric="rgb", tile=(64, 64))
+    nodata_tag = [(42113, "s", 0, "not-a-number", True)]
+    image = synth_image(150, 200)
+    tifffile.imwrite(src, image, photometric="rgb", tile=(64, 64), extratags=nodata_tag)
     s3.put_file(str(src), f"{BUCKET}/cli/in.tif")
     run = run_cli(
         f"s3://{BUCKET}/cli/in.tif",
@@ -109,9 +116,13 @@ def test_image_from_s3_to_s3_with_store_on_s3_matches_local_run(s3, tmp_path):
         *("--set", "store.region_out_px=128", "--set", "store.chunk_out_px=64"),
     )
     assert run.returncode == 0, run.stderr
+    assert "GDAL_NODATA" not in run.stderr + run.stdout
     assert f"s3://{BUCKET}/cli/out/up.tif" in run.stdout
     s3.get_file(f"{BUCKET}/cli/out/up.tif", str(tmp_path / "got.tif"))
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "got.tif"), reference(tmp_path, src))
+    with caplog.at_level(logging.WARNING, logger="tifffile"):
+        want = reference(tmp_path, src)
+    assert "GDAL_NODATA" in caplog.text  # without --quiet, the tag is warned about
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "got.tif"), want)
     assert keys(s3, "cli/out") == [f"{BUCKET}/cli/out/up.tif"]  # no partials left
     assert not keys(s3, "cli/work")  # the store is removed after success
     assert keys(s3, "cli/in.tif") == [f"{BUCKET}/cli/in.tif"]  # input untouched
@@ -266,7 +277,7 @@ def test_large_upload_is_multipart_and_whole(s3, tmp_path):
     assert s3.info(f"{BUCKET}/big/big.bin")["ETag"].strip('"').endswith("-3")  # 3 parts
 
 
-def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, tmp_path):
+def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, tmp_path, ray_local):
     """``batch 's3://.../*.tif' --output-pattern 's3://.../{stem}_x2.tif'``: inputs listed
     from the bucket, outputs uploaded, and a rerun skips the finished items (exit 0)."""
     sources = {}
@@ -301,6 +312,8 @@ def test_batch_over_an_s3_glob_publishes_each_item_and_skips_them_on_rerun(s3, t
         np.testing.assert_array_equal(tifffile.imread(tmp_path / "got.tif"), want)
     assert keys(s3, "batch/out") == [f"{BUCKET}/batch/out/scan{i}_x2.tif" for i in range(2)]
 
-    again = run_cli(*args)
+    # The rerun through the CLI's main in this process, on the session's Ray (the first
+    # run's private Ray gave its workers the S3 settings; the rerun only skips).
+    again = main_cli(*args)
     assert again.returncode == 0, again.stderr
     assert [i["status"] for i in json.loads(report.read_text())["items"]] == ["skipped"] * 2

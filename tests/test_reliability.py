@@ -35,8 +35,8 @@ from tests.helpers import (
     assert_one_line_error,
     bicubic_reference,
     launch_cli,
+    main_cli,
     make_config,
-    run_cli,
     synth_image,
 )
 
@@ -110,11 +110,12 @@ def poisoned_image(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def clean_small(tmp_path_factory, ray_local) -> np.ndarray:
+def clean_small(tmp_path_factory) -> np.ndarray:
     """The poisoned test image upscaled by plain bicubic: what every fault run must give."""
     d = tmp_path_factory.mktemp("clean_small")
     src = poisoned_image(d / "in.tif")
-    run_job(str(src), str(d / "clean.tif"), make_config(actors=2, **SMALL), progress=False)
+    cfg = make_config(run__runner="local", **SMALL)  # the runners agree: tests/test_video.py
+    run_job(str(src), str(d / "clean.tif"), cfg, progress=False)
     return tifffile.imread(d / "clean.tif")
 
 
@@ -137,14 +138,15 @@ def faulty_cfg(ctl: Path, **extra):
 
 # ------------------------------------------------------------------- crashes and resume
 @pytest.mark.integration
-def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_local):
+def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path):
     """SIGKILL during ingest, then upscaling, then publishing; the fourth run finishes
     with pixels identical to a clean run. After each kill: no finished-looking output,
     only complete regions flagged; local Ray listened on loopback only, no dashboard UI."""
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, synth_image(1024, 1024, seed=4), photometric="rgb", tile=(128, 128))
     geometry = {"scale": 2, "tile": 64, "overlap": 8, "region_out_px": 256, "chunk_out_px": 128}
-    run_job(str(src), str(tmp_path / "clean.tif"), make_config(**geometry), progress=False)
+    clean_cfg = make_config(run__runner="local", **geometry)
+    run_job(str(src), str(tmp_path / "clean.tif"), clean_cfg, progress=False)
     clean = tifffile.imread(tmp_path / "clean.tif")[None]
     out = tmp_path / "out.tif"
     args = [src, "-o", out, "--scale", "2", "--tile", "64", "--overlap", "8"]
@@ -193,7 +195,7 @@ def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_lo
     assert list(tmp_path.glob(".out.partial-*.tif"))  # an unfinished, hidden temporary
     assert check_flags(url, clean) == (total, total)
 
-    final = run_cli(*local)
+    final = main_cli(*local)
     assert final.returncode == 0, final.stderr
     assert f"0/{total} regions run, {total} resumed" in final.stdout
     np.testing.assert_array_equal(tifffile.imread(out), clean[0])
@@ -201,10 +203,22 @@ def test_killed_cli_resumes_image_at_ingest_upscale_and_publish(tmp_path, ray_lo
     assert not Path(url).exists()
 
 
+def _segment_files(store_url: str) -> dict[str, tuple[str, int]]:
+    import hashlib
+
+    folder = Path(store_url) / "segments"
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.glob("*.seg"))
+    }
+
+
 @pytest.mark.integration
-def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
+def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path):
     """SIGKILL while segments decode, then while the encoder is mid-stream; the rerun's
-    decoded frames equal a clean run's exactly. The codec is FFV1: libx264's bitstream
+    decoded frames equal a clean run's exactly, and it redoes only the segments not yet
+    encoded (the encoded ones' files are never rewritten); ``status`` counts them in
+    between. The codec is FFV1: libx264's bitstream
     is not reproducible even between two clean runs on a loaded machine (measured, see
     docs/RELIABILITY.md), so only a deterministic encoder can show exact resume; the
     stored frames it encodes are compared bit for bit whatever the codec."""
@@ -220,12 +234,13 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
         video__segment_frames=12,
         video__codec="ffv1",
         video__keep_frames=True,  # the clean run's frames, to compare flagged regions with
+        run__runner="local",  # the runners agree: tests/test_video.py
     )
     run_job(str(src), str(clean), cfg, progress=False)
     clean_url = default_store_url(str(src), str(clean), None)
     clean_stored = JobStore.open(clean_url, mode="r").array("output")[...]
     out = tmp_path / "out.mkv"
-    args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8"]
+    args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8", "--keep-store"]
     args += ["--set", "video.segment_frames=12", "--codec", "ffv1"]
     url = default_store_url(str(src), str(out), None)
 
@@ -236,17 +251,31 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
     assert not JobStore.open(url, mode="r").ingested_mask().all()
 
     def encoding(line: str) -> bool:
-        m = re.search(r"encoded (\d+)/(\d+)", line)
-        # In the first half, so that plenty of work is left when the kill lands.
-        return bool(m) and 0 < int(m.group(1)) <= int(m.group(2)) // 2
+        m = re.search(r"encoded (\d+)/(\d+) segments", line)
+        # In the first half, so that plenty of work is left when the kill lands, and
+        # after two segments, so that some are left alone by the rerun.
+        return bool(m) and 2 <= int(m.group(1)) <= int(m.group(2)) // 2
 
     kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), encoding)
     no_finished_looking_output(out)
     assert 0 < check_flags(url, clean_stored)[0]
+    store = JobStore.open(url, mode="r")
+    flagged = {f"{i:06d}.seg" for i in np.flatnonzero(store.encoded_mask())}
+    done_before = len(flagged)
+    before = _segment_files(url)
+    assert 2 <= done_before < 8 and len(before) >= done_before
+    status = main_cli("status", out)
+    assert status.returncode == 0, status.stderr
+    assert f"segments encoded: {done_before}/8" in status.stdout, status.stdout
+    assert "scratch in use:" in status.stdout
 
-    final = run_cli(*local)
+    final = main_cli(*local)  # killed on Ray, resumed in-process
     assert final.returncode == 0, final.stderr
     assert "resumed from the store" in final.stdout
+    assert f"{8 - done_before}/8 segments encoded" in final.stdout, final.stdout
+    after = _segment_files(url)
+    for name in flagged:  # finished before the kill: never rewritten
+        assert after[name] == before[name], name
     got, want = decode_frames(out), decode_frames(clean)
     assert len(got) == len(want) == 96
     for i, (a, b) in enumerate(zip(got, want, strict=True)):
@@ -255,7 +284,7 @@ def test_killed_cli_resumes_video_at_ingest_and_encoding(tmp_path, ray_local):
 
 
 @pytest.mark.integration
-def test_killed_cli_resumes_tiny_s3diff(tmp_path, ray_local):
+def test_killed_cli_resumes_tiny_s3diff(tmp_path):
     """The tiny S3Diff (degradation estimate, then regions): SIGKILL after the first
     regions are flagged; the rerun gives the clean run's pixels."""
     src = tmp_path / "in.tif"
@@ -277,18 +306,18 @@ def test_killed_cli_resumes_tiny_s3diff(tmp_path, ray_local):
     url = default_store_url(str(src), str(out), None)
     done, total = check_flags(url, clean)
     assert 0 < done < total == 4
-    final = run_cli(*args)
+    final = main_cli(*args)
     assert final.returncode == 0, final.stderr
     np.testing.assert_array_equal(tifffile.imread(out), clean[0])
 
 
 @pytest.mark.integration
-def test_half_written_shard_without_flag_is_redone(tmp_path, ray_local, clean_small):
+def test_half_written_shard_without_flag_is_redone(tmp_path, clean_small):
     """A region whose shard was cut short (a store without atomic writes, a full disk)
     has no flag, so the rerun writes it again, whole; flagged regions are not redone."""
     src = poisoned_image(tmp_path / "in.tif")
     out = tmp_path / "out.tif"
-    cfg = make_config(actors=2, keep=True, **SMALL)
+    cfg = make_config(run__runner="local", keep=True, **SMALL)  # the store, not Ray
     run_job(str(src), str(out), cfg, progress=False)
     out.unlink()
     url = default_store_url(str(src), str(out), None)
@@ -367,12 +396,10 @@ def test_worker_crashing_on_poison_is_blamed_alone_then_fixed_rerun_resumes(
 
 @pytest.mark.integration
 def test_raising_model_stops_cli_with_exit_3_naming_region(
-    tmp_path, ray_local, clean_small, faulty, capsys
+    tmp_path, ray_local, clean_small, faulty
 ):
     """A model that raises on poison input: retried ``run.region_retries`` times, then
     the CLI exits 3 with one line naming the frame and region; the fixed rerun resumes."""
-    from pipeline.cli.main import main
-
     control, log = faulty
     ctl = control(poison="raise")
     src, out = poisoned_image(tmp_path / "in.tif"), tmp_path / "out.tif"
@@ -380,8 +407,9 @@ def test_raising_model_stops_cli_with_exit_3_naming_region(
     argv += ["--overlap", "8", "--actors", "2", "--set", "model.name=faulty"]
     argv += ["--set", f"model.weights={ctl}", "--set", "store.region_out_px=128"]
     argv += ["--set", "run.region_retries=1"]
-    assert main(argv) == 3
-    err = capsys.readouterr().err
+    failed = main_cli(*argv)  # main in this process (its --quiet undone after)
+    assert failed.returncode == 3
+    err = failed.stderr
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert lines[-1].startswith(
         f"error: {POISON_REGION} failed 2 time(s): ValueError: poison pixel in the input"
@@ -389,8 +417,9 @@ def test_raising_model_stops_cli_with_exit_3_naming_region(
     assert "Traceback" not in err
     assert len([c for c in fm.read_log(log) if c[3] == "raise"]) == 2  # bounded: 1 + 1 retry
     control()  # the fix
-    assert main(argv) == 0
-    assert "resumed from the store" in capsys.readouterr().out
+    fixed = main_cli(*argv)
+    assert fixed.returncode == 0
+    assert "resumed from the store" in fixed.stdout
     np.testing.assert_array_equal(tifffile.imread(out), clean_small)
 
 
@@ -544,9 +573,11 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.mark.integration
-def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path):
+def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path, ray_local):
     """Each bad input against an existing output with --overwrite: non-zero exit, one
-    line naming the problem, no traceback, every file as it was, no store left."""
+    line naming the problem, no traceback, every file as it was, no store left. The CLI's
+    ``main`` in this process (the damaged video on the session's Ray, where its decode
+    fails in a task); the subprocess and its traceback-free line: tests/test_cli.py."""
     from tests.test_s3diff_weights import _Payload, edit_checkpoint, make_weights_dir
 
     bad = tmp_path / "bad"
@@ -574,7 +605,7 @@ def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path):
     out.mkdir()
     (out / "existing.tif").write_bytes(b"precious tif")
     (out / "existing.mp4").write_bytes(b"precious mp4")
-    local = ["--set", "run.runner=local"]  # same checks, no Ray start: faster
+    local = ["--set", "run.runner=local"]  # same checks, without Ray
     s3diff = ["--model", "s3diff", "--scale", "4", *local]
     cases = [
         (bad / "truncated.tif", "existing.tif", local, "could not be decoded: corrupted strip"),
@@ -598,7 +629,7 @@ def test_bad_inputs_exit_with_one_line_and_touch_nothing(tmp_path):
     ]
     before_bad, before_out = _snapshot(bad), _snapshot(out)
     for src, target, extra, text in cases:
-        result = run_cli(src, "-o", out / target, "--overwrite", *extra)
+        result = main_cli(src, "-o", out / target, "--overwrite", *extra)
         assert_one_line_error(result, 2, text)
         assert _snapshot(bad) == before_bad, src
         assert _snapshot(out) == before_out, src  # no store, no temporary, output intact
@@ -615,7 +646,7 @@ def test_foreign_directory_at_the_store_path_is_left_alone(tmp_path):
     theirs.mkdir()
     (theirs / "notes.txt").write_text("mine")
     for extra in ([], ["--restart"]):
-        result = run_cli(src, "-o", tmp_path / "o.tif", "--set", "run.runner=local", *extra)
+        result = main_cli(src, "-o", tmp_path / "o.tif", "--set", "run.runner=local", *extra)
         assert_one_line_error(result, 2, "exists and is not a job store; it is left alone")
     assert (theirs / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "o.tif.job.zarr"]
@@ -630,7 +661,7 @@ def test_unwritable_output_directory_is_refused(tmp_path):
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        assert_one_line_error(run_cli(src, "-o", locked / "o.tif"), 2, "is not writable")
+        assert_one_line_error(main_cli(src, "-o", locked / "o.tif"), 2, "is not writable")
     finally:
         locked.chmod(0o755)
 

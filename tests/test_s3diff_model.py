@@ -165,19 +165,9 @@ def test_fixed_degradation_and_options_from_config(upscaler, tiles):
     assert max_diff(out, expected) < 1e-5
 
 
-@pytest.mark.model
-def test_compiled_model_sees_only_full_batches(upscaler, tiles):
-    """With compile on, a partial last batch is padded (no recompilation for a new
-    shape) and the padding never reaches the output."""
-    from workers.s3diff.upscaler import S3DiffUpscaler, pad_batch
-
-    compiled = S3DiffUpscaler(_config(batch_size=2))
-    compiled.config = dataclasses.replace(compiled.config, compile=True)
-    # Traced for real (dynamo, eager backend): the VAE, whose encoder the hook counts.
-    # The UNet is left out here only for time (its trace takes minutes on 2 CPU cores);
-    # the full compiled model ran on the H200 (docs/PERFORMANCE.md).
-    for module in (compiled.model.vae.encoder, compiled.model.vae.decoder):
-        module.compile(backend="eager", dynamic=False)
+def _upscale_counting_vae_batches(compiled, tiles: torch.Tensor):
+    """Both calls of the compiled-batch tests: one pair of scores, then a pair per tile;
+    returns (outputs, per-tile outputs, the batch sizes the VAE encoder saw)."""
     seen = []
     handle = compiled.model.vae.encoder.register_forward_pre_hook(
         lambda module, args: seen.append(args[0].shape[0])
@@ -187,13 +177,53 @@ def test_compiled_model_sees_only_full_batches(upscaler, tiles):
         per_tile = compiled.upscale(tiles, torch.tensor([[0.3, 0.6], [0.2, 0.5], [0.7, 0.1]]))
     finally:
         handle.remove()
+    return out, per_tile, seen
+
+
+def _check_full_batches(upscaler, tiles, out, per_tile, seen) -> None:
     assert seen == [2, 2, 2, 2]
     assert out.shape == (3, 3, 64, 64)
     assert max_diff(out, upscaler.upscale(tiles, SCORES)) < 1e-5
     expected = upscaler.model(tiles, torch.tensor([[0.3, 0.6], [0.2, 0.5], [0.7, 0.1]]))
     assert max_diff(per_tile, expected) < 1e-5
+
+
+@pytest.mark.model
+def test_compile_mode_pads_the_last_batch_and_drops_the_padding(upscaler, tiles):
+    """With compile on, a partial last batch is padded (no recompilation for a new
+    shape) and the padding never reaches the output. Not traced here: the trace itself
+    (dynamo, minutes-long for the UNet on 2 CPU cores) is the gpu-tier test below."""
+    import copy
+
+    compiled = copy.copy(upscaler)  # the same model, not loaded again; nothing compiled
+    compiled.config = dataclasses.replace(upscaler.config, batch_size=2, compile=True)
+    _check_full_batches(upscaler, tiles, *_upscale_counting_vae_batches(compiled, tiles))
+
+
+@pytest.mark.unit
+def test_pad_batch_repeats_the_last_item():
+    from workers.s3diff.upscaler import pad_batch
+
+    tiles = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     assert pad_batch(SCORES[None], 4).shape == (1, 2)  # one pair stays broadcast
     assert torch.equal(pad_batch(tiles[:1], 3), tiles[[0, 0, 0]])
+
+
+@pytest.mark.model
+@pytest.mark.gpu  # the dynamo trace: seconds on a GPU machine's CPUs, too slow for 2 cores
+def test_compiled_model_sees_only_full_batches(upscaler, tiles):
+    """The same, traced for real: with compile on, a partial last batch is padded (no
+    recompilation for a new shape) and the padding never reaches the output."""
+    from workers.s3diff.upscaler import S3DiffUpscaler
+
+    compiled = S3DiffUpscaler(_config(batch_size=2))
+    compiled.config = dataclasses.replace(compiled.config, compile=True)
+    # Traced for real (dynamo, eager backend): the VAE, whose encoder the hook counts.
+    # The UNet is left out here only for time (its trace takes minutes on 2 CPU cores);
+    # the full compiled model ran on the H200 (docs/PERFORMANCE.md).
+    for module in (compiled.model.vae.encoder, compiled.model.vae.decoder):
+        module.compile(backend="eager", dynamic=False)
+    _check_full_batches(upscaler, tiles, *_upscale_counting_vae_batches(compiled, tiles))
 
 
 @pytest.mark.model

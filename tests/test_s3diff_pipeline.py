@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline.errors import UserError
 from pipeline.job.launch import run_job
 from pipeline.store.jobstore import JobStore, default_store_url
-from tests.helpers import make_config, run_cli, synth_image
+from tests.helpers import main_cli, make_config, synth_image
 
 pytestmark = pytest.mark.integration
 WEIGHTS = Path(__file__).parent / "data" / "golden" / "weights"
@@ -35,12 +35,14 @@ def upscaler():
     return S3DiffUpscaler(cfg.model)
 
 
-def test_small_image_is_exactly_the_whole_image_result(tmp_path, ray_local, upscaler):
+def test_small_image_is_exactly_the_whole_image_result(tmp_path, upscaler):
+    """In-process: the subject is the single-tile geometry (S3Diff on Ray: below)."""
     image = synth_image(40, 52, seed=1)
     src = tmp_path / "small.png"
     Image.fromarray(image).save(src)
     out = tmp_path / "out.png"
-    run_job(str(src), str(out), s3diff_cfg(tile=128, overlap=32, keep=True), progress=False)
+    cfg = s3diff_cfg(tile=128, overlap=32, keep=True, run__runner="local")
+    run_job(str(src), str(out), cfg, progress=False)
     got = np.asarray(Image.open(out))
     lr = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None]
     scores = upscaler.estimate_degradation(lr)  # one crop: the whole (small) image
@@ -86,12 +88,14 @@ def test_missing_weights_fail_before_any_work(tmp_path):
     assert not (tmp_path / "o.png.job.zarr").exists()
 
 
-def test_s3diff_video_through_the_cli(tmp_path):
+def test_s3diff_video_through_the_cli(tmp_path, ray_local):
     from tests.video_fixtures import make_clip, probe_summary
 
     src = make_clip(tmp_path / "clip.mp4", width=48, height=32, frames=6, gop=3)
     out = tmp_path / "x4.mp4"
-    run = run_cli(
+    # The CLI's main in this process, on the session's Ray (two actors beat the
+    # in-process runner here).
+    run = main_cli(
         src,
         "-o",
         out,
@@ -116,18 +120,18 @@ def test_s3diff_video_through_the_cli(tmp_path):
 
 
 def test_weights_subcommand(tmp_path):
-    ok = run_cli("weights", "check", WEIGHTS)
+    ok = main_cli("weights", "check", WEIGHTS)
     assert ok.returncode == 0 and "usable" in ok.stdout, ok.stderr
     import shutil
 
     copy = tmp_path / "w"
     shutil.copytree(WEIGHTS, copy)
-    converted = run_cli("weights", "convert", copy)
+    converted = main_cli("weights", "convert", copy)
     assert converted.returncode == 0, converted.stderr
     assert (copy / "s3diff.safetensors").is_file() and (copy / "de_net.safetensors").is_file()
     (copy / "s3diff.pkl").unlink()
     (copy / "de_net.pth").unlink()
-    assert run_cli("weights", "check", copy).returncode == 0  # the safetensors copies suffice
+    assert main_cli("weights", "check", copy).returncode == 0  # the safetensors copies suffice
     (copy / "s3diff.safetensors").unlink()
-    bad = run_cli("weights", "check", copy)
+    bad = main_cli("weights", "check", copy)
     assert bad.returncode == 2 and "s3diff" in bad.stdout and "zhangap/S3Diff" in bad.stdout

@@ -4,10 +4,8 @@ with PyAV and, where it is installed, checked with ffmpeg itself."""
 
 from __future__ import annotations
 
-import hashlib
 import multiprocessing
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -22,7 +20,7 @@ import pytest
 from pipeline.job.launch import run_job
 from pipeline.store.jobstore import JobStore, default_store_url
 from pipeline.video.assemble import plan_dts, reorder_delay
-from tests.helpers import LOCAL_RUNNER, launch_cli, make_config, run_cli
+from tests.helpers import LOCAL_RUNNER, launch_cli, main_cli, make_config
 from tests.test_reliability import kill_when, no_finished_looking_output
 from tests.video_fixtures import decode_frames, make_clip, probe_summary, video_stream
 
@@ -83,10 +81,10 @@ def test_planned_dts_rise_strictly_and_never_pass_pts():
 
 
 # --------------------------------------------------------------- segmented == whole
-def test_segmented_output_equals_the_unsegmented_one_with_ffv1(tmp_path, ray_local):
+def test_segmented_output_equals_the_unsegmented_one_with_ffv1(tmp_path):
     src = make_clip(tmp_path / "clip.mp4", frames=40, gop=8)
     whole, parts = tmp_path / "whole.mkv", tmp_path / "parts.mkv"
-    common = {"video__codec": "ffv1", "keep": True}
+    common = {"video__codec": "ffv1", "keep": True, "run__runner": "local"}
     s1 = run_job(str(src), str(whole), cfg(**common, video__segment_frames=1000), progress=False)
     s2 = run_job(str(src), str(parts), cfg(**common, video__segment_frames=8), progress=False)
     assert (s1.segments_total, s2.segments_total) == (1, 5)
@@ -109,12 +107,18 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("codec", ["libx264", "libx265"])
-def test_joins_do_not_pump(tmp_path, ray_local, codec):
+def test_joins_do_not_pump(tmp_path, codec):
     """Frames next to a segment join are as close to what was encoded as frames in the
     middle of a segment (B-frames on), and dts rise strictly across the joins."""
     src = make_clip(tmp_path / "clip.mp4", frames=48, gop=12, width=128, height=96)
     out = tmp_path / "out.mp4"  # MP4 stores dts (Matroska does not)
-    job = cfg(keep=True, video__keep_frames=True, video__segment_frames=12, video__codec=codec)
+    job = cfg(
+        keep=True,
+        run__runner="local",
+        video__keep_frames=True,
+        video__segment_frames=12,
+        video__codec=codec,
+    )
     summary = run_job(str(src), str(out), job, progress=False)
     assert summary.segments_total == 4
     store = JobStore.open(default_store_url(str(src), str(out), None), mode="r")
@@ -153,12 +157,18 @@ def _frames_bytes(store_dir: Path) -> int:
     return total
 
 
+# Segments of 12 frames, a decode window of 48 (4 segments), a video 16 windows long and
+# one a quarter of that: the proportions of the earlier 48-frame segments and 192-frame
+# window at 3000 and 750 frames, in a quarter of the run time.
+SEGMENT, WINDOW, LONG = 12, 48, 768
+
+
 def _peak_scratch(tmp_path: Path, frames: int) -> tuple[int, int]:
     """(peak frame bytes sampled during the run, the store's fixed overhead)."""
     src = make_clip(
         tmp_path / f"c{frames}.mkv",
         frames=frames,
-        gop=48,
+        gop=SEGMENT,
         width=16,
         height=16,
         audio=False,
@@ -172,7 +182,7 @@ def _peak_scratch(tmp_path: Path, frames: int) -> tuple[int, int]:
         while not stop.is_set():
             if store_dir.exists():
                 peak[0] = max(peak[0], _frames_bytes(store_dir))
-            time.sleep(0.25)
+            time.sleep(0.05)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -180,91 +190,48 @@ def _peak_scratch(tmp_path: Path, frames: int) -> tuple[int, int]:
         keep=True,
         run__runner="local",
         video__codec="ffv1",
-        video__segment_frames=48,
-        video__max_frames_in_store=192,
+        video__segment_frames=SEGMENT,
+        video__max_frames_in_store=WINDOW,
     )
     try:
         summary = run_job(str(src), str(out), job, progress=False)
     finally:
         stop.set()
         thread.join()
-    assert summary.frames == frames and summary.segments_total == -(-frames // 48)
+    assert summary.frames == frames and summary.segments_total == -(-frames // SEGMENT)
     return peak[0], _frames_bytes(store_dir)
 
 
 @pytest.mark.timeout(900)
 def test_scratch_does_not_grow_with_the_video(tmp_path):
-    """3000 frames and 750 frames: the frames held in the store peak at about the same
-    size, within the window (192 decoded frames ahead of the oldest not encoded, plus the
+    """768 frames and 192 frames: the frames held in the store peak at about the same
+    size, within the window (48 decoded frames ahead of the oldest not encoded, plus the
     segment being decoded), far below the whole video's frames."""
     # The two runs at once, in two processes (each samples its own store).
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(2, mp_context=ctx) as pool:
-        runs = pool.map(_peak_scratch, [tmp_path, tmp_path], [3000, 750])
+        runs = pool.map(_peak_scratch, [tmp_path, tmp_path], [LONG, LONG // 4])
         (long_peak, long_rest), (short_peak, _) = list(runs)
     per_frame = 16 * 16 * 3 + 32 * 32 * 3  # input + output, uncompressed
-    window = (192 + 48) * per_frame
+    window = (WINDOW + SEGMENT) * per_frame
     assert long_peak - long_rest <= 2 * window, (long_peak, long_rest, window)
     assert long_peak <= 1.3 * short_peak, (long_peak, short_peak)
-    assert long_peak < 0.2 * 3000 * per_frame
+    assert long_peak < 0.2 * LONG * per_frame
 
 
 # ------------------------------------------------------------- resume by segments
-def _segment_files(store_url: str) -> dict[str, tuple[str, int]]:
-    folder = Path(store_url) / "segments"
-    return {
-        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-        for p in sorted(folder.glob("*.seg"))
-    }
+# A kill while encoding redoes only the segments not yet encoded, their files untouched:
+# tests/test_reliability.py::test_killed_cli_resumes_video_at_ingest_and_encoding.
 
 
-def test_kill_while_encoding_redoes_only_unencoded_segments(tmp_path, ray_local):
-    src = make_clip(tmp_path / "clip.mp4", frames=96, gop=12)
-    clean = tmp_path / "clean.mkv"
-    run_job(
-        str(src), str(clean), cfg(video__segment_frames=12, video__codec="ffv1"), progress=False
-    )
-    out = tmp_path / "out.mkv"
-    args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8", "--keep-store"]
-    args += ["--set", "video.segment_frames=12", "--codec", "ffv1"]
-    url = default_store_url(str(src), str(out), None)
-
-    def encoding(line: str) -> bool:
-        m = re.search(r"encoded (\d+)/(\d+) segments", line)
-        return bool(m) and 2 <= int(m.group(1)) <= 5
-
-    kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), encoding)
-    no_finished_looking_output(out)
-    store = JobStore.open(url, mode="r")
-    flagged = {f"{i:06d}.seg" for i in np.flatnonzero(store.encoded_mask())}
-    done_before = len(flagged)
-    before = _segment_files(url)
-    assert 2 <= done_before < 8 and len(before) >= done_before
-    status = run_cli("status", out)
-    assert status.returncode == 0, status.stderr
-    assert f"segments encoded: {done_before}/8" in status.stdout, status.stdout
-    assert "scratch in use:" in status.stdout
-
-    final = run_cli(*args, *LOCAL_RUNNER)  # killed on Ray, resumed in-process
-    assert final.returncode == 0, final.stderr
-    assert f"{8 - done_before}/8 segments encoded" in final.stdout, final.stdout
-    after = _segment_files(url)
-    for name in flagged:  # finished before the kill: never rewritten
-        assert after[name] == before[name], name
-    got, want = decode_frames(out), decode_frames(clean)
-    assert len(got) == len(want) == 96
-    for i, (a, b) in enumerate(zip(got, want, strict=True)):
-        np.testing.assert_array_equal(a, b, err_msg=f"frame {i}")
-
-
-def test_kill_at_assembly_redoes_no_segment(tmp_path, ray_local):
+def test_kill_at_assembly_redoes_no_segment(tmp_path):
     src = make_clip(tmp_path / "clip.mp4", frames=24, gop=8)
     out = tmp_path / "out.mp4"
     args = [src, "-o", out, "--scale", "2", "--tile", "32", "--overlap", "8"]
     args += ["--set", "video.segment_frames=8", *LOCAL_RUNNER]
     kill_when(launch_cli(*args, stdout=subprocess.DEVNULL), lambda ln: "assemble:" in ln)
     no_finished_looking_output(out)
-    final = run_cli(*args)
+    final = main_cli(*args)  # the rerun in this process
     assert final.returncode == 0, final.stderr
     assert "0/3 segments encoded" in final.stdout, final.stdout
     assert len(decode_frames(out)) == 24

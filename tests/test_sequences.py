@@ -306,9 +306,10 @@ def test_video_with_timecode_to_dpx_and_16bit_tiff_to_tiff(tmp_path, capsys):
 
 
 @pytest.mark.integration
-def test_png_folder_to_prores_on_ray(tmp_path, ray_local):
+def test_png_folder_to_prores(tmp_path):
     """A sequence to a video works like any video: ProRes 422 HQ, as studios hand over,
-    at --fps 24000/1001, decoded on Ray's tasks (numbered from 1, found in the folder)."""
+    at --fps 24000/1001 (numbered from 1, found in the folder). In-process: a sequence
+    decoded and written by Ray's tasks is the half-EXR run above."""
     from pipeline.job.launch import run_job
     from tests.helpers import make_config
 
@@ -325,6 +326,7 @@ def test_png_folder_to_prores_on_ray(tmp_path, ray_local):
         video__pix_fmt="yuv422p10le",  # ProRes is 10-bit: 8-bit PNGs are converted on request
         video__fps="24000/1001",
         video__segment_frames=3,
+        run__runner="local",
     )
     summary = run_job(str(src), str(out), cfg, progress=False)
     assert summary.frames == 6 and summary.segments_total == 2

@@ -1,5 +1,8 @@
-"""The video path end to end on real encoded clips made by the tests (PyAV), real local
-Ray and a real job store: frames, timestamps, streams and tags survive exactly."""
+"""The video path end to end on real encoded clips made by the tests (PyAV) and a real job
+store: frames, timestamps, streams and tags survive exactly. The runs are in-process
+(``run.runner=local``); one runs on real local Ray as well and must agree. The round trip
+of each kind of clip (CFR, NTSC, VFR, subtitles, rotation, 10-bit HEVC) is checked in the
+one container matrix, tests/test_video_metadata.py; the helpers here check it."""
 
 from fractions import Fraction
 from pathlib import Path
@@ -17,8 +20,6 @@ from tests.video_fixtures import (
     make_10bit_hevc_clip,
     make_clip,
     make_mkv_with_subtitles,
-    make_rotated_clip,
-    make_vfr_clip,
     probe_summary,
 )
 
@@ -26,7 +27,10 @@ pytestmark = pytest.mark.integration
 
 
 def video_cfg(**extra):
+    """In-process unless a test asks for Ray: the subject here is the video path, which
+    runs the same under both runners (``test_local_and_ray_runners_agree``)."""
     extra.setdefault("video__segment_frames", 4)
+    extra.setdefault("run__runner", "local")
     return make_config(scale=2, tile=32, overlap=8, **extra)
 
 
@@ -68,37 +72,7 @@ def assert_pixels_upscaled(src: Path, out: Path, fmt: str = "rgb24", tol: float 
         assert np.abs(sr[i].astype(float) - ref).mean() / scale < tol, i
 
 
-@pytest.mark.parametrize(
-    "name,make",
-    [
-        ("cfr30.mp4", lambda p: make_clip(p, rate=Fraction(30))),
-        ("ntsc.mp4", lambda p: make_clip(p, rate=Fraction(24000, 1001))),
-        ("vfr.mp4", lambda p: make_vfr_clip(p)),
-        ("vfr.mkv", lambda p: make_vfr_clip(p)),
-        ("subs.mkv", lambda p: make_mkv_with_subtitles(p)),
-        ("rotated.mp4", lambda p: make_rotated_clip(p, rotation=90)),
-    ],
-)
-def test_video_round_trip_on_ray(tmp_path, ray_local, name, make):
-    src = make(tmp_path / name)
-    out = tmp_path / f"out{Path(name).suffix}"
-    summary = run_job(str(src), str(out), video_cfg(), progress=False)
-    assert summary.frames == streams_by_type(probe_summary(src), "video")[0]["packets"]
-    assert_video_preserved(src, out)
-    assert_pixels_upscaled(src, out)
-    assert not list(tmp_path.glob(".out.partial*"))
-
-
-def test_10bit_hevc_stays_10bit(tmp_path, ray_local):
-    src = make_10bit_hevc_clip(tmp_path / "hdr.mkv")
-    out = tmp_path / "out.mkv"
-    run_job(str(src), str(out), video_cfg(video__codec="libx265"), progress=False)
-    _, vb = assert_video_preserved(src, out)
-    assert vb["pix_fmt"] == "yuv420p10le"
-    assert_pixels_upscaled(src, out, fmt="rgb48le")
-
-
-def test_segments_cut_mid_gop_decode_every_frame_exactly(tmp_path, ray_local):
+def test_segments_cut_mid_gop_decode_every_frame_exactly(tmp_path):
     src = make_clip(tmp_path / "gop.mp4", frames=30, gop=8)
     reference = decode_frames(src)
     for frames, seg in [(None, 1), ("5:21", 3)]:
@@ -120,7 +94,7 @@ def test_segments_cut_mid_gop_decode_every_frame_exactly(tmp_path, ray_local):
             np.testing.assert_array_equal(stored[i], reference[first + i])
 
 
-def test_range_keeps_matching_audio_span(tmp_path, ray_local):
+def test_range_keeps_matching_audio_span(tmp_path):
     src = make_clip(tmp_path / "long.mp4", frames=30, rate=Fraction(30))
     out = tmp_path / "part.mp4"
     run_job(str(src), str(out), video_cfg(video__frames='"6:18"'), progress=False)
@@ -151,8 +125,12 @@ def test_range_keeps_matching_audio_span(tmp_path, ray_local):
 def test_local_and_ray_runners_agree(tmp_path, ray_local):
     """Same pipeline under both runners: identical upscaled frames in the store (the
     encoder's own threading may reorder its rate control, so the files are compared
-    decoded, within codec noise)."""
-    src = make_clip(tmp_path / "c.mkv", frames=12)
+    decoded, within codec noise). The clip is the tagged one: its stream tags,
+    dispositions, chapters and container tags survive the run on Ray too."""
+    from tests.test_video_metadata import ffmpeg_errors, ffmpeg_stream_lines, read_meta
+    from tests.video_fixtures import make_tagged_clip
+
+    src = make_tagged_clip(tmp_path / "c.mkv")  # 12 frames, audio, subtitles
     stored = []
     for runner in ("ray", "local"):
         out = tmp_path / f"{runner}.mkv"
@@ -166,6 +144,15 @@ def test_local_and_ray_runners_agree(tmp_path, ray_local):
     ):
         # libx264 is not bit-reproducible run to run (docs/RELIABILITY.md): codec noise.
         assert np.abs(x.astype(int) - y.astype(int)).mean() < 3.0
+    # Tags on Ray (formerly test_video_metadata.py::test_tags_survive_on_ray).
+    on_ray = tmp_path / "ray.mkv"
+    assert read_meta(on_ray) == read_meta(src)
+    assert ffmpeg_stream_lines(on_ray) == [
+        "Video (fra) (default)",
+        "Audio (jpn) (default) (comment)",
+        "Subtitle (eng) (forced) (hearing impaired)",
+    ]
+    assert ffmpeg_errors(on_ray) == ""
 
 
 def test_streams_the_container_cannot_hold(tmp_path):
@@ -202,7 +189,7 @@ def test_audio_only_file_is_refused(tmp_path):
         run_job(str(path), str(tmp_path / "o.mp4"), video_cfg(), progress=False)
 
 
-def test_encoded_segments_free_their_frames_and_keep_the_output(tmp_path, ray_local):
+def test_encoded_segments_free_their_frames_and_keep_the_output(tmp_path):
     src = make_clip(tmp_path / "c.mp4", frames=16)
     out = tmp_path / "o.mp4"
     run_job(str(src), str(out), video_cfg(keep=True), progress=False)
@@ -216,7 +203,7 @@ def test_encoded_segments_free_their_frames_and_keep_the_output(tmp_path, ray_lo
     assert store.encoded_mask().all() and len(store.spec["segments"]) > 1
 
 
-def test_keep_frames_keeps_them(tmp_path, ray_local):
+def test_keep_frames_keeps_them(tmp_path):
     src = make_clip(tmp_path / "c.mp4", frames=16)
     out = tmp_path / "o.mp4"
     run_job(str(src), str(out), video_cfg(keep=True, video__keep_frames=True), progress=False)

@@ -21,6 +21,7 @@ import pytest
 
 from pipeline.job.launch import run_job
 from tests.helpers import make_config
+from tests.test_video import assert_pixels_upscaled, assert_video_preserved, streams_by_type
 from tests.video_fixtures import (
     covers_and_attachments,
     dropped_frame_times,
@@ -266,17 +267,8 @@ def test_cover_art_and_attachments_survive_or_are_refused(tmp_path, src_ext, out
     assert ffmpeg_errors(out) == ""
 
 
-def test_tags_survive_on_ray(tmp_path, ray_local):
-    src = make_tagged_clip(tmp_path / "src.mkv")
-    out = tmp_path / "out.mkv"
-    run_job(str(src), str(out), video_cfg(run__runner="ray"), progress=False)
-    assert read_meta(out) == read_meta(src)
-    assert ffmpeg_stream_lines(out) == [
-        "Video (fra) (default)",
-        "Audio (jpn) (default) (comment)",
-        "Subtitle (eng) (forced) (hearing impaired)",
-    ]
-    assert ffmpeg_errors(out) == ""
+# Tags on Ray: tests/test_video.py::test_local_and_ray_runners_agree runs the tagged clip
+# on Ray and checks them there.
 
 
 def test_range_shifts_and_clips_chapters(tmp_path):
@@ -323,16 +315,38 @@ CLIPS = {
 }
 RUNS = [(name, ext) for name in CLIPS for ext in ("mp4", "mkv")]
 RUNS = [r for r in RUNS if not (r[0] == "subs.mkv" and r[1] == "mp4")]
+# The runs into the source's own container also check the whole round trip: frame count,
+# times, size, colour tags, rotation, audio and subtitle packets byte-identical, pixels
+# (the one video container matrix; the video path on Ray: tests/test_video.py).
+ROUND_TRIPS = {
+    ("cfr.mp4", "mp4"),
+    ("ntsc.mp4", "mp4"),
+    ("vfr.mp4", "mp4"),
+    ("vfr.mkv", "mkv"),
+    ("subs.mkv", "mkv"),
+    ("rotated.mp4", "mp4"),
+    ("hevc10.mkv", "mkv"),
+}
 
 
 @pytest.mark.parametrize("name,out_ext", RUNS, ids=[f"{n}-{e}" for n, e in RUNS])
 def test_every_output_reads_clean_and_frames_last_until_the_next(tmp_path, name, out_ext):
     src = CLIPS[name](tmp_path / name)
     out = tmp_path / f"out.{out_ext}"
-    codec = {"video__codec": "libx265"} if name.startswith("hevc10") else {}
-    run_job(str(src), str(out), video_cfg(**codec), progress=False)
+    hevc10 = name.startswith("hevc10")
+    codec = {"video__codec": "libx265"} if hevc10 else {}
+    summary = run_job(str(src), str(out), video_cfg(**codec), progress=False)
     assert ffmpeg_errors(src) == ""  # the fixture itself is clean
     assert ffmpeg_errors(out) == ""
+    if (name, out_ext) in ROUND_TRIPS:
+        from tests.video_fixtures import probe_summary
+
+        assert summary.frames == streams_by_type(probe_summary(src), "video")[0]["packets"]
+        _, vb = assert_video_preserved(src, out)
+        if hevc10:  # 10-bit stays 10-bit
+            assert vb["pix_fmt"] == "yuv420p10le"
+        assert_pixels_upscaled(src, out, fmt="rgb48le" if hevc10 else "rgb24")
+        assert not list(tmp_path.glob(".out.partial*"))
 
     (s_avg, s_base), s_times, _, s_end = video_packets(src)
     (o_avg, o_base), o_times, o_dur, o_end = video_packets(out)
