@@ -175,3 +175,15 @@ def png_rgb(tmp_path: Path) -> Path:
     path = tmp_path / "in.png"
     Image.fromarray(synth_image(150, 200)).save(path)
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tensors this small run fastest on one thread (on a busy machine torch's extra
+    threads cost 30x)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

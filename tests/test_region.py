@@ -21,15 +21,7 @@ from tests.helpers import bicubic_reference
 from workers.region import RegionSpec, Samples, upscale_region
 from workers.upscaler import bicubic_upscale
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors this small run fastest on one thread (on a busy machine torch's extra
-    threads cost 30x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _image(h: int, w: int, c: int, dtype: str, seed: int = 0) -> np.ndarray:

@@ -26,17 +26,7 @@ from pipeline.pure.tiling import (
 from pipeline.pure.value_range import sample_range
 from workers.region import RegionSpec, Samples, Windows, blend_region, upscale_region
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tensors this small run fastest on one thread (on a busy machine torch's extra
-    threads cost 30x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def nearest(scale: int):
