@@ -20,7 +20,7 @@ class Result:
     before this call; ``regions_total``/``regions_run``: upscale work units;
     ``segments_total``/``segments_run``: video encode segments; ``scratch_peak_bytes``:
     the job store's largest sampled size (video; None for images); ``model_busy``: the
-    region workers' share of time in the model (``pipeline.job.record.ModelBusy``; None
+    region workers' share of time in the model (``pipeline.store.progress.ModelBusy``; None
     when no region ran); ``model``: the
     upscaler's name; ``weights``: the S3Diff weights directory the driver resolved (None
     for models without weights; no content fingerprint is computed); ``store_url``: the
@@ -199,5 +199,5 @@ class BatchResult:
 
 def busy_text(fraction: float | None) -> str:
     """How summaries, ``status`` and batch reports say the region workers' share of time
-    in the model (``pipeline.job.record.ModelBusy``): "model busy 87%"."""
+    in the model (``pipeline.store.progress.ModelBusy``): "model busy 87%"."""
     return "" if fraction is None else f"model busy {fraction * 100:.0f}%"

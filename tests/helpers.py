@@ -84,8 +84,8 @@ def main_cli(*args: object) -> subprocess.CompletedProcess[str]:
     environment, the SIGTERM/SIGINT handlers) is put back afterwards. An exception that
     escapes ``main`` (where a subprocess would print a traceback) fails the test."""
     from pipeline.cli.main import main
-    from pipeline.cli.quiet import LIBRARY_LOGGERS, QUIET_ENV
     from pipeline.runner import stopping
+    from pipeline.runner.quiet import LIBRARY_LOGGERS, QUIET_ENV
 
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()

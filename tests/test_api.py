@@ -23,7 +23,7 @@ from PIL import Image
 
 import pipeline
 from pipeline.api import batch_items, job_settings
-from pipeline.cli.bars import BarRenderer
+from pipeline.bars import BarRenderer
 from pipeline.events import (
     ItemFinished,
     SegmentsEncoded,

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pipeline.bars import BarLogHandler, LineWriter, open_bar
 from pipeline.cli.arguments import build_parser, program_name
-from pipeline.cli.bars import BarLogHandler, LineWriter, open_bar
-from pipeline.job.graph import resume_line
+from pipeline.regions.graph import resume_line
 from tests.helpers import LOCAL_RUNNER, launch_cli, main_cli, synth_image
 
 BAR = re.compile(r"upscale:.*\|\s*(\d+)/(\d+) ")  # as tests/test_reliability.py reads it

@@ -1,10 +1,10 @@
 """'Model busy': the share of the region workers' time spent in the model, from the
-timings each region reports (pipeline/job/record.py)."""
+timings each region reports (pipeline/store/progress.py)."""
 
 import pytest
 
-from pipeline.job.record import ModelBusy
 from pipeline.results import busy_text
+from pipeline.store.progress import ModelBusy
 
 
 def _region(worker, started, ended, model_s):

@@ -172,7 +172,7 @@ def test_a_failure_is_located_once_by_the_driver(tmp_path):
     """The worker raises the plain cause; the driver names the region (or the frames of
     an estimate) from the call's address, once."""
     from pipeline.config import JobConfig, ModelConfig
-    from pipeline.job.graph import region_failed
+    from pipeline.regions.graph import region_failed
     from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask
     from workers.region_worker import RegionWorker
 

@@ -94,7 +94,7 @@ def test_tiny_s3diff_gives_every_frame_of_a_shot_the_same_scores(tmp_path):
     assert not (raw[:6] == raw[0]).all()  # what they replaced did jitter frame to frame
 
     # A resume finds the same shots from the stored signatures.
-    from pipeline.job.conditioning import Conditioning
+    from pipeline.regions.conditioning import Conditioning
 
     again = Conditioning(JobStore.open(store.url), 12, True, mode="shot", max_shot=1000)
     assert again.shot_bounds() == [(0, 6), (6, 12)]

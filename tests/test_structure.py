@@ -229,3 +229,51 @@ def test_the_checker_sees_a_worker_named_outside_a_stage(tmp_path, monkeypatch):
     (sub / "b.py").write_text("")
     with pytest.raises(AssertionError, match="sub"):
         test_package_inits_hold_only_docstrings()
+
+
+def _folder(module: str) -> str:
+    """The room a module stands in: its sub-package of ``pipeline`` (``pipeline.video``),
+    or the module itself at the top (``pipeline.api``, ``workers.region``)."""
+    parts = module.split(".")
+    if parts[0] == "pipeline" and len(parts) > 2:
+        return ".".join(parts[:2])
+    return module
+
+
+def _folder_cycles(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """Pairs of folders each of which reaches the other through imports."""
+    edges: dict[str, set[str]] = {}
+    for module, deps in graph.items():
+        for dep in deps:
+            a, b = _folder(module), _folder(dep)
+            if a != b:
+                edges.setdefault(a, set()).add(b)
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in edges.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    return sorted((a, b) for a in edges for b in edges[a] if a in reach(b))
+
+
+def test_folders_import_one_way():
+    """The folders read as the flow: job -> video/image -> regions -> runner/store -> pure;
+    no folder imports one that imports it back, however indirectly."""
+    assert not _folder_cycles(_graph())
+
+
+def test_the_checker_sees_folders_importing_each_other():
+    graph = {
+        "pipeline.job.launch": {"pipeline.video.graph"},
+        "pipeline.video.graph": {"pipeline.regions.graph"},
+        "pipeline.regions.graph": {"pipeline.job.plan"},
+        "pipeline.job.plan": set(),
+    }
+    assert ("pipeline.regions", "pipeline.job") in _folder_cycles(graph)
+    graph["pipeline.regions.graph"] = {"pipeline.pure.tiling"}
+    assert not _folder_cycles(graph)

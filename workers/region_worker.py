@@ -19,7 +19,7 @@ read and the previous region's shard written while the model runs: at most one r
 each way. The results are the same byte for byte.
 
 A failure raises its plain cause: the driver names the frame and region (or frames) from
-the call's address (``pipeline.job.graph.region_failed``).
+the call's address (``pipeline.regions.graph.region_failed``).
 
 Out of GPU memory, the worker halves its batch (down to one tile) and redoes that batch;
 the smaller batch stays for the actor's life. The degradation estimate does the same

@@ -19,10 +19,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pipeline.bars import BarLogHandler, BarRenderer
 from pipeline.cli.arguments import build_batch_parser, build_parser, job_overrides, program_name
-from pipeline.cli.bars import BarLogHandler, BarRenderer
-from pipeline.cli.quiet import set_quiet
 from pipeline.errors import Error, UserError, plain
+from pipeline.runner.quiet import set_quiet
 from pipeline.runner.stopping import install_sigterm_handler
 
 

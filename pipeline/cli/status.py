@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.job.record import driver_alive
 from pipeline.results import busy_text
 from pipeline.store.jobstore import JobStore, is_local, local_path, read_progress
+from pipeline.store.progress import driver_alive
 
 
 def store_status(url: str) -> dict[str, Any]:

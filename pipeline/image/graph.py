@@ -18,7 +18,7 @@ from pipeline.image.probe import ImageInfo
 from pipeline.image.publish import blocks, create_ome_zarr, pyramid_shapes
 from pipeline.image.stages import INGEST, PYRAMID, WRITE_OME, WRITE_SMALL, WRITE_TIFF
 from pipeline.image.tasks import Band, Block, ImageJob, WholeFile
-from pipeline.job.graph import JobGraph
+from pipeline.regions.graph import JobGraph
 from pipeline.runner.cluster import cluster_cpus
 from pipeline.runner.stage import Call
 from pipeline.store.outputs import replace_output

@@ -21,9 +21,10 @@ from pipeline.config import JobConfig
 from pipeline.errors import UserError
 from pipeline.events import Listener
 from pipeline.image.graph import ImageGraph
-from pipeline.job.graph import JobGraph, Summary, UnreadableInput
-from pipeline.job.plan import Plan, plan_job
+from pipeline.job.plan import plan_job
 from pipeline.job.weights import weights_refusals, workers_here
+from pipeline.regions.graph import JobGraph, Summary, UnreadableInput
+from pipeline.regions.planned import Plan
 from pipeline.results import Result
 from pipeline.runner import stopping
 from pipeline.runner.cluster import ray_runtime
@@ -110,7 +111,7 @@ def listener_for(
     """The events' listener for ``progress`` (True: the CLI's bars for ``stages``), and
     the bars to close after the run (None when not drawn here)."""
     if progress is True:
-        from pipeline.cli.bars import BarRenderer
+        from pipeline.bars import BarRenderer
 
         bars = BarRenderer(stages)
         return bars, bars

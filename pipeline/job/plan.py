@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from pipeline.image.scaled_meta import geo_epsg, geo_keys_complete
 from pipeline.models import ModelSpec, get_spec
 from pipeline.pure.tiling import shard_geometry
 from pipeline.pure.value_range import has_natural_range
+from pipeline.regions.planned import Plan
 from pipeline.store.jobstore import JobStore, Layout, default_store_url
 from pipeline.store.urls import ObjectPath, as_path, check_output_location
 from pipeline.video.container import (
@@ -44,27 +44,6 @@ from pipeline.video.sequence_in import is_sequence_input, probe_sequence, sequen
 from pipeline.video.sequence_out import SequenceTarget, is_sequence_output, plan_sequence_output
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Plan:
-    input_path: str
-    output_path: Path | ObjectPath  # ObjectPath: an object-store URL
-    config: JobConfig
-    model: ModelSpec
-    info: ImageInfo | VideoInfo
-    layout: Layout
-    fmt: str  # zarr | tiff | png | jpeg | video
-    spec: dict[str, Any]
-    store_url: str
-    segments: tuple[tuple[int, int], ...] = ()  # video decode segments (frame ranges)
-    remux: tuple[int, ...] = ()  # video: stream indices copied packet for packet
-    pix_fmt: str = ""  # video: encoder pixel format
-    sequence: SequenceTarget | None = None  # a frame sequence output's files
-
-    @property
-    def is_video(self) -> bool:
-        return self.fmt in ("video", "sequence")
 
 
 def _check_paths(input_path: Path | ObjectPath, output: Path | ObjectPath, overwrite: bool) -> None:

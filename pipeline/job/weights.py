@@ -21,7 +21,7 @@ from pipeline.runner.stage import Stage, call_by_name, run_here
 
 if TYPE_CHECKING:
     from pipeline.config import JobConfig
-    from pipeline.job.plan import Plan
+    from pipeline.regions.planned import Plan
 
 K = TypeVar("K")
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.cli.quiet import ray_runtime_env
 from pipeline.errors import UserError
+from pipeline.runner.quiet import ray_runtime_env
 from pipeline.store.urls import forwarded_env
 
 log = logging.getLogger(__name__)

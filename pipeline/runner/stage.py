@@ -4,7 +4,7 @@ A :class:`Stage` declares what runs (a "module:function", or a "module:Class" fo
 stages, imported only in the process that runs it), its resources, how many of its
 calls may be in flight and the task dataclass it takes (``takes``). Each stage of a job
 is a subclass (``pipeline.video.stages``, ``pipeline.image.stages``,
-``pipeline.job.regions``). A :class:`Call` is one task of a stage for one job: a typed
+``pipeline.regions.stages``). A :class:`Call` is one task of a stage for one job: a typed
 task (what it works on) and the job's context (``pipeline.runner.tasks.JobContext``:
 what every task of the job shares, sent to the workers once per job); the function or
 actor method is called as ``target(task, context)``. Actor stages run on a

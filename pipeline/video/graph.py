@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from pipeline.errors import unexpected
-from pipeline.job.graph import JobGraph
+from pipeline.regions.graph import JobGraph
 from pipeline.runner.stage import Call
 from pipeline.store.outputs import replace_output
 from pipeline.video.container import container_format

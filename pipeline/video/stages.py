@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import JobConfig
-from pipeline.job.regions import workers_use_gpu
+from pipeline.regions.stages import workers_use_gpu
 from pipeline.runner.cluster import cluster_cpus
 from pipeline.runner.placement import cpu_stage_options
 from pipeline.runner.stage import Stage

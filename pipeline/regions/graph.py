@@ -17,10 +17,10 @@ import numpy as np
 from pipeline.config import degradation_mode, parse_degradation
 from pipeline.errors import Cancelled, Interrupted, JobFailed, UserError, cause, reason
 from pipeline.events import JobEvents, Listener, StageMeter
-from pipeline.job.conditioning import Conditioning
-from pipeline.job.plan import Plan
-from pipeline.job.record import ModelBusy, Progress
-from pipeline.job.regions import (
+from pipeline.pure.tiling import plan_regions
+from pipeline.regions.conditioning import Conditioning
+from pipeline.regions.planned import Plan
+from pipeline.regions.stages import (
     ESTIMATE_METHOD,
     REGION_SPLIT,
     UPSCALE_METHOD,
@@ -29,13 +29,13 @@ from pipeline.job.regions import (
     region_stages,
     regions_per_call,
 )
-from pipeline.pure.tiling import plan_regions
 from pipeline.results import Result
 from pipeline.runner.deps import Dependencies
 from pipeline.runner.stage import Call
 from pipeline.runner.tasks import EstimateTask, JobRef, RegionTask, describe
 from pipeline.store.jobstore import DoneFlags, JobStore, open_for_job, remove_store
 from pipeline.store.outputs import discard_temp, sweep_partials, temp_name
+from pipeline.store.progress import ModelBusy, Progress
 
 log = logging.getLogger(__name__)
 ESTIMATE_BATCH = 32  # frames per estimate call

@@ -11,7 +11,7 @@ import os
 import warnings
 
 QUIET_ENV = "SR_PIPELINE_QUIET"
-WORKER_HOOK = "pipeline.cli.quiet.quiet_worker"
+WORKER_HOOK = "pipeline.runner.quiet.quiet_worker"
 LIBRARY_LOGGERS = ("tifffile", "PIL", "zarr", "numcodecs", "imagecodecs", "fsspec", "py.warnings")
 
 
