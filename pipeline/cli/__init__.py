@@ -1,1 +1,2 @@
-"""The command line: parsing, the subcommands, the progress bars."""
+"""The command line: parsing, the subcommands (run, batch, status, submit, qc, weights,
+sample)."""

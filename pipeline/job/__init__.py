@@ -1,2 +1,2 @@
-"""What every job shares: plan, launch, batch, the region and weights stages, the base
-graph."""
+"""A job as a whole: plan it, check where its weights are, launch its graph on the loop;
+batches of jobs; the weights stages."""
