@@ -30,7 +30,6 @@ class PyramidStage(Stage):
     name: str = "pyramid"
     target: str = "pipeline.image.publish:pyramid_block"
     takes: Any = Block
-    after: tuple[str, ...] = ("upscale", "pyramid")  # every region; the level below
     priority: int = 4
 
 
@@ -39,7 +38,6 @@ class WriteTiffStage(Stage):
     name: str = "write"
     target: str = "pipeline.image.publish:write_tiff_file"
     takes: Any = WholeFile
-    after: tuple[str, ...] = ("upscale", "pyramid")  # every region and level
     priority: int = 4
 
 
@@ -48,7 +46,6 @@ class WriteSmallStage(Stage):
     name: str = "write"
     target: str = "pipeline.image.publish:write_small_file"
     takes: Any = WholeFile
-    after: tuple[str, ...] = ("upscale",)
     priority: int = 4
 
 
@@ -57,7 +54,6 @@ class WriteOmeStage(Stage):
     name: str = "write"
     target: str = "pipeline.image.publish:copy_to_ome"
     takes: Any = Block
-    after: tuple[str, ...] = ("upscale", "pyramid")  # every region and level
     priority: int = 4
 
 

@@ -132,7 +132,6 @@ class JobGraph:
         self.todo: list[RegionTask] = []
         self.by_frame: dict[int, list[RegionTask]] = {}
         self.regions_left = 0
-        self.estimates_left = 0
         self.waiting: set[int] = set()  # in the store, conditioning not final yet
         self.cond: Conditioning | None = None
         self._out: list[Call] = []
@@ -325,7 +324,6 @@ class JobGraph:
         missing = cond.missing(frames)
         for i in range(0, len(missing), ESTIMATE_BATCH):
             task = EstimateTask(tuple(missing[i : i + ESTIMATE_BATCH]))
-            self.estimates_left += 1
             self.emit(
                 self.call(
                     self.estimate_stage,
@@ -383,15 +381,10 @@ class JobGraph:
         elif call.stage is self.estimate_stage:
             if self.error is not None:
                 return
-            self.estimates_left -= 1
             self.conditioning().record(call.task.frames, result)
             self.release_frames()
-            self.estimate_settled()
         else:
             self.settled_other(call, result)
-
-    def estimate_settled(self) -> None:
-        """Subclasses: what an estimate settled releases."""
 
     def settled_other(self, call: Call, result: Any) -> None:
         raise NotImplementedError

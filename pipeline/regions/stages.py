@@ -49,7 +49,6 @@ class UpscaleStage(Stage):
     actor: bool = True
     takes: Any = RegionTask
     priority: int = 3
-    after: tuple[str, ...] = ("estimate",)  # of its frame (``pipeline.regions.conditioning``)
 
 
 REGION_WORKER = UpscaleStage()  # the pool's actor class

@@ -1,7 +1,7 @@
 """What a job's next tasks wait for, counted in one place.
 
-A graph says what each task depends on as keys with counts: ``expect(("upscaled", 3),
-40)`` (segment 3 waits for 40 regions), ``after(encode_3, [("decoded", 3), ("upscaled",
+A graph says what each task depends on as keys with counts: ``expect(("upscale", 3),
+40)`` (segment 3 waits for 40 regions), ``after(encode_3, [("decode", 3), ("upscale",
 3)])``; each settled call ticks its key off with ``done(key)``, which returns the tasks
 it released (every key they wait for reached zero), in the order they were registered.
 Keys are whatever the graph counts by (a segment, a frame, a pyramid level); tasks are

@@ -179,6 +179,7 @@ class RayExecutor:
         self.flights[ref] = flight
 
     def _args(self, call: Call) -> tuple[Any, Any]:
+        """The call's (task, context), its job's context as one object-store copy."""
         context = call.context
         if isinstance(context, JobContext):
             context = self.put(context)
@@ -188,11 +189,7 @@ class RayExecutor:
     def _send(self, call: Call) -> None:
         import ray
 
-        context = call.context
-        if isinstance(context, JobContext):
-            context = self.put(context)
-            self._put_by.setdefault(id(call.job), set()).add(id(call.context))
-        args = (call.task, context)
+        args = self._args(call)
         if call.pool is not None:
             ref, flight = self._pool(call.pool, call).submit(call, args)
         else:

@@ -107,8 +107,9 @@ class Stage:
     priority: int = 5  # lower is submitted first when several stages have work
     spread: bool = False  # Ray: spread the stage's tasks over the nodes (CPU-heavy work)
     takes: Any = None  # the task dataclass its calls carry (checked when a call is made)
-    # The stages whose tasks on the same unit (segment, level, job) must all have
-    # settled before one of this stage's tasks is released (``pipeline.runner.deps``).
+    # The stages whose tasks on the same unit must all have settled before one of this
+    # stage's tasks is released: a video segment's encode waits for its decode and its
+    # regions (``pipeline.video.graph`` keys ``pipeline.runner.deps`` by these names).
     after: tuple[str, ...] = ()
 
 

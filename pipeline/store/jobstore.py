@@ -236,10 +236,6 @@ class JobStore:
     def done_mask(self) -> np.ndarray:
         return np.asarray(self.array("done")[...], dtype=bool)
 
-    def mark_done(self, frame: int, row: int, col: int) -> None:
-        """Driver only, after the region's shard write returned."""
-        self.array("done")[frame, row, col] = 1
-
     def mark_done_many(self, regions: list[tuple[int, int, int]]) -> None:
         """Driver only: the flags of these (frame, row, col) regions, in one write per
         chunk (``DoneFlags``)."""
